@@ -1,0 +1,48 @@
+"""idempotent-middleware: run a handler once per idempotency key, replay the stored response."""
+
+from __future__ import annotations
+
+from .asgi import IdempotencyMiddleware
+from .config import IdempotencyConfig, RouteOptions
+from .exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyCorruptRecordError,
+    IdempotencyError,
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
+    IdempotencyKeyError,
+    IdempotencyOwnershipError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyRequestTooLargeError,
+    IdempotencyValidationError,
+)
+from .function import idempotent_function
+from .persistence import (
+    BasePersistenceLayer,
+    DataRecord,
+    InMemoryPersistenceLayer,
+    RedisPersistenceLayer,
+)
+from .wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+
+__all__ = [
+    "BasePersistenceLayer",
+    "DataRecord",
+    "IdempotencyAlreadyInProgressError",
+    "IdempotencyConfig",
+    "IdempotencyCorruptRecordError",
+    "IdempotencyError",
+    "IdempotencyItemAlreadyExistsError",
+    "IdempotencyItemNotFoundError",
+    "IdempotencyKeyError",
+    "IdempotencyMiddleware",
+    "IdempotencyOwnershipError",
+    "IdempotencyPersistenceLayerError",
+    "IdempotencyRequestTooLargeError",
+    "IdempotencyValidationError",
+    "InMemoryPersistenceLayer",
+    "RedisPersistenceLayer",
+    "RouteOptions",
+    "WSGIIdempotencyMiddleware",
+    "idempotent_function",
+]

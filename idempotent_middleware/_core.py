@@ -1,0 +1,132 @@
+"""The decision core: claim, replay, conflict or execute; then store or release. No I/O.
+
+States and allowed transitions (one key, one execution attempt)::
+
+    START --cache hit--------------------------------------------> REPLAY
+    START --PUT--> won ------------------------------------------> EXECUTE
+                   lost, other fingerprint ----------------------> MISMATCH (422)
+                   lost, record COMPLETED -----------------------> REPLAY
+                   lost, IN PROGRESS, reject --------------------> IN_PROGRESS (409)
+                   lost, IN PROGRESS, wait --SLEEP--> START (until the wait deadline)
+    EXECUTE --result stored--UPDATE--> DONE   (fenced: a lost lease is logged, not written)
+    EXECUTE --raised / not storable--DELETE--> DONE (fenced likewise)
+
+A retry after the first claimant's lease ran out wins the PUT again: Redis expires the
+in-progress record by itself (``PX``), the in-memory layer treats it as absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+from ._steps import DELETE, PUT, RENEW, SLEEP, UPDATE, Plan, Step
+from .exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyOwnershipError,
+)
+from .persistence.base import STATUS_COMPLETED, BasePersistenceLayer, DataRecord
+
+logger = logging.getLogger("idempotent_middleware")
+
+#: Polling while waiting for an in-flight duplicate: start short, back off, never hammer.
+_FIRST_POLL = 0.02
+_MAX_POLL = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    record: DataRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    record: DataRecord
+
+
+def retry_after(record: DataRecord, default: float) -> float:
+    """Seconds until the holder's lease runs out (what a 409's ``Retry-After`` should say)."""
+    if record.in_progress_expiry_timestamp is None:
+        return default
+    remaining = record.in_progress_expiry_timestamp / 1000 - time.time()
+    return max(min(remaining, default), 0.0) if remaining > 0 else default
+
+
+def plan_claim(
+    layer: BasePersistenceLayer,
+    key: str,
+    payload_hash: str,
+    *,
+    lease_seconds: float,
+    expires_after_seconds: float,
+    wait_seconds: float = 0.0,
+    retry_after_seconds: float = 1.0,
+) -> Plan[Replay | Claimed]:
+    """Decide replay or execute for ``key``; raise for 422 and 409."""
+    cached = layer._retrieve_from_cache(key)
+    if cached is not None:
+        layer._validate_payload(payload_hash, cached)
+        return Replay(cached)
+    deadline = time.monotonic() + wait_seconds
+    poll = _FIRST_POLL
+    while True:
+        claim = layer.new_inprogress_record(key, payload_hash, lease_seconds, expires_after_seconds)
+        try:
+            yield Step(PUT, claim)
+            return Claimed(claim)
+        except IdempotencyItemAlreadyExistsError as exc:
+            existing = exc.old_data_record
+        if existing is None:  # vanished between the two commands of the old-server path
+            continue
+        layer._validate_payload(payload_hash, existing)
+        if existing.status == STATUS_COMPLETED:
+            layer._save_to_cache(existing)
+            return Replay(existing)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise IdempotencyAlreadyInProgressError(
+                retry_after=retry_after(existing, retry_after_seconds)
+            )
+        yield Step(SLEEP, min(poll, remaining))
+        poll = min(poll * 2, _MAX_POLL)
+
+
+def plan_complete(
+    layer: BasePersistenceLayer, claim: DataRecord, response_data: bytes, expires_after: float
+) -> Plan[DataRecord | None]:
+    """Store the result under the claim; a lost lease is logged and leaves the new owner be."""
+    record = layer.completed_record(claim, response_data, expires_after)
+    try:
+        yield Step(UPDATE, record)
+    except IdempotencyOwnershipError:
+        logger.warning(
+            "lease lost for %s: another execution owns the key; result not stored",
+            claim.idempotency_key,
+        )
+        return None
+    layer._save_to_cache(record)
+    return record
+
+
+def plan_release(layer: BasePersistenceLayer, claim: DataRecord) -> Plan[None]:
+    """Give the key back (handler raised or response not storable), fenced by owner."""
+    try:
+        yield Step(DELETE, claim)
+    except IdempotencyOwnershipError:
+        logger.warning(
+            "lease lost for %s: not releasing the new owner's claim", claim.idempotency_key
+        )
+    layer._delete_from_cache(claim.idempotency_key)
+
+
+def plan_renew(claim: DataRecord, lease_seconds: float) -> Plan[bool]:
+    """Extend the lease; False (and a log line) when another owner took the key."""
+    renewed = replace(claim, in_progress_expiry_timestamp=int((time.time() + lease_seconds) * 1000))
+    try:
+        yield Step(RENEW, renewed)
+    except IdempotencyOwnershipError:
+        logger.warning("lease lost for %s while the handler ran", claim.idempotency_key)
+        return False
+    return True

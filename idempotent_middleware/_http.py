@@ -1,0 +1,514 @@
+"""The HTTP half of the core, shared by ``asgi.py`` and ``wsgi.py``. No I/O.
+
+Everything an adapter would otherwise decide lives here: which requests we handle, the key and
+its validation, the fingerprint, the claim, what a replay looks like, which responses are
+stored, and every error as a pre-encoded RFC 9457 problem. The adapters only move bytes.
+
+Rules come from the IETF draft "The Idempotency-Key HTTP Header Field"
+(draft-ietf-httpapi-idempotency-key-header; we are modelled on it, it is still a draft),
+RFC 9457 (problem details), RFC 8941/9651 (structured fields) and Stripe's documented limits.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import math
+import struct
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ._core import Claimed, Replay, plan_claim, plan_complete, plan_release
+from ._steps import Plan
+from .config import IdempotencyConfig, RouteOptions
+from .exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyCorruptRecordError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
+)
+from .persistence.base import BasePersistenceLayer, DataRecord, KeyScheme, canonical_json
+
+logger = logging.getLogger("idempotent_middleware")
+
+Headers = list[tuple[bytes, bytes]]
+
+#: Stripe's documented maximum key length; the draft sets none.
+MAX_KEY_LENGTH = 255
+
+
+class HttpRequest:
+    """What the core sees of a request; ``raw`` is the ASGI scope or the WSGI environ."""
+
+    __slots__ = ("_document", "body", "content_type", "headers", "method", "path", "query", "raw")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: Headers,
+        raw: Any,
+        body: bytes = b"",
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.raw = raw
+        self.body = body
+        self._document: dict[str, Any] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """The last value of a (lower-case) header, or None."""
+        found = None
+        for key, value in self.headers:
+            if key == name:
+                found = value
+        return found
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key == name]
+
+    def json_body(self) -> Any:
+        """The parsed body for JSON content types, else None (invalid JSON is None too)."""
+        content_type = (self.header(b"content-type") or b"").split(b";", 1)[0].strip().lower()
+        if not (content_type == b"application/json" or content_type.endswith(b"+json")):
+            return None
+        try:
+            return json.loads(self.body)
+        except (ValueError, RecursionError):
+            return None
+
+    def document(self) -> dict[str, Any]:
+        """The JMESPath document: method, path, query, headers and JSON body."""
+        if self._document is None:
+            self._document = {
+                "method": self.method,
+                "path": self.path,
+                "query": dict(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True)),
+                "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers},
+                "body": self.json_body(),
+            }
+        return self._document
+
+
+@dataclass(slots=True)
+class StoredResponse:
+    """A response as stored and replayed: status, headers in order, body bytes.
+
+    ``complete`` is False for a response that was too large to keep: the record then says
+    "executed, status N" so that a retry never runs the handler a second time.
+    """
+
+    status: int
+    headers: Headers
+    body: bytes
+    complete: bool = True
+
+    _HEAD = struct.Struct(">HBH")
+    _PAIR = struct.Struct(">HI")
+
+    def encode(self) -> bytes:
+        parts = [self._HEAD.pack(self.status, 1 if self.complete else 0, len(self.headers))]
+        for name, value in self.headers:
+            parts.append(self._PAIR.pack(len(name), len(value)))
+            parts.append(name)
+            parts.append(value)
+        parts.append(self.body)
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> StoredResponse:
+        try:
+            status, complete, count = cls._HEAD.unpack_from(raw)
+            offset = cls._HEAD.size
+            headers: Headers = []
+            for _ in range(count):
+                name_len, value_len = cls._PAIR.unpack_from(raw, offset)
+                offset += cls._PAIR.size
+                name = raw[offset : offset + name_len]
+                offset += name_len
+                value = raw[offset : offset + value_len]
+                offset += value_len
+                if len(value) != value_len:
+                    raise ValueError("truncated header")
+                headers.append((name, value))
+        except (struct.error, ValueError) as exc:
+            raise IdempotencyCorruptRecordError(f"undecodable stored response: {exc}") from exc
+        return cls(status, headers, raw[offset:], bool(complete))
+
+
+class ResponseCapture:
+    """Keeps a bounded copy of a response while it streams to the client."""
+
+    __slots__ = ("cap", "chunks", "excluded", "headers", "overflow", "size", "status")
+
+    def __init__(self, cap: int, excluded: frozenset[bytes]) -> None:
+        self.cap = cap
+        self.excluded = excluded
+        self.status = 0
+        self.headers: Headers = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+
+    def start(self, status: int, headers: Headers) -> None:
+        self.status = status
+        # Excluded headers (Set-Cookie by default) are never stored, so never replayed;
+        # framing headers belong to the connection that carried the original.
+        self.headers = [
+            (k, v)
+            for k, v in headers
+            if k.lower() not in self.excluded and k.lower() != b"transfer-encoding"
+        ]
+
+    def add(self, chunk: bytes) -> None:
+        if self.overflow or not chunk:
+            return
+        self.size += len(chunk)
+        if self.size > self.cap:
+            self.overflow = True
+            self.chunks = []
+        else:
+            self.chunks.append(chunk)
+
+    def give_up(self) -> None:
+        """The body went out by a route we cannot copy (e.g. ASGI pathsend)."""
+        self.overflow = True
+        self.chunks = []
+
+    def result(self) -> StoredResponse:
+        if self.overflow:
+            return StoredResponse(self.status, [], b"", complete=False)
+        return StoredResponse(self.status, self.headers, b"".join(self.chunks))
+
+
+@dataclass(slots=True)
+class Respond:
+    """Answer without running the app (replay or problem)."""
+
+    response: StoredResponse
+
+
+@dataclass(slots=True)
+class Execute:
+    """Run the app under ``claim``; give the outcome to ``HttpIdempotency.finish``."""
+
+    claim: DataRecord
+    expires_after_seconds: int
+
+
+class PassThrough:
+    """Run the app as if we were not there."""
+
+
+PASS = PassThrough()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """The options in force for one method and path."""
+
+    key_required: bool
+    expires_after_seconds: int
+
+
+class HttpIdempotency:
+    """One per middleware instance: immutable after ``__init__``, shared by all requests."""
+
+    def __init__(self, config: IdempotencyConfig, store: BasePersistenceLayer) -> None:
+        self.config = config
+        self.store = store
+        store.enable_local_cache(config)
+        self.header_name = config.header_name.lower().encode("latin-1")
+        self.header_mode = not config.event_key_jmespath
+        self.scheme = KeyScheme.build(
+            config, "", config.event_key_jmespath or f'headers."{config.header_name.lower()}"'
+        )
+        self.methods = frozenset(m.upper() for m in config.methods)
+        self.excluded = frozenset(
+            h.lower().encode("latin-1") for h in config.replay_exclude_headers
+        )
+        self.replay_header = (config.replay_header_name.lower().encode("latin-1"), b"true")
+        self.store_status = _status_policy(config.store_status)
+        self.wait_seconds = config.wait_timeout_seconds if config.on_in_progress == "wait" else 0.0
+        self.default_rule = Rule(config.raise_on_no_idempotency_key, config.expires_after_seconds)
+        self.has_path_rules = bool(config.include_paths or config.exclude_paths or config.routes)
+        self._rule_for_path = lru_cache(maxsize=4096)(self._compute_rule)
+        self.problems = _Problems(config)
+
+    # --- Which requests are ours --------------------------------------------------------------
+    def rule(self, method: str, path: str) -> Rule | None:
+        """The rule for this request, or None to pass it through untouched."""
+        if not self.has_path_rules:
+            return self.default_rule if method in self.methods else None
+        return self._rule_for_path(method, path)
+
+    def _compute_rule(self, method: str, path: str) -> Rule | None:
+        cfg = self.config
+        if any(fnmatch.fnmatchcase(path, p) for p in cfg.exclude_paths):
+            return None
+        if cfg.include_paths is not None and not any(
+            fnmatch.fnmatchcase(path, p) for p in cfg.include_paths
+        ):
+            return None
+        options = next(
+            (o for p, o in cfg.routes.items() if fnmatch.fnmatchcase(path, p)), RouteOptions()
+        )
+        methods = self.methods if options.methods is None else {m.upper() for m in options.methods}
+        if not options.enabled or method not in methods:
+            return None
+        return Rule(
+            cfg.raise_on_no_idempotency_key
+            if options.raise_on_no_idempotency_key is None
+            else options.raise_on_no_idempotency_key,
+            options.expires_after_seconds or cfg.expires_after_seconds,
+        )
+
+    # --- Before the body is read ---------------------------------------------------------------
+    def precheck(self, request: HttpRequest, rule: Rule) -> Respond | PassThrough | None:
+        """Header-only decisions: None means "read the body, then call ``begin``"."""
+        if not self.header_mode:
+            return None
+        values = request.header_values(self.header_name)
+        if not values:
+            if rule.key_required:
+                return Respond(self.problems.missing)
+            return PASS
+        if len(values) > 1 or _parse_key(values[0]) is None:
+            return Respond(self.problems.invalid)
+        return None
+
+    def content_length_too_large(self, request: HttpRequest) -> bool:
+        declared = request.header(b"content-length")
+        try:
+            return declared is not None and int(declared) > self.config.max_request_body_bytes
+        except ValueError:
+            return False
+
+    # --- The claim ------------------------------------------------------------------------------
+    def begin(self, request: HttpRequest, rule: Rule) -> Plan[Respond | Execute | PassThrough]:
+        """Key, fingerprint and claim; returns what the adapter should do."""
+        cfg = self.config
+        if self.header_mode:
+            material: Any = _parse_key(request.header(self.header_name) or b"")
+        else:
+            try:
+                material = self.scheme.key_material(request.document())
+            except Exception:  # a JMESPath runtime error on this document: no usable key
+                material = None
+        tenant = cfg.scope(request) if cfg.scope is not None else None
+        scope = f"{request.method} {request.path}"
+        if self.scheme.is_missing(material):
+            if rule.key_required:
+                return Respond(self.problems.missing)
+            return PASS
+        key = f"{scope}#{self.scheme.generate_hash([tenant, material])}"
+        try:
+            fingerprint = self._fingerprint(request)
+        except Exception:
+            fingerprint = self.scheme.generate_hash([request.method, request.path, request.body])
+        try:
+            decision = yield from plan_claim(
+                self.store,
+                key,
+                fingerprint,
+                lease_seconds=cfg.lease_seconds,
+                expires_after_seconds=rule.expires_after_seconds,
+                wait_seconds=self.wait_seconds,
+                retry_after_seconds=cfg.retry_after_seconds,
+            )
+            if isinstance(decision, Replay):
+                return self._replay(key, decision.record)
+        except IdempotencyValidationError:
+            logger.debug("422 %s: key reused with another payload", key)
+            _call_hook(cfg.on_conflict, key, 422)
+            return Respond(self.problems.reused)
+        except IdempotencyAlreadyInProgressError as exc:
+            logger.debug("409 %s: in progress", key)
+            _call_hook(cfg.on_conflict, key, 409)
+            return Respond(self.problems.in_progress(exc.retry_after))
+        except IdempotencyPersistenceLayerError as exc:
+            _call_hook(cfg.on_store_error, exc)
+            if isinstance(exc, IdempotencyCorruptRecordError):
+                logger.error("corrupt record for %s: %s", key, exc)
+                return Respond(self.problems.corrupt)
+            if cfg.fail_open:
+                logger.warning("store unreachable, running unprotected (fail_open): %s", exc)
+                return PASS
+            logger.error("store unreachable, answering 503: %s", exc)
+            return Respond(self.problems.unavailable)
+        assert isinstance(decision, Claimed)
+        logger.debug("execute %s", key)
+        return Execute(decision.record, rule.expires_after_seconds)
+
+    def _fingerprint(self, request: HttpRequest) -> str:
+        """Method, path and canonical body (IETF draft: same key + other payload -> 422)."""
+        if self.scheme.validation_expression is not None:
+            return self.scheme.payload_hash(request.document())
+        parsed = request.json_body()
+        body = request.body if parsed is None else canonical_json(parsed)
+        return self.scheme.generate_hash(
+            request.method.encode() + b" " + request.path.encode() + b"\n" + body
+        )
+
+    def _replay(self, key: str, record: DataRecord) -> Respond:
+        stored = StoredResponse.decode(record.response_data or b"")
+        _call_hook(self.config.on_replay, key)
+        if not stored.complete:
+            logger.debug("replay %s: executed, response was not stored", key)
+            return Respond(self.problems.not_replayable(stored.status))
+        logger.debug("replay %s", key)
+        headers = [*stored.headers, self.replay_header]
+        if not any(k.lower() == b"content-length" for k, _ in stored.headers):
+            headers.append((b"content-length", str(len(stored.body)).encode()))
+        return Respond(StoredResponse(stored.status, headers, stored.body))
+
+    # --- After the app ran --------------------------------------------------------------------
+    def finish(self, action: Execute, outcome: StoredResponse | None) -> Plan[None]:
+        """Store the outcome, or release the claim (``outcome`` None: the app raised)."""
+        try:
+            if outcome is None or not self.store_status(outcome.status):
+                logger.debug("release %s", action.claim.idempotency_key)
+                yield from plan_release(self.store, action.claim)
+                return
+            yield from plan_complete(
+                self.store, action.claim, outcome.encode(), action.expires_after_seconds
+            )
+        except IdempotencyPersistenceLayerError as exc:
+            # The client has its response; the claim expires with its lease.
+            logger.error("could not record %s: %s", action.claim.idempotency_key, exc)
+            _call_hook(self.config.on_store_error, exc)
+
+
+def _call_hook(hook: Callable[..., None] | None, *args: Any) -> None:
+    if hook is None:
+        return
+    try:
+        hook(*args)
+    except Exception:  # a counting hook must never break a request
+        logger.exception("idempotency hook %r raised", hook)
+
+
+def _status_policy(spec: Callable[[int], bool] | Collection[int]) -> Callable[[int], bool]:
+    if callable(spec):
+        return spec
+    allowed = frozenset(spec)
+    return allowed.__contains__
+
+
+def _parse_key(value: bytes) -> str | None:
+    """The key, or None when malformed (IETF draft section 2: an sf-string; Stripe: <= 255)."""
+    value = value.strip(b" \t")
+    if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
+        inner = value[1:-1]
+        # RFC 8941 section 3.3.3: only \" and \\ escapes; a bare quote ends the string.
+        if b'"' in inner.replace(b'\\"', b"").replace(b"\\\\", b""):
+            return None
+        value = inner.replace(b'\\"', b'"').replace(b"\\\\", b"\\")
+    elif b"," in value or b'"' in value:
+        return None  # a list of keys, or a stray quote
+    if not value or len(value) > MAX_KEY_LENGTH:
+        return None
+    if any(c < 0x20 or c > 0x7E for c in value):
+        return None
+    return value.decode("ascii")
+
+
+class _Problems:
+    """Every error response, encoded once (RFC 9457, ``application/problem+json``)."""
+
+    def __init__(self, config: IdempotencyConfig) -> None:
+        self.base = config.problem_type_base
+        self.retry_after = config.retry_after_seconds
+        header = config.header_name
+        self.missing = self._make(
+            400,
+            "idempotency-key-missing",
+            "Idempotency key missing",
+            f"This endpoint requires an {header} header.",
+        )
+        self.invalid = self._make(
+            400,
+            "idempotency-key-invalid",
+            "Idempotency key invalid",
+            f"{header} must be one printable ASCII string of 1 to {MAX_KEY_LENGTH} characters.",
+        )
+        self.reused = self._make(
+            422,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "This key was already used with a different request payload.",
+        )
+        self.too_large = self._make(
+            413,
+            "request-too-large",
+            "Request body too large",
+            f"Keyed request bodies are limited to {config.max_request_body_bytes} bytes.",
+        )
+        self.unavailable = self._make(
+            503,
+            "idempotency-store-unavailable",
+            "Idempotency store unavailable",
+            "The request was not processed; retry with the same key.",
+            retry_after=self.retry_after,
+        )
+        self.corrupt = self._make(
+            503,
+            "idempotency-record-corrupt",
+            "Idempotency record unreadable",
+            "The stored record for this key cannot be read; it was logged.",
+            retry_after=self.retry_after,
+        )
+        self._in_progress = {
+            seconds: self._in_progress_response(seconds) for seconds in range(1, 31)
+        }
+
+    def _make(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        retry_after: int | None = None,
+        **extra: Any,
+    ) -> StoredResponse:
+        body = json.dumps(
+            {"type": self.base + slug, "title": title, "status": status, "detail": detail, **extra}
+        ).encode()
+        headers: Headers = [
+            (b"content-type", b"application/problem+json"),
+            (b"cache-control", b"no-store"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        return StoredResponse(status, headers, body)
+
+    def _in_progress_response(self, seconds: int) -> StoredResponse:
+        return self._make(
+            409,
+            "idempotency-key-in-progress",
+            "Request in progress",
+            "A request with this key is still being processed; retry later.",
+            retry_after=seconds,
+        )
+
+    def in_progress(self, retry_after: float) -> StoredResponse:
+        seconds = max(1, math.ceil(retry_after))
+        cached = self._in_progress.get(seconds)
+        return cached if cached is not None else self._in_progress_response(seconds)
+
+    def not_replayable(self, status: int) -> StoredResponse:
+        return self._make(
+            409,
+            "idempotency-response-not-replayable",
+            "Response not replayable",
+            "The request with this key was processed, but its response was too large to store.",
+            original_status=status,
+        )

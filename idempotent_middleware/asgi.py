@@ -1,0 +1,151 @@
+"""ASGI adapter: translates scope/receive/send to the shared HTTP core and back.
+
+Shaped after Starlette's ``GZipMiddleware``: pure ASGI (no ``BaseHTTPMiddleware``), non-HTTP
+scopes pass straight through, all per-request state lives inside ``__call__``. Rules from the
+ASGI HTTP spec: the app sends ``http.response.start`` once and we forward it once; after the
+buffered body, ``receive`` is the server's own (we never invent ``http.disconnect``); bodies
+stream to the client chunk by chunk while a bounded copy is kept; extension messages such as
+``http.response.pathsend`` pass through and make the response not replayable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ._http import (
+    PASS,
+    Execute,
+    HttpIdempotency,
+    HttpRequest,
+    Respond,
+    ResponseCapture,
+    StoredResponse,
+)
+from ._lease import AsyncLease
+from ._steps import drive_async
+from .config import IdempotencyConfig
+from .persistence.base import BasePersistenceLayer
+from .persistence.memory import InMemoryPersistenceLayer
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class IdempotencyMiddleware:
+    """Run each keyed request once; replay the stored response to every retry."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        persistence_store: BasePersistenceLayer | None = None,
+        config: IdempotencyConfig | None = None,
+    ) -> None:
+        self.app = app
+        self.engine = HttpIdempotency(
+            config or IdempotencyConfig(), persistence_store or InMemoryPersistenceLayer()
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        engine = self.engine
+        rule = engine.rule(scope["method"], scope["path"])
+        if rule is None:
+            await self.app(scope, receive, send)
+            return
+        request = HttpRequest(
+            scope["method"], scope["path"], scope.get("query_string", b""), scope["headers"], scope
+        )
+        early = engine.precheck(request, rule)
+        if early is PASS:
+            await self.app(scope, receive, send)
+            return
+        if isinstance(early, Respond):
+            await _respond(send, early.response)
+            return
+        if engine.content_length_too_large(request):
+            await _respond(send, engine.problems.too_large)
+            return
+        body = await _read_body(receive, engine.config.max_request_body_bytes)
+        if body is None:
+            await _respond(send, engine.problems.too_large)
+            return
+        request.body = body
+        action = await drive_async(engine.store, engine.begin(request, rule))
+        if isinstance(action, Respond):
+            await _respond(send, action.response)
+            return
+        receive = _buffered_receive(body, receive)
+        if not isinstance(action, Execute):
+            await self.app(scope, receive, send)
+            return
+        await self._execute(action, scope, receive, send)
+
+    async def _execute(self, action: Execute, scope: Scope, receive: Receive, send: Send) -> None:
+        engine = self.engine
+        capture = ResponseCapture(engine.config.max_response_body_bytes, engine.excluded)
+
+        async def capturing_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.body":
+                capture.add(message.get("body", b""))
+            elif kind == "http.response.start":
+                capture.start(message["status"], list(message.get("headers", ())))
+            else:  # pathsend, zerocopysend, trailers: forwarded, not copied
+                capture.give_up()
+            await send(message)
+
+        lease = AsyncLease(engine.store, action.claim, engine.config.lease_seconds)
+        try:
+            await self.app(scope, receive, capturing_send)
+        except BaseException:
+            lease.stop()
+            await drive_async(engine.store, engine.finish(action, None))
+            raise
+        lease.stop()
+        outcome = capture.result() if capture.status else None
+        await drive_async(engine.store, engine.finish(action, outcome))
+
+
+async def _read_body(receive: Receive, cap: int) -> bytes | None:
+    """The whole request body, or None past ``cap`` bytes (413)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # disconnected before the body ended
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _buffered_receive(body: bytes, receive: Receive) -> Receive:
+    """Give the app the buffered body once, then the server's own ``receive``."""
+    pending = True
+
+    async def buffered() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return buffered
+
+
+async def _respond(send: Send, response: StoredResponse) -> None:
+    await send(
+        {"type": "http.response.start", "status": response.status, "headers": response.headers}
+    )
+    await send({"type": "http.response.body", "body": response.body, "more_body": False})

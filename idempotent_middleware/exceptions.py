@@ -1,0 +1,64 @@
+"""Typed errors for Python callers; the HTTP adapters map each one to an RFC 9457 problem."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .persistence.base import DataRecord
+
+
+class IdempotencyError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class IdempotencyKeyError(IdempotencyError):
+    """The idempotency key is required but missing, or it is malformed."""
+
+
+class IdempotencyValidationError(IdempotencyError):
+    """The key was used before with another payload fingerprint (HTTP 422)."""
+
+
+class IdempotencyAlreadyInProgressError(IdempotencyError):
+    """Another execution holds the key's lease (HTTP 409 with Retry-After)."""
+
+    def __init__(self, message: str = "", *, retry_after: float = 1.0) -> None:
+        super().__init__(message or "request with this idempotency key is already in progress")
+        self.retry_after = retry_after
+
+
+class IdempotencyPersistenceLayerError(IdempotencyError):
+    """The store could not be reached or answered with something unusable (HTTP 503)."""
+
+
+class IdempotencyCorruptRecordError(IdempotencyPersistenceLayerError):
+    """A stored record could not be decoded (truncated, foreign or from a newer format)."""
+
+
+class IdempotencyItemAlreadyExistsError(IdempotencyError):
+    """Raised by ``_put_record`` when a live record holds the key (the seed's name).
+
+    Unlike the seed, it always carries the record it found, so the caller decides between
+    replay, 409 and 422 without a second round trip.
+    """
+
+    def __init__(self, old_data_record: DataRecord | None = None) -> None:
+        super().__init__("idempotency record already exists")
+        self.old_data_record = old_data_record
+
+
+class IdempotencyItemNotFoundError(IdempotencyError):
+    """Raised by ``_get_record`` when no live record holds the key."""
+
+
+class IdempotencyOwnershipError(IdempotencyError):
+    """A completion, release or renewal came from an owner that no longer holds the key.
+
+    The lease ran out and another execution claimed the key; the store refused the write
+    (fencing), so the newer owner's record survives.
+    """
+
+
+class IdempotencyRequestTooLargeError(IdempotencyError):
+    """A keyed request body exceeds ``max_request_body_bytes`` (HTTP 413)."""

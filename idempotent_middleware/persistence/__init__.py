@@ -1,0 +1,14 @@
+"""Persistence layers: where idempotency records live."""
+
+from __future__ import annotations
+
+from .base import BasePersistenceLayer, DataRecord
+from .memory import InMemoryPersistenceLayer
+from .redis import RedisPersistenceLayer
+
+__all__ = [
+    "BasePersistenceLayer",
+    "DataRecord",
+    "InMemoryPersistenceLayer",
+    "RedisPersistenceLayer",
+]

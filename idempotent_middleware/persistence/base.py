@@ -1,0 +1,528 @@
+"""``BasePersistenceLayer`` and ``DataRecord``: the Powertools persistence API, fixed.
+
+The names follow AWS Lambda Powertools' ``BasePersistenceLayer`` (public template methods on top
+of four abstract I/O methods) so its users feel at home. What differs, on purpose:
+
+- Per-function settings live in an immutable :class:`KeyScheme`, never in attributes that one
+  call overwrites under another (the seed's shared ``function_name``).
+- Every record carries an owner token; completion, release and renewal are fenced by it.
+- The payload hash is stored on every record, completed ones included.
+- ``response_data`` is ``bytes``; a falsy result is still a result (``b"0"``, ``b"[]"``).
+- The template methods are written once, as plans of I/O steps (see ``_steps``), and run
+  either by ``drive`` (sync) or ``drive_async``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import jmespath
+import jmespath.parser
+
+from .._steps import DELETE, GET, PUT, UPDATE, Plan, Step, drive, drive_async
+from ..config import IdempotencyConfig
+from ..exceptions import (
+    IdempotencyCorruptRecordError,
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyKeyError,
+    IdempotencyValidationError,
+)
+
+logger = logging.getLogger("idempotent_middleware")
+
+STATUS_INPROGRESS = "INPROGRESS"
+STATUS_COMPLETED = "COMPLETED"
+
+
+@dataclass(slots=True)
+class DataRecord:
+    """One idempotency record. Treat instances as values: layers never mutate them."""
+
+    idempotency_key: str
+    status: str = ""
+    #: Unix time (seconds, float) after which the record is gone.
+    expiry_timestamp: float | None = None
+    #: Unix time in milliseconds at which an in-progress lease runs out (the seed's unit).
+    in_progress_expiry_timestamp: int | None = None
+    response_data: bytes | None = None
+    payload_hash: str = ""
+    #: 16 random bytes naming the execution that claimed the key; the fence for writes.
+    owner: bytes = field(default=b"", repr=False)
+
+    @property
+    def is_expired(self) -> bool:
+        now = time.time()
+        if self.status == STATUS_INPROGRESS and self.in_progress_expiry_timestamp is not None:
+            return self.in_progress_expiry_timestamp < now * 1000
+        return self.expiry_timestamp is not None and self.expiry_timestamp < now
+
+    def response_json_as_dict(self) -> Any:
+        """The stored result decoded as JSON (``idempotent_function`` stores JSON)."""
+        return None if self.response_data is None else json.loads(self.response_data)
+
+    def get_expiration_datetime(self) -> float | None:
+        return self.expiry_timestamp
+
+
+# --- Record encoding -----------------------------------------------------------------------
+# Bytes stay bytes: no base64, no JSON, no pickle. Layout (big endian):
+#   version u8 | status u8 | owner 16 bytes | expiry f64 s | lease expiry u64 ms |
+#   flags u8 | hash length u8 | payload hash | response data (the rest)
+# The owner sits at bytes 3..18 (Lua's 1-based ``string.sub(v, 3, 18)``) so the fencing scripts
+# compare it without decoding anything else.
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(">BB16sdQBB")
+_STATUS_CODES = {STATUS_INPROGRESS: ord("I"), STATUS_COMPLETED: ord("C")}
+_STATUS_NAMES = {code: name for name, code in _STATUS_CODES.items()}
+_HAS_RESPONSE = 1
+OWNER_SLICE = slice(2, 18)
+
+
+def encode_record(record: DataRecord) -> bytes:
+    """Serialise a record for a byte store (Redis)."""
+    payload_hash = record.payload_hash.encode("ascii")
+    head = _HEADER.pack(
+        FORMAT_VERSION,
+        _STATUS_CODES[record.status],
+        record.owner,
+        record.expiry_timestamp or 0.0,
+        record.in_progress_expiry_timestamp or 0,
+        _HAS_RESPONSE if record.response_data is not None else 0,
+        len(payload_hash),
+    )
+    return head + payload_hash + (record.response_data or b"")
+
+
+def decode_record(key: str, raw: bytes) -> DataRecord:
+    """Parse bytes written by :func:`encode_record`; anything else is a typed error."""
+    try:
+        version, status, owner, expiry, lease, flags, hash_len = _HEADER.unpack_from(raw)
+        if version != FORMAT_VERSION or status not in _STATUS_NAMES:
+            raise ValueError(f"unknown format {version}/{status}")
+        start = _HEADER.size + hash_len
+        if len(raw) < start:
+            raise ValueError("truncated")
+        payload_hash = raw[_HEADER.size : start].decode("ascii")
+    except (struct.error, ValueError) as exc:
+        raise IdempotencyCorruptRecordError(f"undecodable record under {key!r}: {exc}") from exc
+    return DataRecord(
+        idempotency_key=key,
+        status=_STATUS_NAMES[status],
+        expiry_timestamp=expiry or None,
+        in_progress_expiry_timestamp=lease or None,
+        response_data=raw[start:] if flags & _HAS_RESPONSE else None,
+        payload_hash=payload_hash,
+        owner=owner,
+    )
+
+
+# --- Hashing ---------------------------------------------------------------------------------
+def _json_default(value: Any) -> Any:
+    """Serialise the usual non-JSON types deterministically (for hashing only)."""
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("latin-1")
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    if hasattr(value, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def canonical_json(data: Any) -> bytes:
+    """Sorted keys, no whitespace: the same logical document always gives the same bytes."""
+    return json.dumps(
+        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+    ).encode()
+
+
+def is_missing_idempotency_key(data: Any) -> bool:
+    """True when the key expression found nothing usable (the seed's rule, kept)."""
+    if isinstance(data, (tuple, list)):
+        return all(x is None for x in data)
+    if isinstance(data, dict):
+        return all(x is None for x in data.values())
+    if isinstance(data, (int, float, bool)):
+        return False
+    return not data
+
+
+@dataclass(frozen=True)
+class KeyScheme:
+    """Everything one decorated function or one middleware needs to turn data into keys.
+
+    Immutable and built once (JMESPath compiled here), so any number of threads and tasks can
+    share it; this replaces the seed's per-call mutation of the persistence layer.
+    """
+
+    scope: str
+    config: IdempotencyConfig
+    key_expression: jmespath.parser.ParsedResult | None
+    validation_expression: jmespath.parser.ParsedResult | None
+    options: jmespath.Options | None
+    hash_function: Callable[[bytes], Any]
+
+    @classmethod
+    def build(
+        cls, config: IdempotencyConfig, scope: str, key_jmespath: str | None = None
+    ) -> KeyScheme:
+        key_expr = config.event_key_jmespath if key_jmespath is None else key_jmespath
+        options = (
+            jmespath.Options(**dict(config.jmespath_options)) if config.jmespath_options else None
+        )
+        name = config.hash_function
+        return cls(
+            scope=scope,
+            config=config,
+            key_expression=jmespath.compile(key_expr) if key_expr else None,
+            validation_expression=(
+                jmespath.compile(config.payload_validation_jmespath)
+                if config.payload_validation_jmespath
+                else None
+            ),
+            options=options,
+            hash_function=lambda data: hashlib.new(name, data),
+        )
+
+    def generate_hash(self, data: Any) -> str:
+        raw = data if isinstance(data, bytes) else canonical_json(data)
+        return str(self.hash_function(raw).hexdigest())
+
+    def key_material(self, data: Any) -> Any:
+        if self.key_expression is not None:
+            return self.key_expression.search(data, options=self.options)
+        return data
+
+    def hashed_key(self, material: Any, tenant: str | None = None) -> str | None:
+        """``"{scope}#{hash}"``, or None when the material is missing and not required."""
+        if is_missing_idempotency_key(material):
+            if self.config.raise_on_no_idempotency_key:
+                raise IdempotencyKeyError("no idempotency key found in the data")
+            return None
+        hashed = material if tenant is None else [tenant, material]
+        return f"{self.scope}#{self.generate_hash(hashed)}"
+
+    is_missing = staticmethod(is_missing_idempotency_key)
+
+    def payload_hash(self, data: Any) -> str:
+        """The fingerprint stored on every record (the whole payload unless configured)."""
+        if self.validation_expression is not None:
+            data = self.validation_expression.search(data, options=self.options)
+        return self.generate_hash(data)
+
+
+# --- Local cache -----------------------------------------------------------------------------
+class LRUDict:
+    """A small thread-safe LRU map for completed records (never in-progress ones)."""
+
+    def __init__(self, max_items: int) -> None:
+        self._items: OrderedDict[str, DataRecord] = OrderedDict()
+        self._max_items = max_items
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> DataRecord | None:
+        with self._lock:
+            record = self._items.get(key)
+            if record is not None:
+                self._items.move_to_end(key)
+            return record
+
+    def __setitem__(self, key: str, record: DataRecord) -> None:
+        with self._lock:
+            self._items[key] = record
+            self._items.move_to_end(key)
+            while len(self._items) > self._max_items:
+                self._items.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def new_owner() -> bytes:
+    return os.urandom(16)
+
+
+class BasePersistenceLayer(ABC):
+    """Abstract persistence layer: four I/O methods (sync and async), the rest written once."""
+
+    def __init__(self) -> None:
+        self.configured = False
+        self._scheme: KeyScheme | None = None
+        self._cache: LRUDict | None = None
+        self._cache_lock = threading.Lock()
+
+    # --- Configuration --------------------------------------------------------------------
+    def configure(self, config: IdempotencyConfig, function_name: str | None = None) -> KeyScheme:
+        """Build the scheme for ``function_name`` and make it the default of the public methods.
+
+        Callers that share a layer (several decorated functions, several middlewares) keep the
+        returned scheme and pass it as ``scheme=``; the default only serves direct calls.
+        """
+        scheme = KeyScheme.build(config, function_name or "")
+        self.enable_local_cache(config)
+        self._scheme = scheme
+        self.configured = True
+        return scheme
+
+    def enable_local_cache(self, config: IdempotencyConfig) -> None:
+        if config.use_local_cache:
+            with self._cache_lock:
+                if self._cache is None:
+                    self._cache = LRUDict(config.local_cache_max_items)
+
+    def _scheme_for(self, scheme: KeyScheme | None) -> KeyScheme:
+        chosen = scheme or self._scheme
+        if chosen is None:
+            raise RuntimeError("call configure(config, function_name) before using the layer")
+        return chosen
+
+    # --- Hashing helpers (the seed's names) -----------------------------------------------
+    def _get_hashed_idempotency_key(self, data: Any, scheme: KeyScheme | None = None) -> str | None:
+        s = self._scheme_for(scheme)
+        return s.hashed_key(s.key_material(data))
+
+    def _get_hashed_payload(self, data: Any, scheme: KeyScheme | None = None) -> str:
+        return self._scheme_for(scheme).payload_hash(data)
+
+    def _generate_hash(self, data: Any, scheme: KeyScheme | None = None) -> str:
+        return self._scheme_for(scheme).generate_hash(data)
+
+    is_missing_idempotency_key = staticmethod(is_missing_idempotency_key)
+
+    def _validate_payload(self, payload_hash: str, stored_data_record: DataRecord) -> None:
+        """Raise 422's error when the stored fingerprint differs from this request's."""
+        if stored_data_record.payload_hash != payload_hash:
+            raise IdempotencyValidationError(
+                "the idempotency key was used with a different payload"
+            )
+
+    # --- Expiry helpers ---------------------------------------------------------------------
+    @staticmethod
+    def _get_expiry_timestamp(expires_after_seconds: float) -> float:
+        return time.time() + expires_after_seconds
+
+    @staticmethod
+    def _get_lease_expiry_millis(lease_seconds: float) -> int:
+        return int((time.time() + lease_seconds) * 1000)
+
+    # --- Local cache ------------------------------------------------------------------------
+    def _save_to_cache(self, data_record: DataRecord) -> None:
+        # In-progress records are never cached: another process may finish or release them.
+        if self._cache is not None and data_record.status == STATUS_COMPLETED:
+            self._cache[data_record.idempotency_key] = data_record
+
+    def _retrieve_from_cache(self, idempotency_key: str) -> DataRecord | None:
+        if self._cache is None:
+            return None
+        record = self._cache.get(idempotency_key)
+        if record is not None and record.is_expired:
+            self._cache.pop(idempotency_key)
+            return None
+        return record
+
+    def _delete_from_cache(self, idempotency_key: str) -> None:
+        if self._cache is not None:
+            self._cache.pop(idempotency_key)
+
+    # --- Record builders --------------------------------------------------------------------
+    @staticmethod
+    def new_inprogress_record(
+        idempotency_key: str, payload_hash: str, lease_seconds: float, expires_after: float
+    ) -> DataRecord:
+        now = time.time()
+        return DataRecord(
+            idempotency_key=idempotency_key,
+            status=STATUS_INPROGRESS,
+            expiry_timestamp=now + expires_after,
+            in_progress_expiry_timestamp=int((now + lease_seconds) * 1000),
+            payload_hash=payload_hash,
+            owner=new_owner(),
+        )
+
+    @staticmethod
+    def completed_record(
+        claim: DataRecord, response_data: bytes, expires_after_seconds: float
+    ) -> DataRecord:
+        return replace(
+            claim,
+            status=STATUS_COMPLETED,
+            expiry_timestamp=time.time() + expires_after_seconds,
+            in_progress_expiry_timestamp=None,
+            response_data=response_data,
+        )
+
+    # --- Public template methods, written once as plans -------------------------------------
+    def _plan_save_inprogress(
+        self, data: Any, scheme: KeyScheme | None, remaining_time_in_millis: int | None
+    ) -> Plan[DataRecord | None]:
+        s = self._scheme_for(scheme)
+        key = s.hashed_key(s.key_material(data))
+        if key is None:
+            return None
+        cached = self._retrieve_from_cache(key)
+        if cached is not None:
+            raise IdempotencyItemAlreadyExistsError(cached)
+        lease = (
+            remaining_time_in_millis / 1000 if remaining_time_in_millis else s.config.lease_seconds
+        )
+        record = self.new_inprogress_record(
+            key, s.payload_hash(data), lease, s.config.expires_after_seconds
+        )
+        yield Step(PUT, record)
+        return record
+
+    def _plan_save_success(
+        self, data: Any, result: bytes, claim: DataRecord, scheme: KeyScheme | None
+    ) -> Plan[DataRecord]:
+        s = self._scheme_for(scheme)
+        record = self.completed_record(claim, result, s.config.expires_after_seconds)
+        yield Step(UPDATE, record)
+        self._save_to_cache(record)
+        return record
+
+    def _plan_delete_record(self, claim: DataRecord) -> Plan[None]:
+        yield Step(DELETE, claim)
+        self._delete_from_cache(claim.idempotency_key)
+
+    def _plan_get_record(self, data: Any, scheme: KeyScheme | None) -> Plan[DataRecord | None]:
+        s = self._scheme_for(scheme)
+        key = s.hashed_key(s.key_material(data))
+        if key is None:
+            return None
+        record = self._retrieve_from_cache(key)
+        if record is None:
+            record = yield Step(GET, key)
+        self._validate_payload(s.payload_hash(data), record)
+        self._save_to_cache(record)
+        return record
+
+    def save_inprogress(
+        self,
+        data: Any,
+        remaining_time_in_millis: int | None = None,
+        *,
+        scheme: KeyScheme | None = None,
+    ) -> DataRecord | None:
+        """Claim the key for ``data``; return the claim (keep it: it is the fencing token).
+
+        Raises ``IdempotencyItemAlreadyExistsError`` carrying the live record found instead.
+        """
+        return drive(self, self._plan_save_inprogress(data, scheme, remaining_time_in_millis))
+
+    async def save_inprogress_async(
+        self,
+        data: Any,
+        remaining_time_in_millis: int | None = None,
+        *,
+        scheme: KeyScheme | None = None,
+    ) -> DataRecord | None:
+        plan = self._plan_save_inprogress(data, scheme, remaining_time_in_millis)
+        return await drive_async(self, plan)
+
+    def save_success(
+        self, data: Any, result: bytes, *, claim: DataRecord, scheme: KeyScheme | None = None
+    ) -> DataRecord:
+        """Complete ``claim`` with ``result``; ``IdempotencyOwnershipError`` if it was lost."""
+        return drive(self, self._plan_save_success(data, result, claim, scheme))
+
+    async def save_success_async(
+        self, data: Any, result: bytes, *, claim: DataRecord, scheme: KeyScheme | None = None
+    ) -> DataRecord:
+        return await drive_async(self, self._plan_save_success(data, result, claim, scheme))
+
+    def delete_record(
+        self, data: Any, exception: BaseException | None = None, *, claim: DataRecord
+    ) -> None:
+        """Release ``claim`` (after the function raised); fenced by its owner token."""
+        logger.debug("releasing %s after %r", claim.idempotency_key, exception)
+        drive(self, self._plan_delete_record(claim))
+
+    async def delete_record_async(
+        self, data: Any, exception: BaseException | None = None, *, claim: DataRecord
+    ) -> None:
+        logger.debug("releasing %s after %r", claim.idempotency_key, exception)
+        await drive_async(self, self._plan_delete_record(claim))
+
+    def get_record(self, data: Any, *, scheme: KeyScheme | None = None) -> DataRecord | None:
+        """Fetch the live record for ``data``; 422's error when its fingerprint differs."""
+        return drive(self, self._plan_get_record(data, scheme))
+
+    async def get_record_async(
+        self, data: Any, *, scheme: KeyScheme | None = None
+    ) -> DataRecord | None:
+        return await drive_async(self, self._plan_get_record(data, scheme))
+
+    # --- The I/O: the only part a store implements ----------------------------------------
+    @abstractmethod
+    def _get_record(self, idempotency_key: str) -> DataRecord:
+        """Return the live record or raise ``IdempotencyItemNotFoundError``."""
+
+    @abstractmethod
+    def _put_record(self, data_record: DataRecord) -> None:
+        """Atomically claim: store ``data_record`` unless a live record holds the key.
+
+        Raise ``IdempotencyItemAlreadyExistsError(existing)`` otherwise. Expired records
+        (completed past TTL, in progress past the lease) do not count as live.
+        """
+
+    @abstractmethod
+    def _update_record(self, data_record: DataRecord) -> None:
+        """Replace the record if ``data_record.owner`` still owns it (or nobody does).
+
+        Raise ``IdempotencyOwnershipError`` when another owner holds the key.
+        """
+
+    @abstractmethod
+    def _delete_record(self, data_record: DataRecord) -> None:
+        """Delete the record if ``data_record.owner`` owns it.
+
+        Raise ``IdempotencyOwnershipError`` when another owner holds the key.
+        """
+
+    @abstractmethod
+    def _renew_lease(self, data_record: DataRecord) -> None:
+        """Push the lease of an in-progress record forward by the lease length, fenced."""
+
+    async def _get_record_async(self, idempotency_key: str) -> DataRecord:
+        return self._get_record(idempotency_key)
+
+    async def _put_record_async(self, data_record: DataRecord) -> None:
+        self._put_record(data_record)
+
+    async def _update_record_async(self, data_record: DataRecord) -> None:
+        self._update_record(data_record)
+
+    async def _delete_record_async(self, data_record: DataRecord) -> None:
+        self._delete_record(data_record)
+
+    async def _renew_lease_async(self, data_record: DataRecord) -> None:
+        self._renew_lease(data_record)
+
+
+__all__ = [
+    "STATUS_COMPLETED",
+    "STATUS_INPROGRESS",
+    "BasePersistenceLayer",
+    "DataRecord",
+    "KeyScheme",
+    "decode_record",
+    "encode_record",
+]

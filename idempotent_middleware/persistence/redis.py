@@ -1,0 +1,266 @@
+"""Redis persistence: one class for sync callers (WSGI) and async callers (ASGI).
+
+Commands, one round trip each:
+
+- claim: ``SET key record NX PX lease GET`` (Redis >= 7.0) claims the key or returns the live
+  record in the same reply. Older servers reject ``NX`` with ``GET``; the layer then falls back,
+  once and for good, to ``SET NX PX`` followed by ``GET`` on conflict.
+- lookup: ``GET``.
+- complete, release, renew: tiny Lua scripts (``lua/``) that compare the owner token before
+  writing, run with ``EVALSHA`` (``NOSCRIPT`` -> ``EVAL``, which also caches the script). Each
+  touches one key, so they run unchanged on Redis Cluster.
+
+Records are bytes (see ``base.encode_record``): no JSON in Lua, no base64, no pickle.
+Each Redis operation below is a small generator of commands, run by ``_run`` (sync client) or
+``_run_async`` (asyncio client), so the command logic exists once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import weakref
+from collections.abc import Generator
+from importlib import resources
+from typing import Any
+
+from ..exceptions import (
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
+    IdempotencyOwnershipError,
+    IdempotencyPersistenceLayerError,
+)
+from .base import OWNER_SLICE, BasePersistenceLayer, DataRecord, decode_record, encode_record
+
+try:
+    import redis as _redis
+    import redis.asyncio as _redis_asyncio
+    from redis.exceptions import NoScriptError, RedisError, ResponseError
+except ImportError:  # pragma: no cover - exercised only without the extra
+    _redis = None  # type: ignore[assignment]
+
+Command = tuple[Any, ...]
+Ops = Generator[Command, Any, Any]
+
+
+def _script(name: str) -> tuple[bytes, str]:
+    body = (resources.files(__package__) / "lua" / name).read_bytes()
+    return body, hashlib.sha1(body).hexdigest()
+
+
+_COMPLETE = _script("complete.lua")
+_RELEASE = _script("release.lua")
+_RENEW = _script("renew.lua")
+
+
+def _ms_until(timestamp_seconds: float) -> int:
+    return max(int((timestamp_seconds - time.time()) * 1000), 1)
+
+
+def _is_async_client(client: Any) -> bool:
+    return asyncio.iscoroutinefunction(getattr(client, "execute_command", None))
+
+
+class RedisPersistenceLayer(BasePersistenceLayer):
+    """Records in Redis (standalone, Sentinel-managed master, or Cluster).
+
+    ``url=`` makes clients lazily: a ``redis.Redis`` for sync use and one
+    ``redis.asyncio.Redis`` per event loop for async use. ``client=`` takes a ready client of
+    either kind (``redis.Redis``, ``redis.asyncio.Redis``, ``RedisCluster`` sync or async, or
+    ``Sentinel.master_for(...)``); pass ``async_client=`` too to serve both worlds.
+    Clients must not decode responses (records are bytes).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        async_client: Any = None,
+        key_prefix: str = "idempotency:",
+        socket_timeout: float = 2.0,
+        socket_connect_timeout: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if _redis is None:
+            raise ImportError(
+                "RedisPersistenceLayer needs redis-py: pip install 'idempotent-middleware[redis]'"
+            )
+        if url is None and client is None and async_client is None:
+            raise ValueError("pass url= or client=")
+        self.url = url
+        self.key_prefix = key_prefix
+        self._client_kwargs: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+        }
+        self._sync_client: Any = None
+        self._async_client: Any = async_client
+        if client is not None:
+            if _is_async_client(client):
+                self._async_client = client
+            else:
+                self._sync_client = client
+        for given in (self._sync_client, self._async_client):
+            pool = getattr(given, "connection_pool", None)
+            if pool is not None and pool.connection_kwargs.get("decode_responses"):
+                raise ValueError("the Redis client must be created with decode_responses=False")
+        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        #: None until the first claim tells whether the server takes SET ... NX ... GET.
+        self._set_nx_get: bool | None = None
+
+    # --- Clients ----------------------------------------------------------------------------
+    def sync_client(self) -> Any:
+        if self._sync_client is None:
+            if self.url is None:
+                raise TypeError("this layer has only an async client; pass url= or a sync client")
+            self._sync_client = _redis.Redis.from_url(self.url, **self._client_kwargs)
+        return self._sync_client
+
+    def async_client(self) -> Any:
+        if self._async_client is not None:
+            return self._async_client
+        if self.url is None:
+            return None
+        loop = asyncio.get_running_loop()
+        client = self._loop_clients.get(loop)
+        if client is None:
+            client = _redis_asyncio.Redis.from_url(self.url, **self._client_kwargs)
+            self._loop_clients[loop] = client
+        return client
+
+    def _name(self, idempotency_key: str) -> str:
+        return self.key_prefix + idempotency_key
+
+    # --- Drivers for the command generators -------------------------------------------------
+    def _run(self, ops: Ops) -> Any:
+        client = self.sync_client()
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                command = ops.throw(error) if error is not None else ops.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply, error = None, None
+            try:
+                reply = client.execute_command(*command)
+            except (RedisError, OSError) as exc:
+                error = exc
+
+    async def _run_async(self, ops: Ops) -> Any:
+        client = self.async_client()
+        if client is None:  # only a sync client: keep the event loop free
+            return await asyncio.to_thread(self._run, ops)
+        reply: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                command = ops.throw(error) if error is not None else ops.send(reply)
+            except StopIteration as stop:
+                return stop.value
+            reply, error = None, None
+            try:
+                reply = await client.execute_command(*command)
+            except (RedisError, OSError) as exc:
+                error = exc
+
+    # --- The operations, written once ---------------------------------------------------------
+    def _ops_get(self, idempotency_key: str) -> Ops:
+        try:
+            raw = yield ("GET", self._name(idempotency_key))
+        except (RedisError, OSError) as exc:
+            raise IdempotencyPersistenceLayerError(f"GET failed: {exc}") from exc
+        if raw is None:
+            raise IdempotencyItemNotFoundError(idempotency_key)
+        return decode_record(idempotency_key, raw)
+
+    def _ops_put(self, record: DataRecord) -> Ops:
+        name = self._name(record.idempotency_key)
+        value = encode_record(record)
+        lease_ms = max(int(record.in_progress_expiry_timestamp or 0) - int(time.time() * 1000), 1)
+        try:
+            if self._set_nx_get is not False:
+                try:
+                    raw = yield ("SET", name, value, "NX", "PX", lease_ms, "GET")
+                    self._set_nx_get = True
+                    if raw is not None and not isinstance(raw, bytes):
+                        raw = yield ("GET", name)  # emulators that answer a flag, not the value
+                        if raw is None:
+                            raise IdempotencyItemAlreadyExistsError(None)
+                except ResponseError as exc:
+                    if self._set_nx_get or "syntax" not in str(exc).lower():
+                        raise
+                    self._set_nx_get = False  # Redis < 7.0: two commands from now on
+            if self._set_nx_get is False:
+                won = yield ("SET", name, value, "NX", "PX", lease_ms)
+                raw = None if won else (yield ("GET", name))
+                if not won and raw is None:  # expired in between: let the caller try again
+                    raise IdempotencyItemAlreadyExistsError(None)
+        except (RedisError, OSError) as exc:
+            raise IdempotencyPersistenceLayerError(f"claim failed: {exc}") from exc
+        if raw is not None:
+            raise IdempotencyItemAlreadyExistsError(decode_record(record.idempotency_key, raw))
+
+    def _ops_script(self, script: tuple[bytes, str], record: DataRecord, *args: Any) -> Ops:
+        body, sha = script
+        keys_and_args = (1, self._name(record.idempotency_key), record.owner, *args)
+        try:
+            try:
+                done = yield ("EVALSHA", sha, *keys_and_args)
+            except NoScriptError:
+                done = yield ("EVAL", body, *keys_and_args)
+        except (RedisError, OSError) as exc:
+            raise IdempotencyPersistenceLayerError(f"script failed: {exc}") from exc
+        if not done:
+            raise IdempotencyOwnershipError(record.idempotency_key)
+        return None
+
+    def _ops_update(self, record: DataRecord) -> Ops:
+        ttl = _ms_until(record.expiry_timestamp or time.time() + 1)
+        return (yield from self._ops_script(_COMPLETE, record, encode_record(record), ttl))
+
+    def _ops_renew(self, record: DataRecord) -> Ops:
+        lease = max(int(record.in_progress_expiry_timestamp or 0) - int(time.time() * 1000), 1)
+        return (yield from self._ops_script(_RENEW, record, lease))
+
+    # --- The four (five) I/O methods, sync and async -------------------------------------------
+    def _get_record(self, idempotency_key: str) -> DataRecord:
+        return self._run(self._ops_get(idempotency_key))  # type: ignore[no-any-return]
+
+    def _put_record(self, data_record: DataRecord) -> None:
+        self._run(self._ops_put(data_record))
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        self._run(self._ops_update(data_record))
+
+    def _delete_record(self, data_record: DataRecord) -> None:
+        self._run(self._ops_script(_RELEASE, data_record))
+
+    def _renew_lease(self, data_record: DataRecord) -> None:
+        self._run(self._ops_renew(data_record))
+
+    async def _get_record_async(self, idempotency_key: str) -> DataRecord:
+        return await self._run_async(self._ops_get(idempotency_key))  # type: ignore[no-any-return]
+
+    async def _put_record_async(self, data_record: DataRecord) -> None:
+        await self._run_async(self._ops_put(data_record))
+
+    async def _update_record_async(self, data_record: DataRecord) -> None:
+        await self._run_async(self._ops_update(data_record))
+
+    async def _delete_record_async(self, data_record: DataRecord) -> None:
+        await self._run_async(self._ops_script(_RELEASE, data_record))
+
+    async def _renew_lease_async(self, data_record: DataRecord) -> None:
+        await self._run_async(self._ops_renew(data_record))
+
+    def close(self) -> None:
+        if self._sync_client is not None:
+            self._sync_client.close()
+
+
+__all__ = ["OWNER_SLICE", "RedisPersistenceLayer"]

@@ -1,0 +1,225 @@
+"""WSGI adapter: translates environ/start_response to the shared HTTP core and back.
+
+PEP 3333 rules kept here: ``wsgi.input`` is replaced by the buffered body with a matching
+``CONTENT_LENGTH``; ``start_response`` is wrapped (``exc_info`` handed on so the server can
+re-raise, a capturing ``write()`` returned); a generator app may call ``start_response`` only
+after its first item; the app iterable's ``close()`` is always called (as Werkzeug's
+``ClosingIterator`` does). The sync Redis client is used directly: no event loop, no thread hop.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any
+
+from ._http import (
+    PASS,
+    Execute,
+    HttpIdempotency,
+    HttpRequest,
+    Respond,
+    ResponseCapture,
+    StoredResponse,
+)
+from ._lease import sync_renewer
+from ._steps import drive
+from .config import IdempotencyConfig
+from .persistence.base import BasePersistenceLayer
+from .persistence.memory import InMemoryPersistenceLayer
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIEnviron = dict[str, Any]
+WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
+
+_SPECIAL_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
+
+
+class IdempotencyMiddleware:
+    """Run each keyed request once; replay the stored response to every retry."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        persistence_store: BasePersistenceLayer | None = None,
+        config: IdempotencyConfig | None = None,
+    ) -> None:
+        self.app = app
+        self.engine = HttpIdempotency(
+            config or IdempotencyConfig(), persistence_store or InMemoryPersistenceLayer()
+        )
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        engine = self.engine
+        method = environ["REQUEST_METHOD"]
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        rule = engine.rule(method, path)
+        if rule is None:
+            return self.app(environ, start_response)
+        request = HttpRequest(
+            method,
+            path,
+            environ.get("QUERY_STRING", "").encode("latin-1"),
+            _headers(environ),
+            environ,
+        )
+        early = engine.precheck(request, rule)
+        if early is PASS:
+            return self.app(environ, start_response)
+        if isinstance(early, Respond):
+            return _respond(start_response, early.response)
+        if engine.content_length_too_large(request):
+            return _respond(start_response, engine.problems.too_large)
+        body = _read_body(environ, engine.config.max_request_body_bytes)
+        if body is None:
+            return _respond(start_response, engine.problems.too_large)
+        request.body = body
+        action = drive(engine.store, engine.begin(request, rule))
+        if isinstance(action, Respond):
+            return _respond(start_response, action.response)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        if not isinstance(action, Execute):
+            return self.app(environ, start_response)
+        return self._execute(action, environ, start_response)
+
+    def _execute(
+        self, action: Execute, environ: WSGIEnviron, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        engine = self.engine
+        capture = ResponseCapture(engine.config.max_response_body_bytes, engine.excluded)
+
+        def capturing_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            write = start_response(status, headers, exc_info)  # re-raises if already sent
+            capture.start(
+                int(status[:3]),
+                [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            )
+
+            def capturing_write(data: bytes) -> object:
+                capture.add(data)
+                return write(data)
+
+            return capturing_write
+
+        renewal = sync_renewer.start(engine.store, action.claim, engine.config.lease_seconds)
+        try:
+            iterable = self.app(environ, capturing_start_response)
+        except BaseException:
+            renewal.stop()
+            drive(engine.store, engine.finish(action, None))
+            raise
+
+        def finish(outcome: StoredResponse | None) -> None:
+            renewal.stop()
+            drive(engine.store, engine.finish(action, outcome))
+
+        return _CapturingIterable(iterable, capture, finish)
+
+
+class _CapturingIterable:
+    """Streams the app's body through, copying it; records the outcome exactly once.
+
+    The outcome is recorded as soon as the body is exhausted. If the server closes early
+    (client gone), the rest of the body is drained into the copy first: the handler has run,
+    so its response must be recorded rather than released.
+    """
+
+    def __init__(
+        self,
+        iterable: Iterable[bytes],
+        capture: ResponseCapture,
+        finish: Callable[[StoredResponse | None], None],
+    ) -> None:
+        self._iterable = iterable
+        self._iterator: Iterator[bytes] | None = None
+        self._capture = capture
+        self._finish: Callable[[StoredResponse | None], None] | None = finish
+        self._failed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._iterator = iter(self._iterable)
+        try:
+            for chunk in self._iterator:
+                self._capture.add(chunk)
+                yield chunk
+        except BaseException:
+            self._failed = True
+            raise
+        self._record()  # the body is complete: record now, before the server's close()
+
+    def close(self) -> None:
+        try:
+            if not self._failed:
+                self._drain()
+        except Exception:
+            self._failed = True
+        finally:
+            try:
+                close = getattr(self._iterable, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._record()
+
+    def _drain(self) -> None:
+        iterator = self._iterator if self._iterator is not None else iter(self._iterable)
+        for chunk in iterator:
+            self._capture.add(chunk)
+            if self._capture.overflow:
+                break
+
+    def _record(self) -> None:
+        finish, self._finish = self._finish, None
+        if finish is not None:
+            ok = not self._failed and self._capture.status
+            finish(self._capture.result() if ok else None)
+
+
+def _headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:
+    headers = []
+    for name, value in environ.items():
+        if name.startswith("HTTP_"):
+            key = name[5:].replace("_", "-").lower().encode("latin-1")
+        elif name in _SPECIAL_HEADERS:
+            key = _SPECIAL_HEADERS[name]
+        else:
+            continue
+        headers.append((key, value.encode("latin-1")))
+    return headers
+
+
+def _read_body(environ: WSGIEnviron, cap: int) -> bytes | None:
+    """The request body, or None past ``cap`` bytes (413)."""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return b""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or -1)
+    except ValueError:
+        length = -1
+    if length >= 0:
+        body: bytes = stream.read(length) if length else b""
+        return body
+    # No length: read to the end only where the server promises it ends (PEP 3333 errata).
+    if not environ.get("wsgi.input_terminated"):
+        return b""
+    body = stream.read(cap + 1)
+    return None if len(body) > cap else body
+
+
+def _respond(start_response: StartResponse, response: StoredResponse) -> list[bytes]:
+    try:
+        reason = HTTPStatus(response.status).phrase
+    except ValueError:
+        reason = "Unknown"
+    start_response(
+        f"{response.status} {reason}",
+        [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers],
+    )
+    return [response.body]
