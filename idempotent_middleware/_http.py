@@ -365,7 +365,12 @@ class HttpIdempotency:
             return Respond(self.problems.not_replayable(stored.status))
         logger.debug("replay %s", key)
         headers = [*stored.headers, self.replay_header]
-        if not any(k.lower() == b"content-length" for k, _ in stored.headers):
+        # RFC 9110 section 8.6: no Content-Length on 1xx, 204 and 304.
+        if (
+            stored.status >= 200
+            and stored.status not in (204, 304)
+            and not any(k.lower() == b"content-length" for k, _ in stored.headers)
+        ):
             headers.append((b"content-length", str(len(stored.body)).encode()))
         return Respond(StoredResponse(stored.status, headers, stored.body))
 
