@@ -15,6 +15,7 @@ import fnmatch
 import json
 import logging
 import math
+import re
 import struct
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ MAX_KEY_LENGTH = 255
 class HttpRequest:
     """What the core sees of a request; ``raw`` is the ASGI scope or the WSGI environ."""
 
-    __slots__ = ("_document", "body", "content_type", "headers", "method", "path", "query", "raw")
+    __slots__ = ("_document", "body", "headers", "key", "method", "path", "query", "raw")
 
     def __init__(
         self,
@@ -61,6 +62,8 @@ class HttpRequest:
         self.headers = headers
         self.raw = raw
         self.body = body
+        #: The parsed header key (header mode), set by ``HttpIdempotency.precheck``.
+        self.key: bytes | None = None
         self._document: dict[str, Any] | None = None
 
     def header(self, name: bytes) -> bytes | None:
@@ -280,8 +283,10 @@ class HttpIdempotency:
             if rule.key_required:
                 return Respond(self.problems.missing)
             return PASS
-        if len(values) > 1 or _parse_key(values[0]) is None:
+        key = _parse_key(values[0]) if len(values) == 1 else None
+        if key is None:
             return Respond(self.problems.invalid)
+        request.key = key
         return None
 
     def content_length_too_large(self, request: HttpRequest) -> bool:
@@ -295,20 +300,22 @@ class HttpIdempotency:
     def begin(self, request: HttpRequest, rule: Rule) -> Plan[Respond | Execute | PassThrough]:
         """Key, fingerprint and claim; returns what the adapter should do."""
         cfg = self.config
-        if self.header_mode:
-            material: Any = _parse_key(request.header(self.header_name) or b"")
+        tenant = cfg.scope(request) if cfg.scope is not None else None
+        if request.key is not None:
+            # Header mode: hash the raw key bytes, after the tenant (NUL never occurs in either).
+            material = request.key if tenant is None else tenant.encode() + b"\x00" + request.key
+            digest = self.scheme.generate_hash(material)
         else:
             try:
-                material = self.scheme.key_material(request.document())
+                found = self.scheme.key_material(request.document())
             except Exception:  # a JMESPath runtime error on this document: no usable key
-                material = None
-        tenant = cfg.scope(request) if cfg.scope is not None else None
-        scope = f"{request.method} {request.path}"
-        if self.scheme.is_missing(material):
-            if rule.key_required:
-                return Respond(self.problems.missing)
-            return PASS
-        key = f"{scope}#{self.scheme.generate_hash([tenant, material])}"
+                found = None
+            if self.scheme.is_missing(found):
+                if rule.key_required:
+                    return Respond(self.problems.missing)
+                return PASS
+            digest = self.scheme.generate_hash([tenant, found])
+        key = f"{request.method} {request.path}#{digest}"
         try:
             fingerprint = self._fingerprint(request)
         except Exception:
@@ -353,9 +360,7 @@ class HttpIdempotency:
             return self.scheme.payload_hash(request.document())
         parsed = request.json_body()
         body = request.body if parsed is None else canonical_json(parsed)
-        return self.scheme.generate_hash(
-            request.method.encode() + b" " + request.path.encode() + b"\n" + body
-        )
+        return self.scheme.generate_hash(f"{request.method} {request.path}\n".encode() + body)
 
     def _replay(self, key: str, record: DataRecord) -> Respond:
         stored = StoredResponse.decode(record.response_data or b"")
@@ -407,10 +412,15 @@ def _status_policy(spec: Callable[[int], bool] | Collection[int]) -> Callable[[i
     return allowed.__contains__
 
 
-def _parse_key(value: bytes) -> str | None:
+_PRINTABLE_KEY = re.compile(rb"[\x20-\x7e]{1,%d}" % MAX_KEY_LENGTH)
+
+
+def _parse_key(value: bytes) -> bytes | None:
     """The key, or None when malformed (IETF draft section 2: an sf-string; Stripe: <= 255)."""
     value = value.strip(b" \t")
-    if len(value) >= 2 and value[:1] == b'"' and value[-1:] == b'"':
+    if value[:1] == b'"':
+        if len(value) < 2 or value[-1:] != b'"':
+            return None
         inner = value[1:-1]
         # RFC 8941 section 3.3.3: only \" and \\ escapes; a bare quote ends the string.
         if b'"' in inner.replace(b'\\"', b"").replace(b"\\\\", b""):
@@ -418,11 +428,7 @@ def _parse_key(value: bytes) -> str | None:
         value = inner.replace(b'\\"', b'"').replace(b"\\\\", b"\\")
     elif b"," in value or b'"' in value:
         return None  # a list of keys, or a stray quote
-    if not value or len(value) > MAX_KEY_LENGTH:
-        return None
-    if any(c < 0x20 or c > 0x7E for c in value):
-        return None
-    return value.decode("ascii")
+    return value if _PRINTABLE_KEY.fullmatch(value) else None
 
 
 class _Problems:

@@ -14,17 +14,18 @@ of four abstract I/O methods) so its users feel at home. What differs, on purpos
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-import os
+import random
 import struct
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import jmespath
@@ -40,6 +41,8 @@ from ..exceptions import (
 )
 
 logger = logging.getLogger("idempotent_middleware")
+
+_random_bits = random.getrandbits
 
 STATUS_INPROGRESS = "INPROGRESS"
 STATUS_COMPLETED = "COMPLETED"
@@ -195,7 +198,7 @@ class KeyScheme:
                 else None
             ),
             options=options,
-            hash_function=lambda data: hashlib.new(name, data),
+            hash_function=getattr(hashlib, name, None) or functools.partial(hashlib.new, name),
         )
 
     def generate_hash(self, data: Any) -> str:
@@ -257,7 +260,11 @@ class LRUDict:
 
 
 def new_owner() -> bytes:
-    return os.urandom(16)
+    """16 random bytes: unique per execution (uniqueness, not secrecy, is what fencing needs).
+
+    ``random`` is seeded from the OS and reseeded in forked workers by CPython itself.
+    """
+    return _random_bits(128).to_bytes(16, "big")
 
 
 class BasePersistenceLayer(ABC):
@@ -361,12 +368,14 @@ class BasePersistenceLayer(ABC):
     def completed_record(
         claim: DataRecord, response_data: bytes, expires_after_seconds: float
     ) -> DataRecord:
-        return replace(
-            claim,
-            status=STATUS_COMPLETED,
-            expiry_timestamp=time.time() + expires_after_seconds,
-            in_progress_expiry_timestamp=None,
-            response_data=response_data,
+        return DataRecord(
+            claim.idempotency_key,
+            STATUS_COMPLETED,
+            time.time() + expires_after_seconds,
+            None,
+            response_data,
+            claim.payload_hash,
+            claim.owner,
         )
 
     # --- Public template methods, written once as plans -------------------------------------

@@ -21,9 +21,10 @@ import asyncio
 import hashlib
 import time
 import weakref
-from collections.abc import Generator
+from collections.abc import Awaitable, Generator
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..exceptions import (
     IdempotencyItemAlreadyExistsError,
@@ -31,6 +32,7 @@ from ..exceptions import (
     IdempotencyOwnershipError,
     IdempotencyPersistenceLayerError,
 )
+from ._resp import PipelinedConnection
 from .base import OWNER_SLICE, BasePersistenceLayer, DataRecord, decode_record, encode_record
 
 try:
@@ -62,6 +64,77 @@ def _is_async_client(client: Any) -> bool:
     return asyncio.iscoroutinefunction(getattr(client, "execute_command", None))
 
 
+def _is_cluster(client: Any) -> bool:
+    return client is not None and "cluster" in type(client).__module__
+
+
+class _Direct:
+    """One command, one round trip (Cluster clients route each command to its node)."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def execute(self, command: Command) -> Awaitable[Any]:
+        return self.client.execute_command(*command)  # type: ignore[no-any-return]
+
+
+class _AutoPipeline:
+    """Coalesces the commands of concurrent requests into shared round trips.
+
+    Commands issued during one event-loop tick are queued and leave together at the end of
+    the tick as one non-transactional pipeline: under load many requests share one write and
+    one read, when idle a lone command leaves at once (``call_soon``, no timer, no added
+    latency). Each caller still gets its own reply or its own error.
+    """
+
+    __slots__ = ("client", "loop", "queue")
+
+    def __init__(self, client: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.loop = loop
+        self.queue: list[tuple[Command, asyncio.Future[Any]]] = []
+
+    def execute(self, command: Command) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.loop.create_future()
+        if not self.queue:
+            self.loop.call_soon(self._flush)
+        self.queue.append((command, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self.queue = self.queue, []
+        self.loop.create_task(self._send(batch))
+
+    async def _send(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
+        try:
+            if len(batch) == 1:
+                replies = [await self.client.execute_command(*batch[0][0])]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for command, _ in batch:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
+_Executor = _Direct | _AutoPipeline | PipelinedConnection
+
+
 class RedisPersistenceLayer(BasePersistenceLayer):
     """Records in Redis (standalone, Sentinel-managed master, or Cluster).
 
@@ -81,6 +154,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         key_prefix: str = "idempotency:",
         socket_timeout: float = 2.0,
         socket_connect_timeout: float = 2.0,
+        auto_pipeline: bool = True,
     ) -> None:
         super().__init__()
         if _redis is None:
@@ -106,11 +180,13 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             pool = getattr(given, "connection_pool", None)
             if pool is not None and pool.connection_kwargs.get("decode_responses"):
                 raise ValueError("the Redis client must be created with decode_responses=False")
-        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+        self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Executor] = (
             weakref.WeakKeyDictionary()
         )
         #: None until the first claim tells whether the server takes SET ... NX ... GET.
         self._set_nx_get: bool | None = None
+        # Cluster clients route each command to its node; pipelining across slots is theirs.
+        self._pipelining = auto_pipeline and not _is_cluster(self._async_client)
 
     # --- Clients ----------------------------------------------------------------------------
     def sync_client(self) -> Any:
@@ -121,16 +197,32 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         return self._sync_client
 
     def async_client(self) -> Any:
-        if self._async_client is not None:
-            return self._async_client
-        if self.url is None:
-            return None
+        """The redis-py asyncio client in use on this loop (None with the lean connection)."""
+        executor = self._executor()
+        return None if isinstance(executor, PipelinedConnection) else executor.client
+
+    def _executor(self) -> _Executor:
+        """This event loop's way to send commands (connections are bound to their loop)."""
         loop = asyncio.get_running_loop()
-        client = self._loop_clients.get(loop)
+        executor = self._loop_clients.get(loop)
+        if executor is None:
+            executor = self._new_executor(loop)
+            self._loop_clients[loop] = executor
+        return executor
+
+    def _new_executor(self, loop: asyncio.AbstractEventLoop) -> _Executor:
+        client = self._async_client
         if client is None:
+            assert self.url is not None
+            if self._pipelining and urlsplit(self.url).scheme in ("redis", "rediss"):
+                return PipelinedConnection(
+                    self.url,
+                    loop,
+                    socket_timeout=self._client_kwargs["socket_timeout"],
+                    socket_connect_timeout=self._client_kwargs["socket_connect_timeout"],
+                )
             client = _redis_asyncio.Redis.from_url(self.url, **self._client_kwargs)
-            self._loop_clients[loop] = client
-        return client
+        return _AutoPipeline(client, loop) if self._pipelining else _Direct(client)
 
     def _name(self, idempotency_key: str) -> str:
         return self.key_prefix + idempotency_key
@@ -152,9 +244,10 @@ class RedisPersistenceLayer(BasePersistenceLayer):
                 error = exc
 
     async def _run_async(self, ops: Ops) -> Any:
-        client = self.async_client()
-        if client is None:  # only a sync client: keep the event loop free
+        if self._async_client is None and self.url is None:
+            # Only a sync client: keep the event loop free.
             return await asyncio.to_thread(self._run, ops)
+        executor = self._executor()
         reply: Any = None
         error: BaseException | None = None
         while True:
@@ -164,7 +257,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
                 return stop.value
             reply, error = None, None
             try:
-                reply = await client.execute_command(*command)
+                reply = await executor.execute(command)
             except (RedisError, OSError) as exc:
                 error = exc
 

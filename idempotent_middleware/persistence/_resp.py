@@ -1,0 +1,299 @@
+"""A lean asyncio Redis connection with automatic pipelining, for ``RedisPersistenceLayer(url=)``.
+
+Why not redis-py's asyncio client on the hot path: each of its commands costs tens of
+microseconds of Python (connection checkout, locks, callbacks), and every request needs one or
+two commands. Here all commands issued during one event-loop tick are packed into one write on
+one connection, and replies are matched to callers in order (Redis answers a connection's
+commands in the order they were sent). When idle, a lone command leaves at the end of the
+current tick: no timer, no added latency.
+
+It speaks RESP2 for the five commands the layer uses (SET, GET, EVALSHA, EVAL, PING) plus
+AUTH and SELECT at connect; replies are parsed by hiredis when installed, else by a small
+parser below. Errors use redis-py's exception classes so that the layer handles both clients
+alike. Anything fancier (Cluster, Sentinel, Unix sockets, client-side caching) goes through
+redis-py: pass ``client=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis.exceptions import (
+    AuthenticationError,
+    NoScriptError,
+    ResponseError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - exercised when hiredis is absent
+    hiredis = None  # type: ignore[assignment]
+
+Command = tuple[Any, ...]
+
+
+def pack(command: Command) -> bytes:
+    """RESP2 array of bulk strings."""
+    out = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+class _Error:
+    """An error reply, kept apart from data replies."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class PythonReader:
+    """RESP2 reply parser used when hiredis is not installed (same feed/gets contract)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def gets(self) -> Any:
+        parsed = self._parse(0)
+        if parsed is None:
+            return False
+        value, end = parsed
+        del self._buffer[:end]
+        return value
+
+    def _parse(self, start: int) -> tuple[Any, int] | None:
+        buffer = self._buffer
+        line_end = buffer.find(b"\r\n", start)
+        if line_end < 0:
+            return None
+        kind, line = buffer[start : start + 1], bytes(buffer[start + 1 : line_end])
+        after = line_end + 2
+        if kind == b"+":
+            return line, after
+        if kind == b"-":
+            return _Error(line.decode(errors="replace")), after
+        if kind == b":":
+            return int(line), after
+        if kind == b"$":
+            length = int(line)
+            if length < 0:
+                return None, after
+            if len(buffer) < after + length + 2:
+                return None
+            return bytes(buffer[after : after + length]), after + length + 2
+        if kind == b"*":
+            count = int(line)
+            if count < 0:
+                return None, after
+            items = []
+            for _ in range(count):
+                parsed = self._parse(after)
+                if parsed is None:
+                    return None
+                item, after = parsed
+                items.append(item)
+            return items, after
+        raise RedisConnectionError(f"unexpected RESP reply type {kind!r}")
+
+
+def _error(reply: Any) -> Exception | None:
+    if hiredis is not None and isinstance(reply, hiredis.ReplyError):
+        message = str(reply)
+    elif isinstance(reply, _Error):
+        message = reply.message
+    else:
+        return None
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    if message.startswith(("WRONGPASS", "NOAUTH")):
+        return AuthenticationError(message)
+    return ResponseError(message)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, owner: PipelinedConnection) -> None:
+        self.owner = owner
+        self.reader: Any = hiredis.Reader() if hiredis is not None else PythonReader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are duck-typed
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        waiters = self.owner.waiters
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            if not waiters:
+                self.owner.fail(RedisConnectionError("reply without a request"))
+                return
+            future = waiters.popleft()[0]
+            if future.done():
+                continue
+            error = _error(reply)
+            if error is None:
+                future.set_result(reply)
+            else:
+                future.set_exception(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+
+class PipelinedConnection:
+    """One connection per event loop; commands of one tick leave in one write."""
+
+    def __init__(
+        self,
+        url: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        socket_timeout: float,
+        socket_connect_timeout: float,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"unsupported scheme {parts.scheme!r}")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 6379
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        path = parts.path.strip("/")
+        self.db = int(path) if path else 0
+        self.tls = parts.scheme == "rediss"
+        self.tls_verify = "ssl_cert_reqs=none" not in (parts.query or "")
+        self.loop = loop
+        self.socket_timeout = socket_timeout
+        self.socket_connect_timeout = socket_connect_timeout
+        #: Commands sent and awaiting replies, in order: (future, monotonic send time).
+        self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.queue: list[tuple[Command, asyncio.Future[Any]]] = []
+        self.protocol: _Protocol | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.TimerHandle | None = None
+
+    def execute(self, command: Command) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.loop.create_future()
+        if not self.queue:
+            self.loop.call_soon(self._flush)
+        self.queue.append((command, future))
+        return future
+
+    def _flush(self) -> None:
+        protocol = self.protocol
+        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+            if self.connecting is None:
+                self.connecting = self.loop.create_task(self._connect())
+            return  # _connect flushes once connected
+        batch, self.queue = self.queue, []
+        if not batch:
+            return
+        now = time.monotonic()
+        self.waiters.extend((future, now) for _, future in batch)
+        if len(batch) == 1:
+            protocol.transport.write(pack(batch[0][0]))
+        else:
+            protocol.transport.write(b"".join([pack(command) for command, _ in batch]))
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_later(self.socket_timeout, self._check_timeout)
+
+    async def _connect(self) -> None:
+        try:
+            context = None
+            if self.tls:
+                context = ssl.create_default_context()
+                if not self.tls_verify:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+            transport, protocol = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: _Protocol(self), self.host, self.port, ssl=context
+                ),
+                self.socket_connect_timeout,
+            )
+            protocol.transport = transport
+            self.protocol = protocol
+            hello: list[Command] = []
+            if self.password is not None:
+                auth: Command = ("AUTH", self.password)
+                hello.append(
+                    auth if self.username is None else ("AUTH", self.username, self.password)
+                )
+            if self.db:
+                hello.append(("SELECT", self.db))
+            if hello:
+                # Jump the queue: these must be the connection's first commands.
+                futures = [self.loop.create_future() for _ in hello]
+                now = time.monotonic()
+                self.waiters.extendleft((f, now) for f in reversed(futures))
+                assert protocol.transport is not None
+                protocol.transport.write(b"".join(pack(c) for c in hello))
+                await asyncio.wait_for(asyncio.gather(*futures), self.socket_connect_timeout)
+        except Exception as exc:
+            self.connecting = None
+            self._close_protocol()
+            error = (
+                exc
+                if isinstance(exc, (RedisConnectionError, AuthenticationError))
+                else (
+                    RedisConnectionError(
+                        f"cannot connect to Redis at {self.host}:{self.port}: {exc}"
+                    )
+                )
+            )
+            batch, self.queue = self.queue, []
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        self.connecting = None
+        self._flush()
+
+    def _check_timeout(self) -> None:
+        self.watchdog = None
+        if not self.waiters:
+            return
+        waited = time.monotonic() - self.waiters[0][1]
+        if waited >= self.socket_timeout:
+            self.fail(RedisTimeoutError(f"no reply from Redis within {self.socket_timeout}s"))
+            self._close_protocol()
+        else:
+            self.watchdog = self.loop.call_later(self.socket_timeout - waited, self._check_timeout)
+
+    def fail(self, error: Exception) -> None:
+        """Fail every command in flight (the connection is unusable); the next reconnects."""
+        waiters, self.waiters = self.waiters, deque()
+        for future, _ in waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._close_protocol()
+
+    def _close_protocol(self) -> None:
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abort()
+
+    def close(self) -> None:
+        self.fail(RedisConnectionError("connection closed"))
