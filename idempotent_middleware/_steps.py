@@ -20,21 +20,33 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class Step(NamedTuple):
-    """One I/O operation: ``op`` names a layer method (``_<op>`` / ``_<op>_async``) or sleep."""
+class Op(NamedTuple):
+    """A layer method by its sync and async names (``_put_record``, ``_put_record_async``)."""
 
-    op: str
+    sync: str
+    async_: str
+
+
+class Step(NamedTuple):
+    """One I/O operation: a layer method and its argument, or ``SLEEP`` and seconds."""
+
+    op: Op
     arg: Any
 
 
 Plan = Generator[Step, Any, T]
 
-GET = "get_record"
-PUT = "put_record"
-UPDATE = "update_record"
-DELETE = "delete_record"
-RENEW = "renew_lease"
-SLEEP = "sleep"
+
+def _op(name: str) -> Op:
+    return Op(f"_{name}", f"_{name}_async")
+
+
+GET = _op("get_record")
+PUT = _op("put_record")
+UPDATE = _op("update_record")
+DELETE = _op("delete_record")
+RENEW = _op("renew_lease")
+SLEEP = Op("", "")
 
 
 def drive(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
@@ -48,10 +60,10 @@ def drive(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
             return stop.value  # type: ignore[no-any-return]
         result, error = None, None
         try:
-            if step.op == SLEEP:
+            if step.op is SLEEP:
                 time.sleep(step.arg)
             else:
-                result = getattr(layer, "_" + step.op)(step.arg)
+                result = getattr(layer, step.op.sync)(step.arg)
         except Exception as exc:
             error = exc
 
@@ -67,9 +79,9 @@ async def drive_async(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
             return stop.value  # type: ignore[no-any-return]
         result, error = None, None
         try:
-            if step.op == SLEEP:
+            if step.op is SLEEP:
                 await asyncio.sleep(step.arg)
             else:
-                result = await getattr(layer, "_" + step.op + "_async")(step.arg)
+                result = await getattr(layer, step.op.async_)(step.arg)
         except Exception as exc:
             error = exc

@@ -64,6 +64,15 @@ def _is_async_client(client: Any) -> bool:
     return asyncio.iscoroutinefunction(getattr(client, "execute_command", None))
 
 
+#: redis-py's SET reply callback turns a value into a bool unless told the command had GET.
+_SET_GET = {"get": True}
+_NO_OPTIONS: dict[str, Any] = {}
+
+
+def _options(command: Command) -> dict[str, Any]:
+    return _SET_GET if command[0] == "SET" else _NO_OPTIONS
+
+
 def _is_cluster(client: Any) -> bool:
     return client is not None and "cluster" in type(client).__module__
 
@@ -77,7 +86,7 @@ class _Direct:
         self.client = client
 
     def execute(self, command: Command) -> Awaitable[Any]:
-        return self.client.execute_command(*command)  # type: ignore[no-any-return]
+        return self.client.execute_command(*command, **_options(command))  # type: ignore[no-any-return]
 
 
 class _AutoPipeline:
@@ -110,11 +119,12 @@ class _AutoPipeline:
     async def _send(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
         try:
             if len(batch) == 1:
-                replies = [await self.client.execute_command(*batch[0][0])]
+                command = batch[0][0]
+                replies = [await self.client.execute_command(*command, **_options(command))]
             else:
                 pipe = self.client.pipeline(transaction=False)
                 for command, _ in batch:
-                    pipe.execute_command(*command)
+                    pipe.execute_command(*command, **_options(command))
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
             for _, future in batch:
@@ -183,6 +193,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Executor] = (
             weakref.WeakKeyDictionary()
         )
+        self._last_executor: tuple[asyncio.AbstractEventLoop, _Executor] | None = None
         #: None until the first claim tells whether the server takes SET ... NX ... GET.
         self._set_nx_get: bool | None = None
         # Cluster clients route each command to its node; pipelining across slots is theirs.
@@ -204,10 +215,14 @@ class RedisPersistenceLayer(BasePersistenceLayer):
     def _executor(self) -> _Executor:
         """This event loop's way to send commands (connections are bound to their loop)."""
         loop = asyncio.get_running_loop()
+        last = self._last_executor
+        if last is not None and last[0] is loop:
+            return last[1]
         executor = self._loop_clients.get(loop)
         if executor is None:
             executor = self._new_executor(loop)
             self._loop_clients[loop] = executor
+        self._last_executor = (loop, executor)
         return executor
 
     def _new_executor(self, loop: asyncio.AbstractEventLoop) -> _Executor:
@@ -239,7 +254,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
                 return stop.value
             reply, error = None, None
             try:
-                reply = client.execute_command(*command)
+                reply = client.execute_command(*command, **_options(command))
             except (RedisError, OSError) as exc:
                 error = exc
 
@@ -280,10 +295,6 @@ class RedisPersistenceLayer(BasePersistenceLayer):
                 try:
                     raw = yield ("SET", name, value, "NX", "PX", lease_ms, "GET")
                     self._set_nx_get = True
-                    if raw is not None and not isinstance(raw, bytes):
-                        raw = yield ("GET", name)  # emulators that answer a flag, not the value
-                        if raw is None:
-                            raise IdempotencyItemAlreadyExistsError(None)
                 except ResponseError as exc:
                     if self._set_nx_get or "syntax" not in str(exc).lower():
                         raise

@@ -1,0 +1,255 @@
+"""The Redis layer's I/O on a real server: round trips, scripts, auth, reconnects, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from idempotent_middleware import (
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyPersistenceLayerError,
+    RedisPersistenceLayer,
+)
+from idempotent_middleware.persistence._resp import PythonReader, pack
+from idempotent_middleware.persistence.base import DataRecord
+from tests.redis_servers import RedisProcess, redis_binary, start_redis
+
+
+def commandstats(url: str) -> dict[str, int]:
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def client_commands(url: str, before: dict[str, int]) -> dict[str, int]:
+    """Commands sent by clients since ``before`` (GETs and SETs inside Lua scripts excluded)."""
+    after = commandstats(url)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    scripts = delta.get("evalsha", 0) + delta.get("eval", 0)
+    delta["get"] = delta.get("get", 0) - scripts  # every script starts with one GET
+    for name in ("set", "del", "pexpire"):
+        delta[name] = delta.get(name, 0)
+    for name in ("info", "hello", "client", "auth", "select", "ping"):  # connection set-up
+        delta.pop(name, None)
+    return {k: v for k, v in delta.items() if v}
+
+
+def claim(layer: RedisPersistenceLayer, key: str = "s#k") -> DataRecord:
+    return layer.new_inprogress_record(key, "fp", 30, 60)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_round_trips_per_operation(redis_url: str, mode: str) -> None:
+    """Claim 1, completion 1, duplicate lookup (replay or in flight) 1."""
+    layer = RedisPersistenceLayer(url=redis_url)
+
+    async def run(method: str, record: Any) -> None:
+        await getattr(layer, method + "_async")(record)
+
+    def call(method: str, record: Any) -> None:
+        if mode == "sync":
+            getattr(layer, method)(record)
+        else:
+            asyncio.run(run(method, record))
+
+    first = claim(layer)
+    call("_put_record", claim(layer, "s#warm"))  # connection set-up is not per request
+    before = commandstats(redis_url)
+    call("_put_record", first)
+    claimed = client_commands(redis_url, before)
+    assert claimed == {"set": 1}
+
+    before = commandstats(redis_url)
+    with pytest.raises(IdempotencyItemAlreadyExistsError):
+        call("_put_record", claim(layer))
+    in_flight = client_commands(redis_url, before)
+    assert in_flight == {"set": 1}
+
+    call("_update_record", layer.completed_record(first, b"x", 60))  # loads the script
+    second = claim(layer, "s#k2")
+    call("_put_record", second)
+    before = commandstats(redis_url)
+    call("_update_record", layer.completed_record(second, b"y", 60))
+    completed = client_commands(redis_url, before)
+    assert completed.get("evalsha") == 1
+    assert sum(v for k, v in completed.items() if k not in ("set",)) == 1  # SET ran in Lua
+
+    before = commandstats(redis_url)
+    with pytest.raises(IdempotencyItemAlreadyExistsError) as info:
+        call("_put_record", claim(layer, "s#k2"))
+    assert info.value.old_data_record is not None
+    assert info.value.old_data_record.response_data == b"y"
+    assert client_commands(redis_url, before) == {"set": 1}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_script_cache_flushed_falls_back_to_eval(redis_url: str, mode: str) -> None:
+    layer = RedisPersistenceLayer(url=redis_url)
+    record = claim(layer)
+    layer._put_record(record)
+    redis.Redis.from_url(redis_url).script_flush()
+    done = layer.completed_record(record, b"ok", 60)
+    if mode == "sync":
+        layer._update_record(done)
+    else:
+        asyncio.run(layer._update_record_async(done))
+    assert layer._get_record(record.idempotency_key).response_data == b"ok"
+
+
+def test_old_server_fallback_path(redis_url: str) -> None:
+    """Servers before 7.0 reject SET NX GET: SET NX PX, then GET on conflict."""
+    layer = RedisPersistenceLayer(url=redis_url)
+    layer._set_nx_get = False
+    first = claim(layer)
+    layer._put_record(first)
+    with pytest.raises(IdempotencyItemAlreadyExistsError) as info:
+        layer._put_record(claim(layer))
+    assert info.value.old_data_record is not None
+    assert info.value.old_data_record.owner == first.owner
+
+
+def test_key_prefix_and_database_from_url(redis_server: RedisProcess) -> None:
+    redis_server.cli("FLUSHALL")
+    url = f"redis://127.0.0.1:{redis_server.port}/3"
+    layer = RedisPersistenceLayer(url=url, key_prefix="app1:")
+
+    async def main() -> None:
+        await layer._put_record_async(claim(layer, "POST /x#abc"))
+
+    asyncio.run(main())
+    layer._put_record(claim(layer, "POST /y#abc"))
+    db3 = redis.Redis(port=redis_server.port, db=3)
+    assert sorted(db3.keys()) == [b"app1:POST /x#abc", b"app1:POST /y#abc"]
+    assert redis.Redis(port=redis_server.port, db=0).keys() == []
+
+
+@pytest.fixture
+def password_server() -> Iterator[RedisProcess]:
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed")
+    server = start_redis(password="s3cret")
+    server.cli("ACL", "SETUSER", "app", "on", ">apppw", "~*", "+@all")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("credentials", [":s3cret", "app:apppw"])
+def test_auth_from_url_sync_and_async(password_server: RedisProcess, credentials: str) -> None:
+    url = f"redis://{credentials}@127.0.0.1:{password_server.port}/0"
+    layer = RedisPersistenceLayer(url=url)
+    layer._put_record(claim(layer, "s#sync"))
+
+    async def main() -> None:
+        await layer._put_record_async(claim(layer, "s#async"))
+        with pytest.raises(IdempotencyItemAlreadyExistsError):
+            await layer._put_record_async(claim(layer, "s#sync"))
+
+    asyncio.run(main())
+
+
+def test_wrong_password_is_a_persistence_error(password_server: RedisProcess) -> None:
+    layer = RedisPersistenceLayer(url=f"redis://:wrong@127.0.0.1:{password_server.port}/0")
+    with pytest.raises(IdempotencyPersistenceLayerError):
+        layer._put_record(claim(layer))
+
+    async def main() -> None:
+        with pytest.raises(IdempotencyPersistenceLayerError):
+            await layer._put_record_async(claim(layer))
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisProcess]:
+    if redis_binary() is None:
+        pytest.skip("redis-server is not installed")
+    server = start_redis()
+    yield server
+    if server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.stop()
+
+
+def test_async_connection_survives_a_server_restart(own_server: RedisProcess) -> None:
+    layer = RedisPersistenceLayer(url=own_server.url, socket_connect_timeout=0.5)
+
+    async def main() -> None:
+        await layer._put_record_async(claim(layer, "s#1"))
+        own_server.stop()
+        with pytest.raises(IdempotencyPersistenceLayerError):
+            await layer._put_record_async(claim(layer, "s#2"))
+        with pytest.raises(IdempotencyPersistenceLayerError):  # still down: fails fast
+            await layer._put_record_async(claim(layer, "s#3"))
+        own_server.restart()
+        started = time.monotonic()
+        await layer._put_record_async(claim(layer, "s#4"))
+        assert time.monotonic() - started < 1.0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_stalled_server_times_out_instead_of_hanging(own_server: RedisProcess, mode: str) -> None:
+    layer = RedisPersistenceLayer(url=own_server.url, socket_timeout=0.5)
+    layer._put_record(claim(layer, "s#warm"))
+
+    async def warm_then_stall() -> None:
+        await layer._put_record_async(claim(layer, "s#warm-async"))
+        os.kill(own_server.process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(IdempotencyPersistenceLayerError):
+            await layer._put_record_async(claim(layer, "s#stalled"))
+        assert time.monotonic() - started < 2.0
+
+    if mode == "async":
+        asyncio.run(warm_then_stall())
+    else:
+        os.kill(own_server.process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(IdempotencyPersistenceLayerError):
+            layer._put_record(claim(layer, "s#stalled"))
+        assert time.monotonic() - started < 2.0
+    os.kill(own_server.process.pid, signal.SIGCONT)
+
+
+# --- The pure-Python RESP reader must agree with hiredis -------------------------------------
+resp_values = st.recursive(
+    st.none() | st.integers(-(2**62), 2**62) | st.binary(max_size=50),
+    lambda children: st.lists(children, max_size=4),
+    max_leaves=12,
+)
+
+
+def encode(value: Any) -> bytes:
+    if value is None:
+        return b"$-1\r\n"
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if isinstance(value, bytes):
+        return b"$%d\r\n%b\r\n" % (len(value), value)
+    return b"*%d\r\n" % len(value) + b"".join(encode(v) for v in value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(resp_values, min_size=1, max_size=5), cut=st.integers(1, 7))
+def test_python_reader_parses_split_replies(values: list[Any], cut: int) -> None:
+    wire = b"".join(encode(v) for v in values)
+    reader = PythonReader()
+    got: list[Any] = []
+    for start in range(0, len(wire), cut):
+        reader.feed(wire[start : start + cut])
+        while (reply := reader.gets()) is not False:
+            got.append(reply)
+    assert got == values
+
+
+def test_pack_is_resp_array_of_bulk_strings() -> None:
+    assert pack(("SET", b"k\r\n", 5)) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$1\r\n5\r\n"
