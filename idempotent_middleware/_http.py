@@ -149,7 +149,7 @@ class StoredResponse:
 class ResponseCapture:
     """Keeps a bounded copy of a response while it streams to the client."""
 
-    __slots__ = ("cap", "chunks", "excluded", "headers", "overflow", "size", "status")
+    __slots__ = ("cap", "chunks", "excluded", "expected", "headers", "overflow", "size", "status")
 
     def __init__(self, cap: int, excluded: frozenset[bytes]) -> None:
         self.cap = cap
@@ -158,27 +158,37 @@ class ResponseCapture:
         self.headers: Headers = []
         self.chunks: list[bytes] = []
         self.size = 0
+        self.expected: int | None = None
         self.overflow = False
 
     def start(self, status: int, headers: Headers) -> None:
         self.status = status
         # Excluded headers (Set-Cookie by default) are never stored, so never replayed;
         # framing headers belong to the connection that carried the original.
-        self.headers = [
-            (k, v)
-            for k, v in headers
-            if k.lower() not in self.excluded and k.lower() != b"transfer-encoding"
-        ]
+        kept = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                self.expected = int(value) if value.isdigit() else None
+            elif lower in self.excluded or lower == b"transfer-encoding":
+                continue
+            kept.append((name, value))
+        self.headers = kept
 
     def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
         if self.overflow or not chunk:
             return
-        self.size += len(chunk)
         if self.size > self.cap:
             self.overflow = True
             self.chunks = []
         else:
             self.chunks.append(chunk)
+
+    @property
+    def has_declared_length(self) -> bool:
+        """True once the body holds every byte its Content-Length announced."""
+        return self.expected is not None and self.size >= self.expected
 
     def give_up(self) -> None:
         """The body went out by a route we cannot copy (e.g. ASGI pathsend)."""

@@ -46,7 +46,8 @@ class IdempotencyMiddleware:
     ) -> None:
         self.app = app
         self.engine = HttpIdempotency(
-            config or IdempotencyConfig(), persistence_store or InMemoryPersistenceLayer()
+            config or IdempotencyConfig(),
+            InMemoryPersistenceLayer() if persistence_store is None else persistence_store,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,27 +90,37 @@ class IdempotencyMiddleware:
     async def _execute(self, action: Execute, scope: Scope, receive: Receive, send: Send) -> None:
         engine = self.engine
         capture = ResponseCapture(engine.config.max_response_body_bytes, engine.excluded)
+        lease = AsyncLease(engine.store, action.claim, engine.config.lease_seconds)
+        recorded = False
+
+        async def record(outcome: StoredResponse | None) -> None:
+            nonlocal recorded
+            recorded = True
+            lease.stop()
+            await drive_async(engine.store, engine.finish(action, outcome))
 
         async def capturing_send(message: Message) -> None:
             kind = message["type"]
             if kind == "http.response.body":
                 capture.add(message.get("body", b""))
+                if not message.get("more_body", False) and not recorded:
+                    # Record before the client sees the end of the body: once it has the
+                    # response, a retry replays it even if this process dies right now.
+                    await record(capture.result())
             elif kind == "http.response.start":
                 capture.start(message["status"], list(message.get("headers", ())))
             else:  # pathsend, zerocopysend, trailers: forwarded, not copied
                 capture.give_up()
             await send(message)
 
-        lease = AsyncLease(engine.store, action.claim, engine.config.lease_seconds)
         try:
             await self.app(scope, receive, capturing_send)
         except BaseException:
-            lease.stop()
-            await drive_async(engine.store, engine.finish(action, None))
+            if not recorded:
+                await record(None)
             raise
-        lease.stop()
-        outcome = capture.result() if capture.status else None
-        await drive_async(engine.store, engine.finish(action, outcome))
+        if not recorded:
+            await record(capture.result() if capture.status else None)
 
 
 async def _read_body(receive: Receive, cap: int) -> bytes | None:

@@ -49,7 +49,8 @@ class IdempotencyMiddleware:
     ) -> None:
         self.app = app
         self.engine = HttpIdempotency(
-            config or IdempotencyConfig(), persistence_store or InMemoryPersistenceLayer()
+            config or IdempotencyConfig(),
+            InMemoryPersistenceLayer() if persistence_store is None else persistence_store,
         )
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
@@ -125,7 +126,8 @@ class IdempotencyMiddleware:
 class _CapturingIterable:
     """Streams the app's body through, copying it; records the outcome exactly once.
 
-    The outcome is recorded as soon as the body is exhausted. If the server closes early
+    The outcome is recorded before the last chunk when Content-Length tells which one it is,
+    else as soon as the body is exhausted. If the server closes early
     (client gone), the rest of the body is drained into the copy first: the handler has run,
     so its response must be recorded rather than released.
     """
@@ -147,6 +149,10 @@ class _CapturingIterable:
         try:
             for chunk in self._iterator:
                 self._capture.add(chunk)
+                if self._capture.has_declared_length:
+                    # The last chunk by Content-Length: record before the server writes it,
+                    # so a client that has the whole response always gets it replayed.
+                    self._record()
                 yield chunk
         except BaseException:
             self._failed = True
