@@ -11,13 +11,14 @@ import atexit
 import contextlib
 import http.client
 import os
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -286,6 +287,53 @@ class RedisServer:
 def commands_between(before: Mapping[str, int], after: Mapping[str, int]) -> int:
     """Commands executed between two snapshots, leaving out the harness's own INFO calls."""
     return sum(count - before.get(name, 0) for name, count in after.items() if name != "info")
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_seconds() -> float:
+    """CPU time the whole machine has spent busy since boot (from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def _group_seconds(pgids: Collection[int]) -> float:
+    """CPU time used by the live processes of the given process groups."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) in pgids:  # fields: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    wall: float  # monotonic seconds
+    busy: float  # CPU seconds the whole machine has been busy
+    ours: float  # CPU seconds used by us (see cpu_snapshot)
+
+
+def cpu_snapshot(pgids: Collection[int]) -> CpuSnapshot:
+    """Where CPU time went so far: the whole machine, and us (this process, its reaped
+    children such as wrk, and the given process groups: servers, Redis)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ours = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    return CpuSnapshot(time.monotonic(), _busy_seconds(), ours + _group_seconds(pgids))
+
+
+def other_cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
+    """Share of the machine's CPU taken by other processes between two snapshots: the
+    noise that makes a benchmark run on a shared machine untrustworthy."""
+    other = (after.busy - before.busy) - (after.ours - before.ours)
+    span = (after.wall - before.wall) * (os.cpu_count() or 1)
+    return min(1.0, max(0.0, other / span)) if span > 0 else 0.0
 
 
 def python_version() -> str:

@@ -47,6 +47,7 @@ from benchlib import BENCH_DIR, LUA_DIR, REPO_ROOT, RESULTS_DIR, RedisServer
 VENVS_DIR = BENCH_DIR / ".venvs"
 PEERS_REQUIREMENTS = BENCH_DIR / "requirements-peers.txt"
 READY_TIMEOUT = 10.0
+NOISY_OTHER_CPU = 0.10  # share of the machine's CPU taken by other work that taints a run
 
 # --- what is measured ---------------------------------------------------------------
 
@@ -85,7 +86,6 @@ class AppSpec:
     paths: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     peer: str | None = None  # distribution installed into its own virtualenv
-    ours: bool = False
 
     @property
     def id(self) -> str:
@@ -98,84 +98,60 @@ class AppSpec:
 
 APPS: tuple[AppSpec, ...] = (
     AppSpec("asgi", "bare", "asgi_bare", BARE),
-    AppSpec("asgi", "ours-redis", "asgi_ours", ALL, {"BENCH_STORE": "redis"}, ours=True),
+    AppSpec("asgi", "ours-redis", "asgi_ours", ALL, {"BENCH_STORE": "redis"}),
     AppSpec(
         "asgi", "ours-memory", "asgi_ours", ("first", "replay", "inflight"),
-        {"BENCH_STORE": "memory"}, ours=True,
+        {"BENCH_STORE": "memory"},
     ),
     AppSpec(
         "asgi", "ours-local-cache", "asgi_ours", ("first", "replay"),
-        {"BENCH_STORE": "redis", "BENCH_LOCAL_CACHE": "1"}, ours=True,
+        {"BENCH_STORE": "redis", "BENCH_LOCAL_CACHE": "1"},
     ),
     AppSpec("asgi", "idemkit", "peer_idemkit", PEER, peer="idemkit"),
     AppSpec("asgi", "ichido", "peer_ichido", PEER, peer="ichido"),
     AppSpec("asgi", "idemgate", "peer_idemgate", PEER, peer="idemgate"),
     AppSpec("wsgi", "bare", "wsgi_bare", BARE),
-    AppSpec("wsgi", "ours-redis", "wsgi_ours", ALL, ours=True),
+    AppSpec("wsgi", "ours-redis", "wsgi_ours", ALL),
     AppSpec("wsgi", "idemkit", "peer_idemkit_wsgi", PEER, peer="idemkit"),
 )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Target:
-    """A pass/fail threshold on one measured figure."""
+    """A pass/fail threshold on one measured figure of one app and path."""
 
-    label: str
     app_id: str
     path: str
     metric: str  # "ratio" or "redis_cmds_per_req"
     op: str  # ">=" or "<="
     threshold: float
 
+    @property
+    def label(self) -> str:
+        what = "x bare" if self.metric == "ratio" else "Redis cmds/req"
+        return f"{self.app_id} {self.path}: {what} {self.op} {self.threshold:g}"
 
-def _targets() -> list[Target]:
-    t = [
-        Target("ASGI first >= 0.65x bare", "asgi/ours-redis", "first", "ratio", ">=", 0.65),
-        Target("ASGI replay >= 1.10x bare", "asgi/ours-redis", "replay", "ratio", ">=", 1.10),
-        Target(
-            "ASGI replay, local cache >= 1.50x bare",
-            "asgi/ours-local-cache",
-            "replay",
-            "ratio",
-            ">=",
-            1.50,
-        ),
-        # 0 per request; a thousandth leaves room for a connection-level command.
-        Target(
-            "ASGI replay, local cache: 0 Redis cmds/req",
-            "asgi/ours-local-cache",
-            "replay",
-            "redis_cmds_per_req",
-            "<=",
-            0.001,
-        ),
-        Target("WSGI first >= 0.70x bare", "wsgi/ours-redis", "first", "ratio", ">=", 0.70),
-        Target("WSGI replay >= 1.20x bare", "wsgi/ours-redis", "replay", "ratio", ">=", 1.20),
-    ]
-    for proto in ("asgi", "wsgi"):
-        for path in ("passthrough-get", "passthrough-nokey"):
-            t.append(
-                Target(
-                    f"{proto.upper()} {path} >= 0.97x bare",
-                    f"{proto}/ours-redis",
-                    path,
-                    "ratio",
-                    ">=",
-                    0.97,
-                )
-            )
-        for path, limit in (("first", 2), ("replay", 1), ("inflight", 1)):
-            t.append(
-                Target(
-                    f"{proto.upper()} {path}: <= {limit} Redis cmds/req",
-                    f"{proto}/ours-redis",
-                    path,
-                    "redis_cmds_per_req",
-                    "<=",
-                    limit,
-                )
-            )
-    return t
+
+_R, _C = "ratio", "redis_cmds_per_req"
+TARGETS: tuple[Target, ...] = (
+    Target("asgi/ours-redis", "first", _R, ">=", 0.65),
+    Target("asgi/ours-redis", "replay", _R, ">=", 1.10),
+    Target("asgi/ours-local-cache", "replay", _R, ">=", 1.50),
+    # 0 per request; a thousandth leaves room for one connection-level command.
+    Target("asgi/ours-local-cache", "replay", _C, "<=", 0.001),
+    Target("wsgi/ours-redis", "first", _R, ">=", 0.70),
+    Target("wsgi/ours-redis", "replay", _R, ">=", 1.20),
+    Target("asgi/ours-redis", "passthrough-get", _R, ">=", 0.97),
+    Target("asgi/ours-redis", "passthrough-nokey", _R, ">=", 0.97),
+    Target("wsgi/ours-redis", "passthrough-get", _R, ">=", 0.97),
+    Target("wsgi/ours-redis", "passthrough-nokey", _R, ">=", 0.97),
+    Target("asgi/ours-redis", "first", _C, "<=", 2),
+    Target("asgi/ours-redis", "replay", _C, "<=", 1),
+    Target("asgi/ours-redis", "inflight", _C, "<=", 1),
+    Target("wsgi/ours-redis", "first", _C, "<=", 2),
+    Target("wsgi/ours-redis", "replay", _C, "<=", 1),
+    Target("wsgi/ours-redis", "inflight", _C, "<=", 1),
+)
 
 
 # --- settings -----------------------------------------------------------------------
@@ -474,11 +450,10 @@ def start_apps(
                 statuses[app.spec.id] = AppStatus(app.spec.id, "ok", f"port {app.port}")
                 continue
             benchlib.stop(app.proc)
-            tail = benchlib.log_tail(app.log, 3).replace("\n", " | ")
-            statuses[app.spec.id] = AppStatus(app.spec.id, "failed", f"{problem}: {tail}")
-            print(f"  ! {app.spec.id}: failed to start ({problem})")
-            if tail:
-                print(f"    {tail}")
+            last = benchlib.log_tail(app.log, 1)  # usually the exception line
+            detail = f"{problem}: {last}" if last else problem
+            statuses[app.spec.id] = AppStatus(app.spec.id, "failed", detail)
+            print(f"  ! {app.spec.id}: failed to start: {detail}")
     return running
 
 
@@ -510,7 +485,7 @@ def executions(app: RunningApp) -> int | None:
 
 class InflightHolder:
     """Keeps one slow keyed request open in the background so duplicates hit the
-    in-flight path; the request outlives warm-up and measurement by about a second."""
+    in-flight path; the request outlives warm-up and measurement by a couple of seconds."""
 
     def __init__(self, app: RunningApp, key: str, sleep_ms: int) -> None:
         self.status: int | str = "pending"
@@ -557,9 +532,12 @@ class Sample:
     ratio: float | None = None
     error: str | None = None
     note: str | None = None
+    other_cpu: float | None = None  # share of the machine's CPU used by other processes
 
 
 def measure(app: RunningApp, path: str, run: int, settings: Settings, redis: RedisServer) -> Sample:
+    """One warm-up plus one measured wrk run; Redis calls, handler executions and CPU
+    taken by other processes are snapshotted around the measured run only."""
     spec = PATHS[path]
     sample = Sample(run=run)
     tag = uuid.uuid4().hex[:10]
@@ -570,7 +548,9 @@ def measure(app: RunningApp, path: str, run: int, settings: Settings, redis: Red
     elif path == "replay":
         args = [app.replay_key]
     elif path == "inflight":
-        sleep_ms = (settings.warmup + settings.duration + 1) * 1000
+        # Outlives warm-up and measurement with room to spare, so its own completion
+        # (and the Redis writes that go with it) falls outside the counted window.
+        sleep_ms = (settings.warmup + settings.duration + 2) * 1000
         key = f"inflight-{app.spec.name}-{run}-{tag}"
         args = [key, str(sleep_ms)]
         holder = InflightHolder(app, key, sleep_ms)
@@ -592,9 +572,12 @@ def measure(app: RunningApp, path: str, run: int, settings: Settings, redis: Red
         if settings.warmup:
             warm_args = [f"warm-{args[0]}"] if path == "first" else args
             run_wrk(app.port, spec.script, warm_args, settings.warmup, settings.connections)
+        groups = (app.proc.pid, redis.proc.pid)
         execs_before = executions(app)
         redis_before = redis.command_calls()
+        cpu_before = benchlib.cpu_snapshot(groups)
         result = run_wrk(app.port, spec.script, args, settings.duration, settings.connections)
+        cpu_after = benchlib.cpu_snapshot(groups)
         time.sleep(0.1)  # let requests still open when wrk stopped finish before counting
         redis_after = redis.command_calls()
         execs_after = executions(app)
@@ -607,16 +590,19 @@ def measure(app: RunningApp, path: str, run: int, settings: Settings, redis: Red
             if holder.status not in (200, 201):
                 extra = f"held request ended with {holder.status}"
                 sample.note = f"{sample.note}; {extra}" if sample.note else extra
+    if result.requests == 0:
+        sample.error = f"no response completed in {settings.duration} s (server stuck?)"
+        return sample
     sample.rps, sample.p50_ms, sample.p99_ms = result.rps, result.p50_ms, result.p99_ms
+    sample.other_cpu = benchlib.other_cpu_share(cpu_before, cpu_after)
     sample.requests, sample.non2xx = result.requests, result.non2xx
     sample.socket_errors = result.socket_errors
     wrong = result.requests - result.non2xx if spec.expects_rejection else result.non2xx
     sample.unexpected = wrong + result.socket_errors
-    if result.requests:
-        used = benchlib.commands_between(redis_before, redis_after)
-        sample.redis_cmds_per_req = used / result.requests
-        if execs_before is not None and execs_after is not None:
-            sample.exec_per_req = (execs_after - execs_before) / result.requests
+    used = benchlib.commands_between(redis_before, redis_after)
+    sample.redis_cmds_per_req = used / result.requests
+    if execs_before is not None and execs_after is not None:
+        sample.exec_per_req = (execs_after - execs_before) / result.requests
     return sample
 
 
@@ -656,6 +642,7 @@ class Cell:
             "ratio": self._median(lambda s: s.ratio),
             "redis_cmds_per_req": self._median(lambda s: s.redis_cmds_per_req),
             "exec_per_req": self._median(lambda s: s.exec_per_req),
+            "other_cpu": self._median(lambda s: s.other_cpu),
             "non2xx": sum(s.non2xx for s in ok),
             "unexpected": sum(s.unexpected for s in ok),
             "requests": sum(s.requests for s in ok),
@@ -688,7 +675,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def print_table(rows: Sequence[Mapping[str, Any]], statuses: Mapping[str, AppStatus]) -> None:
     header = (
         f"{'proto':<5} {'app':<17} {'path':<18} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'x bare':>7} {'redis/req':>9} {'exec/req':>8} {'non-2xx':>8}"
+        f"{'x bare':>7} {'redis/req':>9} {'exec/req':>8} {'non-2xx':>8} {'other%':>6}"
     )
     print()
     print(header)
@@ -700,11 +687,12 @@ def print_table(rows: Sequence[Mapping[str, Any]], statuses: Mapping[str, AppSta
             print()
         last = app_id
         flag = " !" if r["unexpected"] else ""
+        other = None if r["other_cpu"] is None else 100 * r["other_cpu"]
         print(
             f"{r['protocol']:<5} {r['app']:<17} {r['path']:<18} {_fmt(r['rps'], '8.0f')} "
             f"{_fmt(r['p50_ms'], '7.2f')} {_fmt(r['p99_ms'], '7.2f')} {_fmt(r['ratio'], '7.2f')} "
             f"{_fmt(r['redis_cmds_per_req'], '9.2f')} {_fmt(r['exec_per_req'], '8.2f')} "
-            f"{r['non2xx']:>8}{flag}"
+            f"{r['non2xx']:>8} {_fmt(other, '6.0f')}{flag}"
         )
     failed = [s for s in statuses.values() if s.status != "ok"]
     if failed:
@@ -729,21 +717,32 @@ def sanity_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             warnings.append(
                 f"{where}: the handler ran on replays (exec/req {r['exec_per_req']:.2f})"
             )
+    busy = [r for r in rows if (r["other_cpu"] or 0) > NOISY_OTHER_CPU]
+    if busy:
+        worst = max(r["other_cpu"] for r in busy)
+        warnings.append(
+            f"other processes used over {NOISY_OTHER_CPU:.0%} of the CPU during {len(busy)} "
+            f"of {len(rows)} app/path cells (up to {worst:.0%}): figures are noisy, rerun on "
+            "an idle machine"
+        )
     return warnings
 
 
 def evaluate_targets(
-    rows: Sequence[Mapping[str, Any]], statuses: Mapping[str, AppStatus]
+    rows: Sequence[Mapping[str, Any]],
+    statuses: Mapping[str, AppStatus],
+    wanted: Mapping[str, Sequence[str]],
 ) -> list[dict[str, Any]]:
+    """PASS/FAIL per target; an app that did not start or answer fails its targets."""
     by_key = {(f"{r['protocol']}/{r['app']}", r["path"]): r for r in rows}
     verdicts: list[dict[str, Any]] = []
-    for t in _targets():
+    for t in TARGETS:
         row = by_key.get((t.app_id, t.path))
         value = row.get(t.metric) if row else None
-        entry: dict[str, Any] = {**asdict(t), "value": value}
+        entry: dict[str, Any] = {"label": t.label, **asdict(t), "value": value}
         status = statuses.get(t.app_id)
-        if row is None and status is None:
-            entry.update(verdict="SKIP", reason="not selected")
+        if t.path not in wanted.get(t.app_id, ()):
+            entry.update(verdict="SKIP", reason="not selected by --only")
         elif value is None:
             why = status.detail if status and status.status != "ok" else "no measurement"
             entry.update(verdict="FAIL", reason=why)
@@ -752,6 +751,9 @@ def evaluate_targets(
         else:
             ok = value >= t.threshold if t.op == ">=" else value <= t.threshold
             entry.update(verdict="PASS" if ok else "FAIL", reason="")
+        if row and (row["other_cpu"] or 0) > NOISY_OTHER_CPU:
+            noisy = f"noisy: other processes took {row['other_cpu']:.0%} of the CPU"
+            entry["reason"] = f"{entry['reason']}; {noisy}" if entry["reason"] else noisy
         verdicts.append(entry)
     return verdicts
 
@@ -763,7 +765,7 @@ def print_verdicts(verdicts: Sequence[Mapping[str, Any]]) -> None:
             continue
         value = _fmt(v["value"], ".3f")
         reason = f"  ({v['reason'][:120]})" if v["reason"] else ""
-        print(f"{v['verdict']:<4}  {v['label']:<44} value {value:>7}{reason}")
+        print(f"{v['verdict']:<4}  {v['label']:<52} {value:>7}{reason}")
 
 
 def draw_chart(rows: Sequence[Mapping[str, Any]], out: Path, title: str) -> str | None:
@@ -826,6 +828,13 @@ def draw_chart(rows: Sequence[Mapping[str, Any]], out: Path, title: str) -> str 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return None
+
+
+def machine_busy_share(seconds: float = 0.5) -> float:
+    """Share of the machine's CPU that other processes use, sampled over ``seconds``."""
+    before = benchlib.cpu_snapshot(())
+    time.sleep(seconds)
+    return benchlib.other_cpu_share(before, benchlib.cpu_snapshot(()))
 
 
 def _version(dist: str) -> str | None:
@@ -927,6 +936,10 @@ def _run(settings: Settings) -> int:
     )
     logs = RESULTS_DIR / "logs"
     statuses: dict[str, AppStatus] = {}
+    idle = machine_busy_share()
+    print(f"CPU used by other processes right now: {idle:.0%} of the machine")
+    if idle > NOISY_OTHER_CPU:
+        print("  ! the machine is not idle: figures will be noisy")
 
     # Peers: one virtualenv each, prepared one at a time; a failure skips that peer only.
     peers: dict[str, PeerEnv] = {}
@@ -937,58 +950,90 @@ def _run(settings: Settings) -> int:
         peers[name] = prepare_peer(name, requirement)
         print(peers[name].message)
 
-    redis = RedisServer.start(log=logs / "redis.log")
+    try:
+        redis = RedisServer.start(log=logs / "redis.log")
+    except RuntimeError as exc:
+        raise HarnessError(str(exc)) from exc
     print(f"redis-server {redis.version()} on port {redis.port}")
     try:
-        to_start: list[tuple[AppSpec, tuple[str, ...], str]] = []
-        for app in APPS:
-            if app.id not in cells_wanted:
-                continue
-            python = sys.executable
-            if app.peer:
-                env = peers[app.peer]
-                if env.python is None:
-                    statuses[app.id] = AppStatus(app.id, "skipped", f"{app.peer}: {env.message}")
-                    print(f"  ! {app.id}: skipped ({app.peer}: {env.message})")
-                    continue
-                python = env.python
-            to_start.append((app, cells_wanted[app.id], python))
-        print(f"starting {len(to_start)} app servers ...")
-        running = start_apps(to_start, redis.url, logs, statuses)
-        for proto in ("asgi", "wsgi"):
-            bare_id = f"{proto}/bare"
-            if bare_id in cells_wanted and statuses.get(bare_id, AppStatus("", "")).status != "ok":
-                raise HarnessError(
-                    f"the bare {proto.upper()} app did not start: {statuses[bare_id].detail}"
-                )
-        for app in running:
-            if "replay" in app.paths:
-                prime_replay(app)
-
-        cells: dict[tuple[str, str, str], Cell] = {}
-        for app in running:
-            for path in app.paths:
-                cells[(app.spec.protocol, app.spec.name, path)] = Cell(
-                    app.spec.protocol, app.spec.name, path
-                )
-        for run in range(1, settings.runs + 1):
-            for app in running:  # round-robin: every app once per run
-                for path in app.paths:
-                    if not app.alive():
-                        sample = Sample(run=run, error=f"server died (see {app.log.name})")
-                    else:
-                        sample = measure(app, path, run, settings, redis)
-                    cells[(app.spec.protocol, app.spec.name, path)].samples.append(sample)
-                    _progress(run, settings.runs, app, path, sample)
-        for app in running:
-            if not app.alive():
-                statuses[app.spec.id] = AppStatus(app.spec.id, "failed", "died during the run")
-        fill_ratios(cells)
+        cells, running = _measure_all(settings, cells_wanted, peers, redis, statuses)
         info = machine_info(redis, peers)
     finally:
         redis.stop()
         benchlib.stop_all()
+    return _report(settings, cells, running, statuses, cells_wanted, info)
 
+
+def _measure_all(
+    settings: Settings,
+    cells_wanted: Mapping[str, tuple[str, ...]],
+    peers: Mapping[str, PeerEnv],
+    redis: RedisServer,
+    statuses: dict[str, AppStatus],
+) -> tuple[dict[tuple[str, str, str], Cell], list[RunningApp]]:
+    """Start the apps, then measure round-robin: run 1 of every app and path, run 2, ..."""
+    logs = RESULTS_DIR / "logs"
+    to_start: list[tuple[AppSpec, tuple[str, ...], str]] = []
+    for app in APPS:
+        if app.id not in cells_wanted:
+            continue
+        python = sys.executable
+        if app.peer:
+            env = peers[app.peer]
+            if env.python is None:
+                statuses[app.id] = AppStatus(app.id, "skipped", f"{app.peer}: {env.message}")
+                print(f"  ! {app.id}: skipped ({app.peer}: {env.message})")
+                continue
+            python = env.python
+        to_start.append((app, cells_wanted[app.id], python))
+    print(f"starting {len(to_start)} app servers ...")
+    running = start_apps(to_start, redis.url, logs, statuses)
+    for proto in ("asgi", "wsgi"):
+        bare_id = f"{proto}/bare"
+        if bare_id in cells_wanted and statuses.get(bare_id, AppStatus("", "")).status != "ok":
+            raise HarnessError(
+                f"the bare {proto.upper()} app did not start: {statuses[bare_id].detail}"
+            )
+    for app in running:
+        if "replay" in app.paths:
+            prime_replay(app)
+
+    cells: dict[tuple[str, str, str], Cell] = {}
+    for app in running:
+        for path in app.paths:
+            cells[(app.spec.protocol, app.spec.name, path)] = Cell(
+                app.spec.protocol, app.spec.name, path
+            )
+    for run in range(1, settings.runs + 1):
+        for app in running:  # round-robin: every app once per run
+            for path in app.paths:
+                if not app.alive():
+                    sample = Sample(run=run, error=f"server died (see {app.log.name})")
+                else:
+                    sample = measure(app, path, run, settings, redis)
+                cells[(app.spec.protocol, app.spec.name, path)].samples.append(sample)
+                _progress(run, settings.runs, app, path, sample)
+                if redis.proc.poll() is not None:
+                    raise HarnessError(
+                        f"redis-server exited ({redis.proc.returncode}) during the run"
+                    )
+    for app in running:
+        if not app.alive():
+            statuses[app.spec.id] = AppStatus(app.spec.id, "failed", "died during the run")
+    fill_ratios(cells)
+    return cells, running
+
+
+def _report(
+    settings: Settings,
+    cells: Mapping[tuple[str, str, str], Cell],
+    running: Sequence[RunningApp],
+    statuses: Mapping[str, AppStatus],
+    cells_wanted: Mapping[str, tuple[str, ...]],
+    info: Mapping[str, Any],
+) -> int:
+    """Print the table (and verdicts), write the JSON and the chart; returns the exit code."""
+    mode = "smoke" if settings.smoke else "full"
     rows = [c.summary() for c in cells.values()]
     order = {a.id: i for i, a in enumerate(APPS)}
     rows.sort(key=lambda r: (order[f"{r['protocol']}/{r['app']}"], ALL.index(r["path"])))
@@ -1000,7 +1045,7 @@ def _run(settings: Settings) -> int:
     for w in warnings:
         print(f"warning: {w}")
 
-    verdicts = [] if settings.smoke else evaluate_targets(rows, statuses)
+    verdicts = [] if settings.smoke else evaluate_targets(rows, statuses, cells_wanted)
     if verdicts:
         print_verdicts(verdicts)
 
@@ -1024,6 +1069,7 @@ def _run(settings: Settings) -> int:
         },
         "machine": info,
         "apps": {k: asdict(v) for k, v in statuses.items()},
+        "app_notes": {a.spec.id: a.notes for a in running if a.notes},
         "results": rows,
         "warnings": warnings,
         "targets": verdicts,
@@ -1047,6 +1093,8 @@ def _progress(run: int, runs: int, app: RunningApp, path: str, s: Sample) -> Non
         print(f"{where} error: {s.error[:160]}")
         return
     extra = f"  non-2xx {s.non2xx}" if s.non2xx else ""
+    if s.other_cpu is not None and s.other_cpu > NOISY_OTHER_CPU:
+        extra += f"  (other processes took {s.other_cpu:.0%} of the CPU)"
     redis = _fmt(s.redis_cmds_per_req, ".2f")
     print(
         f"{where} {s.rps:8.0f} req/s  p50 {s.p50_ms:6.2f} ms  p99 {s.p99_ms:6.2f} ms  "

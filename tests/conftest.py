@@ -14,6 +14,14 @@ from idempotent_middleware import (
     RedisPersistenceLayer,
 )
 from tests.redis_servers import RedisProcess, redis_binary, start_redis
+from tests.redis_topologies import (
+    ClusterTopology,
+    SentinelTopology,
+    cluster_layer,
+    sentinel_layer,
+    start_cluster,
+    start_sentinel,
+)
 
 REQUIRE_REDIS = os.environ.get("REQUIRE_REDIS") == "1"
 
@@ -38,6 +46,34 @@ def redis_server() -> Iterator[RedisProcess]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterTopology]:
+    """A real 3-master Redis Cluster for the session: routing and per-node script caches."""
+    if redis_binary() is None:
+        _no_redis("redis-server is not installed")
+    try:
+        topology = start_cluster()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        _no_redis(f"the Redis Cluster did not start: {exc}")
+        raise
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelTopology]:
+    """Master + replica + Sentinel for the session: clients that discover the master."""
+    if redis_binary() is None:
+        _no_redis("redis-server is not installed")
+    try:
+        topology = start_sentinel()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        _no_redis(f"the Sentinel topology did not start: {exc}")
+        raise
+    yield topology
+    topology.stop()
+
+
 @pytest.fixture
 def redis_url(redis_server: RedisProcess) -> str:
     redis_server.cli("FLUSHALL")
@@ -58,10 +94,18 @@ def make_layer(kind: str, request: pytest.FixtureRequest) -> BasePersistenceLaye
     if kind == "redis":
         url: str = request.getfixturevalue("redis_url")
         return RedisPersistenceLayer(url=url)
+    if kind == "cluster":
+        cluster: ClusterTopology = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        return cluster_layer(cluster)
+    if kind == "sentinel":
+        sentinel: SentinelTopology = request.getfixturevalue("redis_sentinel")
+        sentinel.flushall()
+        return sentinel_layer(sentinel)
     raise ValueError(kind)
 
 
-LAYER_KINDS = ["memory", "fakeredis", "redis"]
+LAYER_KINDS = ["memory", "fakeredis", "redis", "cluster", "sentinel"]
 
 
 @pytest.fixture(params=LAYER_KINDS)

@@ -65,7 +65,7 @@ def test_generator_app_with_late_start_response_and_write() -> None:
         yield b"yielded"
 
     middleware = WSGIIdempotencyMiddleware(app)
-    first_iter, status, headers = run_wsgi_app(middleware, keyed())
+    first_iter, status, _headers = run_wsgi_app(middleware, keyed())
     first = b"".join(first_iter)
     second_iter, status2, headers2 = run_wsgi_app(middleware, keyed())
     second = b"".join(second_iter)
@@ -92,7 +92,7 @@ def test_close_is_always_called_and_early_close_still_records() -> None:
     assert next(iterator) == b"one"
     iterable.close()  # type: ignore[attr-defined]  # the client went away mid-body
     assert closed == [True]
-    replay, status, _ = run_wsgi_app(middleware, keyed())
+    replay, _status, _ = run_wsgi_app(middleware, keyed())
     assert b"".join(replay) == b"onetwo"
     assert runs == [1]
 
