@@ -291,13 +291,20 @@ class HttpIdempotency:
         values = request.header_values(self.header_name)
         if not values:
             if rule.key_required:
+                logger.debug("400 %s %s: key missing", request.method, request.path)
                 return Respond(self.problems.missing)
+            logger.debug("pass %s %s: no key", request.method, request.path)
             return PASS
         key = _parse_key(values[0]) if len(values) == 1 else None
         if key is None:
+            logger.debug("400 %s %s: key malformed", request.method, request.path)
             return Respond(self.problems.invalid)
         request.key = key
         return None
+
+    def too_large(self, request: HttpRequest) -> StoredResponse:
+        logger.debug("413 %s %s: body over the cap", request.method, request.path)
+        return self.problems.too_large
 
     def content_length_too_large(self, request: HttpRequest) -> bool:
         declared = request.header(b"content-length")
@@ -322,7 +329,9 @@ class HttpIdempotency:
                 found = None
             if self.scheme.is_missing(found):
                 if rule.key_required:
+                    logger.debug("400 %s %s: key missing", request.method, request.path)
                     return Respond(self.problems.missing)
+                logger.debug("pass %s %s: no key", request.method, request.path)
                 return PASS
             digest = self.scheme.generate_hash([tenant, found])
         key = f"{request.method} {request.path}#{digest}"

@@ -70,11 +70,11 @@ class IdempotencyMiddleware:
             await _respond(send, early.response)
             return
         if engine.content_length_too_large(request):
-            await _respond(send, engine.problems.too_large)
+            await _respond(send, engine.too_large(request))
             return
         body = await _read_body(receive, engine.config.max_request_body_bytes)
         if body is None:
-            await _respond(send, engine.problems.too_large)
+            await _respond(send, engine.too_large(request))
             return
         request.body = body
         action = await drive_async(engine.store, engine.begin(request, rule))

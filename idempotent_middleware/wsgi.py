@@ -73,10 +73,10 @@ class IdempotencyMiddleware:
         if isinstance(early, Respond):
             return _respond(start_response, early.response)
         if engine.content_length_too_large(request):
-            return _respond(start_response, engine.problems.too_large)
+            return _respond(start_response, engine.too_large(request))
         body = _read_body(environ, engine.config.max_request_body_bytes)
         if body is None:
-            return _respond(start_response, engine.problems.too_large)
+            return _respond(start_response, engine.too_large(request))
         request.body = body
         action = drive(engine.store, engine.begin(request, rule))
         if isinstance(action, Respond):
