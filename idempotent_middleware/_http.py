@@ -234,6 +234,16 @@ class Rule:
 class HttpIdempotency:
     """One per middleware instance: immutable after ``__init__``, shared by all requests."""
 
+    @classmethod
+    def for_middleware(
+        cls, persistence_store: BasePersistenceLayer | None, config: IdempotencyConfig | None
+    ) -> HttpIdempotency:
+        """The middlewares' defaults: the in-memory store and the default configuration."""
+        from .persistence.memory import InMemoryPersistenceLayer
+
+        store = InMemoryPersistenceLayer() if persistence_store is None else persistence_store
+        return cls(config or IdempotencyConfig(), store)
+
     def __init__(self, config: IdempotencyConfig, store: BasePersistenceLayer) -> None:
         self.config = config
         self.store = store

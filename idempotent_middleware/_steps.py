@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
@@ -49,39 +49,64 @@ RENEW = _op("renew_lease")
 SLEEP = Op("", "")
 
 
-def drive(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
-    """Run ``plan`` to its end with blocking I/O."""
+def run(
+    plan: Generator[Any, Any, T],
+    perform: Callable[[Any], Any],
+    errors: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+) -> T:
+    """Run a generator of I/O requests to its end: ``perform`` each one, send back its result
+    or throw back its error (only ``errors``; anything else propagates)."""
     result: Any = None
     error: BaseException | None = None
     while True:
         try:
-            step = plan.throw(error) if error is not None else plan.send(result)
+            request = plan.throw(error) if error is not None else plan.send(result)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         result, error = None, None
         try:
-            if step.op is SLEEP:
-                time.sleep(step.arg)
-            else:
-                result = getattr(layer, step.op.sync)(step.arg)
-        except Exception as exc:
+            result = perform(request)
+        except errors as exc:
             error = exc
+
+
+async def run_async(
+    plan: Generator[Any, Any, T],
+    perform: Callable[[Any], Awaitable[Any]],
+    errors: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+) -> T:
+    """``run`` for a coroutine ``perform``."""
+    result: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            request = plan.throw(error) if error is not None else plan.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result, error = None, None
+        try:
+            result = await perform(request)
+        except errors as exc:
+            error = exc
+
+
+def drive(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
+    """Run ``plan`` to its end with the layer's blocking methods."""
+
+    def perform(step: Step) -> Any:
+        if step.op is SLEEP:
+            return time.sleep(step.arg)
+        return getattr(layer, step.op.sync)(step.arg)
+
+    return run(plan, perform)
 
 
 async def drive_async(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
-    """Run ``plan`` to its end on the running event loop."""
-    result: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            step = plan.throw(error) if error is not None else plan.send(result)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        result, error = None, None
-        try:
-            if step.op is SLEEP:
-                await asyncio.sleep(step.arg)
-            else:
-                result = await getattr(layer, step.op.async_)(step.arg)
-        except Exception as exc:
-            error = exc
+    """Run ``plan`` to its end with the layer's async methods, on the running loop."""
+
+    async def perform(step: Step) -> Any:
+        if step.op is SLEEP:
+            return await asyncio.sleep(step.arg)
+        return await getattr(layer, step.op.async_)(step.arg)
+
+    return await run_async(plan, perform)

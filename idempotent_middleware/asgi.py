@@ -26,7 +26,6 @@ from ._lease import AsyncLease
 from ._steps import drive_async
 from .config import IdempotencyConfig
 from .persistence.base import BasePersistenceLayer
-from .persistence.memory import InMemoryPersistenceLayer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,10 +44,7 @@ class IdempotencyMiddleware:
         config: IdempotencyConfig | None = None,
     ) -> None:
         self.app = app
-        self.engine = HttpIdempotency(
-            config or IdempotencyConfig(),
-            InMemoryPersistenceLayer() if persistence_store is None else persistence_store,
-        )
+        self.engine = HttpIdempotency.for_middleware(persistence_store, config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

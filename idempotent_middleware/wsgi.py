@@ -28,7 +28,6 @@ from ._lease import sync_renewer
 from ._steps import drive
 from .config import IdempotencyConfig
 from .persistence.base import BasePersistenceLayer
-from .persistence.memory import InMemoryPersistenceLayer
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -48,10 +47,7 @@ class IdempotencyMiddleware:
         config: IdempotencyConfig | None = None,
     ) -> None:
         self.app = app
-        self.engine = HttpIdempotency(
-            config or IdempotencyConfig(),
-            InMemoryPersistenceLayer() if persistence_store is None else persistence_store,
-        )
+        self.engine = HttpIdempotency.for_middleware(persistence_store, config)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         engine = self.engine

@@ -40,7 +40,7 @@ try:
 except ImportError:  # pragma: no cover - exercised when hiredis is absent
     hiredis = None  # type: ignore[assignment]
 
-Command = tuple[Any, ...]
+from ._batch import Command, TickBatcher
 
 
 def pack(command: Command) -> bytes:
@@ -162,8 +162,24 @@ class _Protocol(asyncio.Protocol):
         self.owner.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
 
 
-class PipelinedConnection:
+class PipelinedConnection(TickBatcher):
     """One connection per event loop; commands of one tick leave in one write."""
+
+    __slots__ = (
+        "connecting",
+        "db",
+        "host",
+        "password",
+        "port",
+        "protocol",
+        "socket_connect_timeout",
+        "socket_timeout",
+        "tls",
+        "tls_verify",
+        "username",
+        "waiters",
+        "watchdog",
+    )
 
     def __init__(
         self,
@@ -173,6 +189,7 @@ class PipelinedConnection:
         socket_timeout: float,
         socket_connect_timeout: float,
     ) -> None:
+        super().__init__(loop)
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported scheme {parts.scheme!r}")
@@ -184,22 +201,13 @@ class PipelinedConnection:
         self.db = int(path) if path else 0
         self.tls = parts.scheme == "rediss"
         self.tls_verify = "ssl_cert_reqs=none" not in (parts.query or "")
-        self.loop = loop
         self.socket_timeout = socket_timeout
         self.socket_connect_timeout = socket_connect_timeout
         #: Commands sent and awaiting replies, in order: (future, monotonic send time).
         self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
-        self.queue: list[tuple[Command, asyncio.Future[Any]]] = []
         self.protocol: _Protocol | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.watchdog: asyncio.TimerHandle | None = None
-
-    def execute(self, command: Command) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = self.loop.create_future()
-        if not self.queue:
-            self.loop.call_soon(self._flush)
-        self.queue.append((command, future))
-        return future
 
     def _flush(self) -> None:
         protocol = self.protocol

@@ -23,27 +23,37 @@ import time
 import weakref
 from collections.abc import Awaitable, Generator
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
 
+from .._steps import run, run_async
 from ..exceptions import (
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
     IdempotencyPersistenceLayerError,
 )
-from ._resp import PipelinedConnection
+from ._batch import TickBatcher
 from .base import OWNER_SLICE, BasePersistenceLayer, DataRecord, decode_record, encode_record
 
 try:
     import redis as _redis
     import redis.asyncio as _redis_asyncio
     from redis.exceptions import NoScriptError, RedisError, ResponseError
-except ImportError:  # pragma: no cover - exercised only without the extra
+except ImportError:  # pragma: no cover - the package imports without the redis extra
     _redis = None  # type: ignore[assignment]
+
+    class RedisError(Exception):  # type: ignore[no-redef]
+        """Stand-in so that this module imports; the layer refuses to start without redis."""
+
+    NoScriptError = ResponseError = RedisError  # type: ignore[misc,assignment]
+
+if TYPE_CHECKING:
+    from ._resp import PipelinedConnection
 
 Command = tuple[Any, ...]
 Ops = Generator[Command, Any, Any]
+_IO_ERRORS = (RedisError, OSError)
 
 
 def _script(name: str) -> tuple[bytes, str]:
@@ -89,28 +99,18 @@ class _Direct:
         return self.client.execute_command(*command, **_options(command))  # type: ignore[no-any-return]
 
 
-class _AutoPipeline:
-    """Coalesces the commands of concurrent requests into shared round trips.
+class _AutoPipeline(TickBatcher):
+    """Coalesces the commands of concurrent requests into shared round trips (redis-py).
 
-    Commands issued during one event-loop tick are queued and leave together at the end of
-    the tick as one non-transactional pipeline: under load many requests share one write and
-    one read, when idle a lone command leaves at once (``call_soon``, no timer, no added
-    latency). Each caller still gets its own reply or its own error.
+    Each tick's commands leave as one non-transactional pipeline; each caller still gets its
+    own reply or its own error.
     """
 
-    __slots__ = ("client", "loop", "queue")
+    __slots__ = ("client",)
 
     def __init__(self, client: Any, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
         self.client = client
-        self.loop = loop
-        self.queue: list[tuple[Command, asyncio.Future[Any]]] = []
-
-    def execute(self, command: Command) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = self.loop.create_future()
-        if not self.queue:
-            self.loop.call_soon(self._flush)
-        self.queue.append((command, future))
-        return future
 
     def _flush(self) -> None:
         batch, self.queue = self.queue, []
@@ -142,7 +142,7 @@ class _AutoPipeline:
                 future.set_result(reply)
 
 
-_Executor = _Direct | _AutoPipeline | PipelinedConnection
+_Executor: TypeAlias = "_Direct | _AutoPipeline | PipelinedConnection"
 
 
 class RedisPersistenceLayer(BasePersistenceLayer):
@@ -210,7 +210,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
     def async_client(self) -> Any:
         """The redis-py asyncio client in use on this loop (None with the lean connection)."""
         executor = self._executor()
-        return None if isinstance(executor, PipelinedConnection) else executor.client
+        return getattr(executor, "client", None)
 
     def _executor(self) -> _Executor:
         """This event loop's way to send commands (connections are bound to their loop)."""
@@ -230,6 +230,8 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         if client is None:
             assert self.url is not None
             if self._pipelining and urlsplit(self.url).scheme in ("redis", "rediss"):
+                from ._resp import PipelinedConnection
+
                 return PipelinedConnection(
                     self.url,
                     loop,
@@ -245,36 +247,17 @@ class RedisPersistenceLayer(BasePersistenceLayer):
     # --- Drivers for the command generators -------------------------------------------------
     def _run(self, ops: Ops) -> Any:
         client = self.sync_client()
-        reply: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                command = ops.throw(error) if error is not None else ops.send(reply)
-            except StopIteration as stop:
-                return stop.value
-            reply, error = None, None
-            try:
-                reply = client.execute_command(*command, **_options(command))
-            except (RedisError, OSError) as exc:
-                error = exc
+
+        def perform(command: Command) -> Any:
+            return client.execute_command(*command, **_options(command))
+
+        return run(ops, perform, _IO_ERRORS)
 
     async def _run_async(self, ops: Ops) -> Any:
         if self._async_client is None and self.url is None:
             # Only a sync client: keep the event loop free.
             return await asyncio.to_thread(self._run, ops)
-        executor = self._executor()
-        reply: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                command = ops.throw(error) if error is not None else ops.send(reply)
-            except StopIteration as stop:
-                return stop.value
-            reply, error = None, None
-            try:
-                reply = await executor.execute(command)
-            except (RedisError, OSError) as exc:
-                error = exc
+        return await run_async(ops, self._executor().execute, _IO_ERRORS)
 
     # --- The operations, written once ---------------------------------------------------------
     def _ops_get(self, idempotency_key: str) -> Ops:
