@@ -47,16 +47,18 @@ class RedisProcess:
         )
         return done.stdout.strip()
 
-    def stop(self) -> None:
+    def stop(self, *, keep_directory: bool = False) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+        if not keep_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def restart(self) -> None:
         """Start a fresh (empty) server on the same port."""
         self.stop()
         fresh = start_redis(self.extra_args, port=self.port, password=self.password)
-        self.process = fresh.process
+        self.process, self.directory = fresh.process, fresh.directory
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

@@ -290,53 +290,33 @@ def start_sentinel(timeout: float = 30.0) -> SentinelTopology:
 CLIENT_TIMEOUTS: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
 
 
-def async_cluster_client(topology: ClusterTopology, *, eager: bool = True) -> Any:
-    """An asyncio ``RedisCluster`` on ``topology``.
-
-    ``eager=True`` works around a redis-py 8.1.0 race: when many coroutines send their first
-    command on a client that has not discovered the cluster yet, some connections are
-    disconnected in the middle of their handshake and the command fails with ``AttributeError:
-    'NoneType' object has no attribute 'writelines'`` (in about half of all bursts of 50; see
-    ``test_topologies.py::test_first_burst_on_a_fresh_async_cluster_client``). Awaiting
-    ``initialize()`` (a no-op once done) before each command avoids it entirely. The layer does
-    not do so itself yet, so the shared suite uses the eager client to test the layer's contract
-    on a cluster while the dedicated test keeps the plain client and pins the bug.
-
-    The wrapper is set on the instance, not in a subclass, because the layer recognises Cluster
-    clients by their class's module (``redis.asyncio.cluster``) and a subclass defined here
-    would silently switch it to another code path (auto-pipelining).
-    """
+def async_cluster_client(topology: ClusterTopology) -> Any:
+    """An asyncio ``RedisCluster`` on ``topology`` (it discovers the cluster on first use)."""
     nodes = [AsyncClusterNode(host, port) for host, port in topology.startup_nodes]
-    client = AsyncRedisCluster(startup_nodes=nodes, **CLIENT_TIMEOUTS)
-    if eager:
-        plain = client.execute_command
-
-        async def execute_command(*args: Any, **kwargs: Any) -> Any:
-            await client.initialize()
-            return await plain(*args, **kwargs)
-
-        client.execute_command = execute_command  # type: ignore[method-assign]
-    return client
+    return AsyncRedisCluster(startup_nodes=nodes, **CLIENT_TIMEOUTS)
 
 
-def cluster_layer(topology: ClusterTopology, *, eager: bool = True) -> RedisPersistenceLayer:
-    """A layer on ``RedisCluster`` clients, sync and asyncio, as a Cluster user builds it."""
+def cluster_layer(topology: ClusterTopology) -> RedisPersistenceLayer:
+    """A layer on ``RedisCluster`` clients, sync and asyncio (one asyncio client per loop)."""
     nodes = [ClusterNode(host, port) for host, port in topology.startup_nodes]
     return RedisPersistenceLayer(
         client=RedisCluster(startup_nodes=nodes, **CLIENT_TIMEOUTS),
-        async_client=async_cluster_client(topology, eager=eager),
+        async_client_factory=lambda: async_cluster_client(topology),
     )
 
 
 def sentinel_layer(topology: SentinelTopology) -> RedisPersistenceLayer:
     """A layer on Sentinel-managed master clients, sync and asyncio (master discovered)."""
     sync = Sentinel(topology.sentinels, sentinel_kwargs=CLIENT_TIMEOUTS, **CLIENT_TIMEOUTS)
-    asynchronous = AsyncSentinel(
-        topology.sentinels, sentinel_kwargs=CLIENT_TIMEOUTS, **CLIENT_TIMEOUTS
-    )
+
+    def async_master() -> Any:
+        sentinel = AsyncSentinel(
+            topology.sentinels, sentinel_kwargs=CLIENT_TIMEOUTS, **CLIENT_TIMEOUTS
+        )
+        return sentinel.master_for(topology.service_name)
+
     return RedisPersistenceLayer(
-        client=sync.master_for(topology.service_name),
-        async_client=asynchronous.master_for(topology.service_name),
+        client=sync.master_for(topology.service_name), async_client_factory=async_master
     )
 
 

@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import time
 import weakref
-from collections.abc import Awaitable, Generator
+from collections.abc import Callable, Generator
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import urlsplit
@@ -53,7 +53,9 @@ if TYPE_CHECKING:
 
 Command = tuple[Any, ...]
 Ops = Generator[Command, Any, Any]
-_IO_ERRORS = (RedisError, OSError)
+#: Thrown back into the command generators, which turn them into typed errors: redis-py's own
+#: errors, socket errors, and whatever else a client lets escape mid-handshake.
+_IO_ERRORS = Exception
 
 
 def _script(name: str) -> tuple[bytes, str]:
@@ -74,6 +76,12 @@ def _is_async_client(client: Any) -> bool:
     return asyncio.iscoroutinefunction(getattr(client, "execute_command", None))
 
 
+def _lean_connection_can_serve(url: str) -> bool:
+    """Plain redis:// and rediss:// URLs; any other option goes to redis-py, which knows it."""
+    parts = urlsplit(url)
+    return parts.scheme in ("redis", "rediss") and parts.query in ("", "ssl_cert_reqs=none")
+
+
 #: redis-py's SET reply callback turns a value into a bool unless told the command had GET.
 _SET_GET = {"get": True}
 _NO_OPTIONS: dict[str, Any] = {}
@@ -84,19 +92,42 @@ def _options(command: Command) -> dict[str, Any]:
 
 
 def _is_cluster(client: Any) -> bool:
-    return client is not None and "cluster" in type(client).__module__
+    if client is None or _redis is None:
+        return False
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))
 
 
 class _Direct:
     """One command, one round trip (Cluster clients route each command to its node)."""
 
-    __slots__ = ("client",)
+    __slots__ = ("client", "ready")
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self.ready: asyncio.Future[Any] | None = None
 
-    def execute(self, command: Command) -> Awaitable[Any]:
-        return self.client.execute_command(*command, **_options(command))  # type: ignore[no-any-return]
+    async def execute(self, command: Command) -> Any:
+        if self.ready is None or not self.ready.done() or self.ready.exception() is not None:
+            await self._initialize()
+        return await self.client.execute_command(*command, **_options(command))
+
+    async def _initialize(self) -> None:
+        """Let the client discover its topology once, before concurrent commands race it.
+
+        redis-py's asyncio RedisCluster fails some of the first burst of concurrent commands
+        while it is still discovering the cluster; ``initialize()`` first avoids that.
+        """
+        initialize = getattr(self.client, "initialize", None)
+        if initialize is None:
+            self.ready = asyncio.get_running_loop().create_future()
+            self.ready.set_result(None)
+            return
+        if self.ready is None or (self.ready.done() and self.ready.exception() is not None):
+            self.ready = asyncio.ensure_future(initialize())
+        await asyncio.shield(self.ready)
 
 
 class _AutoPipeline(TickBatcher):
@@ -152,7 +183,10 @@ class RedisPersistenceLayer(BasePersistenceLayer):
     ``redis.asyncio.Redis`` per event loop for async use. ``client=`` takes a ready client of
     either kind (``redis.Redis``, ``redis.asyncio.Redis``, ``RedisCluster`` sync or async, or
     ``Sentinel.master_for(...)``); pass ``async_client=`` too to serve both worlds.
-    Clients must not decode responses (records are bytes).
+    An asyncio client belongs to the event loop it first ran on; code that runs several loops
+    one after another (``asyncio.run`` per job) passes ``async_client_factory=`` instead, a
+    callable that makes one client per loop. Clients must not decode responses (records are
+    bytes).
     """
 
     def __init__(
@@ -161,6 +195,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         *,
         client: Any = None,
         async_client: Any = None,
+        async_client_factory: Callable[[], Any] | None = None,
         key_prefix: str = "idempotency:",
         socket_timeout: float = 2.0,
         socket_connect_timeout: float = 2.0,
@@ -171,8 +206,8 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             raise ImportError(
                 "RedisPersistenceLayer needs redis-py: pip install 'idempotent-middleware[redis]'"
             )
-        if url is None and client is None and async_client is None:
-            raise ValueError("pass url= or client=")
+        if url is None and client is None and async_client is None and not async_client_factory:
+            raise ValueError("pass url=, client= or async_client_factory=")
         self.url = url
         self.key_prefix = key_prefix
         self._client_kwargs: dict[str, Any] = {
@@ -181,6 +216,8 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         }
         self._sync_client: Any = None
         self._async_client: Any = async_client
+        self._async_client_factory = async_client_factory
+        self._async_client_loop: asyncio.AbstractEventLoop | None = None
         if client is not None:
             if _is_async_client(client):
                 self._async_client = client
@@ -198,6 +235,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         self._set_nx_get: bool | None = None
         # Cluster clients route each command to its node; pipelining across slots is theirs.
         self._pipelining = auto_pipeline and not _is_cluster(self._async_client)
+        self._auto_pipeline = auto_pipeline
 
     # --- Clients ----------------------------------------------------------------------------
     def sync_client(self) -> Any:
@@ -227,9 +265,20 @@ class RedisPersistenceLayer(BasePersistenceLayer):
 
     def _new_executor(self, loop: asyncio.AbstractEventLoop) -> _Executor:
         client = self._async_client
-        if client is None:
+        if self._async_client_factory is not None:
+            client = self._async_client_factory()
+            pipelining = self._auto_pipeline and not _is_cluster(client)
+            return _AutoPipeline(client, loop) if pipelining else _Direct(client)
+        if client is not None:
+            if self._async_client_loop is not None and self._async_client_loop is not loop:
+                raise IdempotencyPersistenceLayerError(
+                    "the async_client given to RedisPersistenceLayer belongs to the event loop "
+                    "it first ran on; pass async_client_factory= to serve several loops"
+                )
+            self._async_client_loop = loop
+        else:
             assert self.url is not None
-            if self._pipelining and urlsplit(self.url).scheme in ("redis", "rediss"):
+            if self._pipelining and _lean_connection_can_serve(self.url):
                 from ._resp import PipelinedConnection
 
                 return PipelinedConnection(
@@ -254,7 +303,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         return run(ops, perform, _IO_ERRORS)
 
     async def _run_async(self, ops: Ops) -> Any:
-        if self._async_client is None and self.url is None:
+        if self._async_client is None and self.url is None and self._async_client_factory is None:
             # Only a sync client: keep the event loop free.
             return await asyncio.to_thread(self._run, ops)
         return await run_async(ops, self._executor().execute, _IO_ERRORS)
@@ -263,8 +312,10 @@ class RedisPersistenceLayer(BasePersistenceLayer):
     def _ops_get(self, idempotency_key: str) -> Ops:
         try:
             raw = yield ("GET", self._name(idempotency_key))
-        except (RedisError, OSError) as exc:
-            raise IdempotencyPersistenceLayerError(f"GET failed: {exc}") from exc
+        except Exception as exc:
+            raise IdempotencyPersistenceLayerError(
+                f"GET failed: {type(exc).__name__}: {exc}"
+            ) from exc
         if raw is None:
             raise IdempotencyItemNotFoundError(idempotency_key)
         return decode_record(idempotency_key, raw)
@@ -273,6 +324,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         name = self._name(record.idempotency_key)
         value = encode_record(record)
         lease_ms = max(int(record.in_progress_expiry_timestamp or 0) - int(time.time() * 1000), 1)
+        vanished = False
         try:
             if self._set_nx_get is not False:
                 try:
@@ -285,10 +337,13 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             if self._set_nx_get is False:
                 won = yield ("SET", name, value, "NX", "PX", lease_ms)
                 raw = None if won else (yield ("GET", name))
-                if not won and raw is None:  # expired in between: let the caller try again
-                    raise IdempotencyItemAlreadyExistsError(None)
-        except (RedisError, OSError) as exc:
-            raise IdempotencyPersistenceLayerError(f"claim failed: {exc}") from exc
+                vanished = not won and raw is None  # expired in between
+        except Exception as exc:  # any client failure, typed or not, is the store's
+            raise IdempotencyPersistenceLayerError(
+                f"claim failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if vanished:  # let the caller try again
+            raise IdempotencyItemAlreadyExistsError(None)
         if raw is not None:
             raise IdempotencyItemAlreadyExistsError(decode_record(record.idempotency_key, raw))
 
@@ -300,8 +355,10 @@ class RedisPersistenceLayer(BasePersistenceLayer):
                 done = yield ("EVALSHA", sha, *keys_and_args)
             except NoScriptError:
                 done = yield ("EVAL", body, *keys_and_args)
-        except (RedisError, OSError) as exc:
-            raise IdempotencyPersistenceLayerError(f"script failed: {exc}") from exc
+        except Exception as exc:
+            raise IdempotencyPersistenceLayerError(
+                f"script failed: {type(exc).__name__}: {exc}"
+            ) from exc
         if not done:
             raise IdempotencyOwnershipError(record.idempotency_key)
         return None

@@ -358,27 +358,13 @@ def tls_server() -> Iterator[tuple[RedisProcess, TlsFiles]]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-ASYNC_IGNORES_SSL_CA_CERTS = pytest.mark.xfail(
-    strict=True,
-    raises=IdempotencyPersistenceLayerError,
-    reason=(
-        "the async path's own connection (persistence/_resp.py, PipelinedConnection) ignores "
-        "the URL's ssl_ca_certs= (and every ssl_* option but ssl_cert_reqs=none): it verifies "
-        "against the system CAs only, so a private CA fails with CERTIFICATE_VERIFY_FAILED "
-        "while the sync path (redis-py) accepts the same URL. Fix: build the SSLContext from "
-        "ssl_ca_certs / ssl_certfile / ssl_keyfile / ssl_check_hostname like redis-py does, "
-        "or fall back to redis-py for URLs with options it does not understand."
-    ),
-)
-
-
 @pytest.mark.parametrize(
     ("verify", "mode"),
     [
         ("ssl_cert_reqs_none", "sync"),
         ("ssl_cert_reqs_none", "async"),
         ("ssl_ca_certs", "sync"),
-        pytest.param("ssl_ca_certs", "async", marks=ASYNC_IGNORES_SSL_CA_CERTS),
+        ("ssl_ca_certs", "async"),
     ],
 )
 def test_tls_urls_work(tls_server: tuple[RedisProcess, TlsFiles], verify: str, mode: str) -> None:

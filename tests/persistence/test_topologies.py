@@ -323,43 +323,24 @@ async def _burst(layer: RedisPersistenceLayer, client: Any) -> int:
         await client.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason=(
-        "redis-py 8.1.0 asyncio RedisCluster race: the first burst of concurrent commands on a "
-        "client that has not discovered the cluster yet fails about half of the time with "
-        "AttributeError: 'NoneType' object has no attribute 'writelines' (a connection is "
-        "disconnected during its handshake), and the layer lets it escape untyped. Fix in the "
-        "layer: await client.initialize() once per event loop before the first command."
-    ),
-)
 def test_first_burst_on_a_fresh_async_cluster_client(redis_cluster: ClusterTopology) -> None:
     """50 concurrent claims on a just-built layer, as an ASGI app sees its first requests.
 
-    Twenty fresh clients: with the race present, one of them fails with near certainty
-    (measured: 23 of 40 bursts), so the expected failure is deterministic in practice.
+    redis-py 8.1.0's asyncio RedisCluster failed about half of such first bursts with
+    AttributeError ('NoneType' object has no attribute 'writelines') while discovering the
+    cluster; the layer now lets the client initialise once before the first command. Twenty
+    fresh clients make a regression show with near certainty (measured: 23 of 40 bursts).
     """
     for attempt in range(20):
         redis_cluster.flushall()
-        client = async_cluster_client(redis_cluster, eager=False)
+        client = async_cluster_client(redis_cluster)
         layer = RedisPersistenceLayer(async_client=client)
 
         assert asyncio.run(_burst(layer, client)) == 1, f"attempt {attempt}"
 
 
 @pytest.mark.parametrize("kind", ["cluster", "sentinel"])
-@pytest.mark.xfail(
-    strict=True,
-    raises=(RuntimeError, IdempotencyPersistenceLayerError),
-    reason=(
-        "a client given as async_client= is used on every event loop, but redis-py asyncio "
-        "connections belong to the loop that opened them: the second asyncio.run() fails "
-        "with RuntimeError (Future attached to a different loop / Event loop is closed). "
-        "Only url= gets one client per loop, and url= cannot express Cluster or Sentinel."
-    ),
-)
-def test_a_given_async_client_serves_successive_event_loops(
+def test_async_clients_from_a_factory_serve_successive_event_loops(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
     """Sync code that calls an idempotent coroutine with asyncio.run() once per job."""
@@ -375,6 +356,17 @@ def test_a_given_async_client_serves_successive_event_loops(
     asyncio.run(layer._update_record_async(layer.completed_record(claim, b"done", 60)))
     assert asyncio.run(layer._get_record_async("scope#loops")).response_data == b"done"
     layer.close()
+
+
+def test_a_given_async_client_refuses_a_second_event_loop_clearly(
+    redis_cluster: ClusterTopology,
+) -> None:
+    """A client object is bound to its loop: a second loop gets a typed, explanatory error."""
+    redis_cluster.flushall()
+    layer = RedisPersistenceLayer(async_client=async_cluster_client(redis_cluster))
+    asyncio.run(layer._put_record_async(layer.new_inprogress_record("scope#a", "fp", 30, 60)))
+    with pytest.raises(IdempotencyPersistenceLayerError, match="async_client_factory"):
+        asyncio.run(layer._put_record_async(layer.new_inprogress_record("scope#b", "fp", 30, 60)))
 
 
 def test_replica_of_the_shared_sentinel_topology_is_in_sync(
