@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -282,6 +283,50 @@ class RedisServer:
 
     def stop(self) -> None:
         stop(self.proc)
+
+
+class ClientCommandCounter:
+    """Counts the commands clients send to Redis, through a MONITOR connection.
+
+    ``INFO commandstats`` also counts the commands that Lua scripts run inside the server
+    (a fenced completion shows as EVALSHA + GET + SET), so it overstates round trips. MONITOR
+    tags those ``[0 lua]``; every other line is one command a client sent. MONITOR slows
+    Redis down, so it runs during a separate, short counting run, never a timed one.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.count = 0
+        self._sock = socket.create_connection((HOST, port), timeout=5)
+        self._sock.sendall(b"MONITOR\r\n")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        buffer = b""
+        self._sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buffer += data
+            *lines, buffer = buffer.split(b"\r\n")
+            for line in lines:
+                if line.startswith(b"+") and b'] "' in line and b" lua]" not in line:
+                    self.count += 1
+
+    def close(self) -> int:
+        time.sleep(0.2)  # let the last lines arrive
+        self._stop.set()
+        self._thread.join(2)
+        self._sock.close()
+        return self.count
 
 
 def commands_between(before: Mapping[str, int], after: Mapping[str, int]) -> int:

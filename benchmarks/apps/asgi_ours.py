@@ -22,7 +22,7 @@ STORE = os.environ.get("BENCH_STORE", "redis")
 LOCAL_CACHE = os.environ.get("BENCH_LOCAL_CACHE", "0") == "1"
 
 
-def _store() -> object:
+def _store() -> RedisPersistenceLayer | InMemoryPersistenceLayer:
     if STORE == "redis":
         return RedisPersistenceLayer(url=REDIS_URL)
     if STORE == "memory":

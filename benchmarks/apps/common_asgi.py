@@ -44,11 +44,11 @@ def build_app(
     executions = itertools.count(1)
     stats = {"executions": 0}
 
-    async def create_order(order: Order) -> dict:
+    async def create_order(order: Order) -> dict[str, Any]:
         stats["executions"] = next(executions)
         return {"order_id": uuid.uuid4().hex, "sku": order.sku, "qty": order.qty}
 
-    async def slow(order: Order, ms: int = 2000) -> dict:
+    async def slow(order: Order, ms: int = 2000) -> dict[str, Any]:
         # Holds the request open so a duplicate can arrive while it is in flight.
         await asyncio.sleep(ms / 1000)
         return {"sku": order.sku, "slept_ms": ms}
@@ -60,10 +60,10 @@ def build_app(
 
         return StreamingResponse(body(), media_type="application/octet-stream")
 
-    async def healthz() -> dict:
+    async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
-    async def get_stats() -> dict:
+    async def get_stats() -> dict[str, Any]:
         return stats
 
     app.post("/orders", status_code=201)(protect(create_order))
