@@ -216,6 +216,13 @@ class Execute:
     expires_after_seconds: int
 
 
+class _Incomplete:
+    """The request body ended before its announced length: the client left mid-body."""
+
+
+INCOMPLETE = _Incomplete()
+
+
 class PassThrough:
     """Run the app as if we were not there."""
 
@@ -311,6 +318,10 @@ class HttpIdempotency:
             return Respond(self.problems.invalid)
         request.key = key
         return None
+
+    def incomplete(self, request: HttpRequest) -> StoredResponse:
+        logger.debug("400 %s %s: body shorter than announced", request.method, request.path)
+        return self.problems.incomplete
 
     def too_large(self, request: HttpRequest) -> StoredResponse:
         logger.debug("413 %s %s: body over the cap", request.method, request.path)
@@ -490,6 +501,12 @@ class _Problems:
             "request-too-large",
             "Request body too large",
             f"Keyed request bodies are limited to {config.max_request_body_bytes} bytes.",
+        )
+        self.incomplete = self._make(
+            400,
+            "request-body-incomplete",
+            "Request body incomplete",
+            "The request body ended before its Content-Length; nothing was processed.",
         )
         self.unavailable = self._make(
             503,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ._http import (
+    INCOMPLETE,
     PASS,
     Execute,
     HttpIdempotency,
@@ -21,6 +22,7 @@ from ._http import (
     Respond,
     ResponseCapture,
     StoredResponse,
+    _Incomplete,
 )
 from ._lease import AsyncLease
 from ._steps import drive_async
@@ -39,7 +41,7 @@ class IdempotencyMiddleware:
 
     def __init__(
         self,
-        app: ASGIApp,
+        app: Callable[..., Awaitable[None]],
         persistence_store: BasePersistenceLayer | None = None,
         config: IdempotencyConfig | None = None,
     ) -> None:
@@ -69,9 +71,12 @@ class IdempotencyMiddleware:
             await _respond(send, engine.too_large(request))
             return
         body = await _read_body(receive, engine.config.max_request_body_bytes)
+        if body is INCOMPLETE:
+            return  # the client is gone: no claim, no app, nobody to answer
         if body is None:
             await _respond(send, engine.too_large(request))
             return
+        assert isinstance(body, bytes)
         request.body = body
         action = await drive_async(engine.store, engine.begin(request, rule))
         if isinstance(action, Respond):
@@ -116,17 +121,22 @@ class IdempotencyMiddleware:
                 await record(None)
             raise
         if not recorded:
+            if capture.status:
+                # The app returned without the final body message (a stream stopped because
+                # the client left): it ran, but what we copied is not the whole response.
+                capture.give_up()
             await record(capture.result() if capture.status else None)
 
 
-async def _read_body(receive: Receive, cap: int) -> bytes | None:
-    """The whole request body, or None past ``cap`` bytes (413)."""
+async def _read_body(receive: Receive, cap: int) -> bytes | _Incomplete | None:
+    """The whole request body, None past ``cap`` bytes (413), or INCOMPLETE if the client
+    left before sending all of it (nothing may be decided on a partial body)."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
-        if message["type"] != "http.request":  # disconnected before the body ended
-            break
+        if message["type"] != "http.request":
+            return INCOMPLETE
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:

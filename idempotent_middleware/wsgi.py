@@ -10,12 +10,14 @@ after its first item; the app iterable's ``close()`` is always called (as Werkze
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
 from ._http import (
+    INCOMPLETE,
     PASS,
     Execute,
     HttpIdempotency,
@@ -23,6 +25,7 @@ from ._http import (
     Respond,
     ResponseCapture,
     StoredResponse,
+    _Incomplete,
 )
 from ._lease import sync_renewer
 from ._steps import drive
@@ -33,6 +36,9 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIEnviron = dict[str, Any]
 WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
+
+#: How long close() may spend copying the rest of a body the client did not read.
+_DRAIN_SECONDS = 5.0
 
 _SPECIAL_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
 
@@ -71,8 +77,11 @@ class IdempotencyMiddleware:
         if engine.content_length_too_large(request):
             return _respond(start_response, engine.too_large(request))
         body = _read_body(environ, engine.config.max_request_body_bytes)
+        if body is INCOMPLETE:
+            return _respond(start_response, engine.incomplete(request))
         if body is None:
             return _respond(start_response, engine.too_large(request))
+        assert isinstance(body, bytes)
         request.body = body
         action = drive(engine.store, engine.begin(request, rule))
         if isinstance(action, Respond):
@@ -141,18 +150,23 @@ class _CapturingIterable:
         self._failed = False
 
     def __iter__(self) -> Iterator[bytes]:
-        self._iterator = iter(self._iterable)
-        try:
-            for chunk in self._iterator:
-                self._capture.add(chunk)
-                if self._capture.has_declared_length:
-                    # The last chunk by Content-Length: record before the server writes it,
-                    # so a client that has the whole response always gets it replayed.
-                    self._record()
-                yield chunk
-        except BaseException:
-            self._failed = True
-            raise
+        iterator = self._iterator = iter(self._iterable)
+        while True:
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                break
+            except BaseException:
+                self._failed = True  # the app failed: release
+                raise
+            self._capture.add(chunk)
+            if self._capture.has_declared_length:
+                # The last chunk by Content-Length: record before the server writes it,
+                # so a client that has the whole response always gets it replayed.
+                self._record()
+            # A server that stops consuming (client gone) closes us here with GeneratorExit:
+            # not the app's failure, and close() then drains and records.
+            yield chunk
         self._record()  # the body is complete: record now, before the server's close()
 
     def close(self) -> None:
@@ -170,10 +184,15 @@ class _CapturingIterable:
                 self._record()
 
     def _drain(self) -> None:
+        """Copy what the client did not read, bounded by the size cap and by time."""
         iterator = self._iterator if self._iterator is not None else iter(self._iterable)
+        deadline = time.monotonic() + _DRAIN_SECONDS
         for chunk in iterator:
             self._capture.add(chunk)
             if self._capture.overflow:
+                break
+            if time.monotonic() > deadline:  # an endless stream: executed, not replayable
+                self._capture.give_up()
                 break
 
     def _record(self) -> None:
@@ -196,8 +215,8 @@ def _headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def _read_body(environ: WSGIEnviron, cap: int) -> bytes | None:
-    """The request body, or None past ``cap`` bytes (413)."""
+def _read_body(environ: WSGIEnviron, cap: int) -> bytes | _Incomplete | None:
+    """The request body, None past ``cap`` bytes (413), or INCOMPLETE when it is short."""
     stream = environ.get("wsgi.input")
     if stream is None:
         return b""
@@ -207,7 +226,8 @@ def _read_body(environ: WSGIEnviron, cap: int) -> bytes | None:
         length = -1
     if length >= 0:
         body: bytes = stream.read(length) if length else b""
-        return body
+        # Fewer bytes than announced: the client left mid-body; never decide on a part.
+        return body if len(body) == length else INCOMPLETE
     # No length: read to the end only where the server promises it ends (PEP 3333 errata).
     if not environ.get("wsgi.input_terminated"):
         return b""

@@ -65,6 +65,7 @@ def test_problems_are_rfc9457_with_distinct_types() -> None:
         problems.invalid,
         problems.reused,
         problems.too_large,
+        problems.incomplete,
         problems.unavailable,
         problems.corrupt,
         problems.in_progress(3),

@@ -38,28 +38,7 @@ def send_partial_request(port: int, path: str, key: str, body: bytes, sent: int)
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            "fastapi",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ASGI _read_body takes http.disconnect before the end of the body for "
-                "the end of the body: the cut-off request claims the key, the app runs on the "
-                "partial body and its answer is stored; the full retry gets 422 key reused",
-            ),
-        ),
-        pytest.param(
-            "flask",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="WSGI _read_body accepts fewer bytes than CONTENT_LENGTH (gunicorn "
-                "returns what it got at EOF): same poisoned key, 422 on the full retry",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("name", ["fastapi", "flask"])
 def test_request_body_cut_short_does_not_decide_the_key(
     name: str, example_servers: ServerPool, redis_client: redis.Redis
 ) -> None:

@@ -191,30 +191,14 @@ def test_sse_with_key_streams_then_retry_replays_identical_bytes(
     assert executions(streaming_server) == before + 1
 
 
-CUT_SHORT_BUGS = {
-    "asgi": pytest.mark.xfail(
-        strict=True,
-        reason="ASGI adapter stores a stream the app ended without more_body=False (Starlette "
-        "stops on http.disconnect) as a complete response: retries get the truncated body",
-    ),
-    "wsgi": pytest.mark.xfail(
-        strict=True,
-        reason="WSGI adapter releases the key when the server stops iterating (client gone): "
-        "the GeneratorExit thrown at `yield chunk` in _CapturingIterable.__iter__ sets "
-        "_failed, so close() neither drains nor records; the retry runs the handler again",
-    ),
-}
-
-
 def test_sse_cut_short_by_the_client_runs_once_and_is_never_replayed_truncated(
-    streaming_server: Server, request: pytest.FixtureRequest
+    streaming_server: Server,
 ) -> None:
     """The client reads one event and hangs up; the handler has run. A retry must not run it
     again, and must not get the partial body as the stored response: the documented answers
     are the complete bytes (the WSGI adapter says it drains the rest of the body into its copy
     when the server closes early) or the 409 not-replayable problem.
     """
-    request.applymarker(CUT_SHORT_BUGS[streaming_server.name.split("-")[1]])
     key = f"cut-{uuid.uuid4()}"
     expected = expected_events(SSE_EVENTS)
     before = executions(streaming_server)
