@@ -21,11 +21,12 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from ._steps import DELETE, PUT, RENEW, SLEEP, UPDATE, Plan, Step
+from ._steps import BACKGROUND, DELETE, PUT, RENEW, SLEEP, UPDATE, Plan, Step
 from .exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyOwnershipError,
+    IdempotencyPersistenceLayerError,
 )
 from .persistence.base import STATUS_COMPLETED, BasePersistenceLayer, DataRecord
 
@@ -78,6 +79,12 @@ def plan_claim(
             return Claimed(claim)
         except IdempotencyItemAlreadyExistsError as exc:
             existing = exc.old_data_record
+        except IdempotencyPersistenceLayerError:
+            # Ambiguous: a timed-out claim may have been applied. Nothing runs under it, so
+            # give it back (fenced by its owner) rather than block the key for a lease; in
+            # the background, so that a stalled store costs this request one timeout only.
+            yield Step(BACKGROUND, Step(DELETE, claim))
+            raise
         if existing is None:  # vanished between the two commands of the old-server path
             continue
         layer._validate_payload(payload_hash, existing)

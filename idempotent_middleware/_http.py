@@ -113,11 +113,13 @@ class StoredResponse:
     body: bytes
     complete: bool = True
 
-    _HEAD = struct.Struct(">HBH")
+    #: status, complete flag, header count, body length (a cut or padded record is caught).
+    _HEAD = struct.Struct(">HBHI")
     _PAIR = struct.Struct(">HI")
 
     def encode(self) -> bytes:
-        parts = [self._HEAD.pack(self.status, 1 if self.complete else 0, len(self.headers))]
+        flag = 1 if self.complete else 0
+        parts = [self._HEAD.pack(self.status, flag, len(self.headers), len(self.body))]
         for name, value in self.headers:
             parts.append(self._PAIR.pack(len(name), len(value)))
             parts.append(name)
@@ -128,7 +130,7 @@ class StoredResponse:
     @classmethod
     def decode(cls, raw: bytes) -> StoredResponse:
         try:
-            status, complete, count = cls._HEAD.unpack_from(raw)
+            status, complete, count, body_length = cls._HEAD.unpack_from(raw)
             offset = cls._HEAD.size
             headers: Headers = []
             for _ in range(count):
@@ -141,6 +143,8 @@ class StoredResponse:
                 if len(value) != value_len:
                     raise ValueError("truncated header")
                 headers.append((name, value))
+            if len(raw) - offset != body_length:
+                raise ValueError(f"body of {len(raw) - offset} bytes, {body_length} announced")
         except (struct.error, ValueError) as exc:
             raise IdempotencyCorruptRecordError(f"undecodable stored response: {exc}") from exc
         return cls(status, headers, raw[offset:], bool(complete))
@@ -338,7 +342,10 @@ class HttpIdempotency:
     def begin(self, request: HttpRequest, rule: Rule) -> Plan[Respond | Execute | PassThrough]:
         """Key, fingerprint and claim; returns what the adapter should do."""
         cfg = self.config
-        tenant = cfg.scope(request) if cfg.scope is not None else None
+        tenant = None
+        if cfg.scope is not None:
+            found_tenant = cfg.scope(request)
+            tenant = None if found_tenant is None else str(found_tenant)
         if request.key is not None:
             # Header mode: hash the raw key bytes, after the tenant (NUL never occurs in either).
             material = request.key if tenant is None else tenant.encode() + b"\x00" + request.key
@@ -354,7 +361,11 @@ class HttpIdempotency:
                     return Respond(self.problems.missing)
                 logger.debug("pass %s %s: no key", request.method, request.path)
                 return PASS
-            digest = self.scheme.generate_hash([tenant, found])
+            try:
+                digest = self.scheme.generate_hash([tenant, found])
+            except (RecursionError, TypeError, ValueError):  # nested too deep to serialise
+                logger.debug("400 %s %s: key unusable", request.method, request.path)
+                return Respond(self.problems.invalid)
         key = f"{request.method} {request.path}#{digest}"
         try:
             fingerprint = self._fingerprint(request)
@@ -395,12 +406,13 @@ class HttpIdempotency:
         return Execute(decision.record, rule.expires_after_seconds)
 
     def _fingerprint(self, request: HttpRequest) -> str:
-        """Method, path and canonical body (IETF draft: same key + other payload -> 422)."""
+        """Method, path, query and canonical body (IETF draft: same key, other payload: 422)."""
         if self.scheme.validation_expression is not None:
             return self.scheme.payload_hash(request.document())
         parsed = request.json_body()
         body = request.body if parsed is None else canonical_json(parsed)
-        return self.scheme.generate_hash(f"{request.method} {request.path}\n".encode() + body)
+        head = f"{request.method} {request.path}?".encode() + request.query + b"\n"
+        return self.scheme.generate_hash(head + body)
 
     def _replay(self, key: str, record: DataRecord) -> Respond:
         stored = StoredResponse.decode(record.response_data or b"")
@@ -459,16 +471,32 @@ def _parse_key(value: bytes) -> bytes | None:
     """The key, or None when malformed (IETF draft section 2: an sf-string; Stripe: <= 255)."""
     value = value.strip(b" \t")
     if value[:1] == b'"':
-        if len(value) < 2 or value[-1:] != b'"':
+        unquoted = _parse_sf_string(value)
+        if unquoted is None:
             return None
-        inner = value[1:-1]
-        # RFC 8941 section 3.3.3: only \" and \\ escapes; a bare quote ends the string.
-        if b'"' in inner.replace(b'\\"', b"").replace(b"\\\\", b""):
-            return None
-        value = inner.replace(b'\\"', b'"').replace(b"\\\\", b"\\")
+        value = unquoted
     elif b"," in value or b'"' in value:
         return None  # a list of keys, or a stray quote
     return value if _PRINTABLE_KEY.fullmatch(value) else None
+
+
+def _parse_sf_string(value: bytes) -> bytes | None:
+    """RFC 8941 section 4.2.5: a quoted string; only \\" and \\\\ escapes; nothing after it."""
+    out = bytearray()
+    index, end = 1, len(value)
+    while index < end:
+        char = value[index]
+        if char == 0x5C:  # backslash
+            if index + 1 >= end or value[index + 1] not in (0x22, 0x5C):
+                return None
+            out.append(value[index + 1])
+            index += 2
+        elif char == 0x22:  # closing quote: must be the last byte
+            return bytes(out) if index == end - 1 else None
+        else:
+            out.append(char)
+            index += 1
+    return None  # no closing quote
 
 
 class _Problems:

@@ -10,6 +10,9 @@ where sync and async differ, so no decision exists twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -46,7 +49,40 @@ PUT = _op("put_record")
 UPDATE = _op("update_record")
 DELETE = _op("delete_record")
 RENEW = _op("renew_lease")
-SLEEP = Op("", "")
+SLEEP = Op("sleep", "sleep")
+#: Run the Step given as argument later, off the request's path; its outcome is ignored.
+BACKGROUND = Op("background", "background")
+#: How long a background step waits: a store that just failed gets a moment to recover, and
+#: a request arriving meanwhile is not queued behind it.
+BACKGROUND_DELAY = 1.0
+
+_background_queue: queue.SimpleQueue[tuple[float, BasePersistenceLayer, Step]] = queue.SimpleQueue()
+_background_thread: threading.Thread | None = None
+_background_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background_worker() -> None:
+    while True:
+        due, layer, step = _background_queue.get()
+        time.sleep(max(0.0, due - time.monotonic()))
+        with contextlib.suppress(Exception):
+            getattr(layer, step.op.sync)(step.arg)
+
+
+def _in_background(layer: BasePersistenceLayer, step: Step) -> None:
+    global _background_thread
+    if _background_thread is None or not _background_thread.is_alive():
+        _background_thread = threading.Thread(
+            target=_background_worker, name="idempotency-background", daemon=True
+        )
+        _background_thread.start()
+    _background_queue.put((time.monotonic() + BACKGROUND_DELAY, layer, step))
+
+
+async def _quietly(layer: BasePersistenceLayer, step: Step) -> None:
+    await asyncio.sleep(BACKGROUND_DELAY)
+    with contextlib.suppress(Exception):
+        await getattr(layer, step.op.async_)(step.arg)
 
 
 def run(
@@ -96,6 +132,8 @@ def drive(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
     def perform(step: Step) -> Any:
         if step.op is SLEEP:
             return time.sleep(step.arg)
+        if step.op is BACKGROUND:
+            return _in_background(layer, step.arg)
         return getattr(layer, step.op.sync)(step.arg)
 
     return run(plan, perform)
@@ -107,6 +145,11 @@ async def drive_async(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
     async def perform(step: Step) -> Any:
         if step.op is SLEEP:
             return await asyncio.sleep(step.arg)
+        if step.op is BACKGROUND:
+            task = asyncio.get_running_loop().create_task(_quietly(layer, step.arg))
+            _background_tasks.add(task)  # keep a reference until it is done
+            task.add_done_callback(_background_tasks.discard)
+            return None
         return await getattr(layer, step.op.async_)(step.arg)
 
     return await run_async(plan, perform)

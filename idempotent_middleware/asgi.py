@@ -118,7 +118,13 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, capturing_send)
         except BaseException:
             if not recorded:
-                await record(None)
+                if capture.status:
+                    # It failed after the response started (e.g. send raised because the
+                    # client left): the handler ran, so record it as not replayable.
+                    capture.give_up()
+                    await record(capture.result())
+                else:
+                    await record(None)  # failed before answering: release, let it retry
             raise
         if not recorded:
             if capture.status:

@@ -157,7 +157,7 @@ class _CapturingIterable:
             except StopIteration:
                 break
             except BaseException:
-                self._failed = True  # the app failed: release
+                self._failed = True  # the app failed: release, or mark it not replayable
                 raise
             self._capture.add(chunk)
             if self._capture.has_declared_length:
@@ -197,9 +197,15 @@ class _CapturingIterable:
 
     def _record(self) -> None:
         finish, self._finish = self._finish, None
-        if finish is not None:
-            ok = not self._failed and self._capture.status
-            finish(self._capture.result() if ok else None)
+        if finish is None:
+            return
+        capture = self._capture
+        if not capture.status or (self._failed and not capture.size):
+            finish(None)  # failed before any of the body went out: release, let it retry
+            return
+        if self._failed:  # failed mid-body: the handler ran; never replay half a body
+            capture.give_up()
+        finish(capture.result())
 
 
 def _headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:

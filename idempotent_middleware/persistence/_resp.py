@@ -116,6 +116,11 @@ class PythonReader:
         raise RedisConnectionError(f"unexpected RESP reply type {kind!r}")
 
 
+#: Commands whose reply is an integer (the fencing scripts); every other one we send answers
+#: with a bulk string, nil or a status.
+_INT_REPLIES = frozenset({"EVALSHA", "EVAL"})
+
+
 def _error(reply: Any) -> Exception | None:
     if hiredis is not None and isinstance(reply, hiredis.ReplyError):
         message = str(reply)
@@ -149,10 +154,19 @@ class _Protocol(asyncio.Protocol):
             if not waiters:
                 self.owner.fail(RedisConnectionError("reply without a request"))
                 return
-            future = waiters.popleft()[0]
+            future, _, wants_int = waiters.popleft()
+            error = _error(reply)
+            if error is None and isinstance(reply, int) is not wants_int:
+                # Replies come back in order on a TCP stream; a reply of the wrong kind means
+                # a proxy lost something in between. Nothing on this connection can be
+                # trusted to belong to its caller any more.
+                desync = RedisConnectionError("Redis replies out of step; reconnecting")
+                if not future.done():
+                    future.set_exception(desync)
+                self.owner.fail(desync)
+                return
             if future.done():
                 continue
-            error = _error(reply)
             if error is None:
                 future.set_result(reply)
             else:
@@ -203,8 +217,8 @@ class PipelinedConnection(TickBatcher):
         self.tls_verify = "ssl_cert_reqs=none" not in (parts.query or "")
         self.socket_timeout = socket_timeout
         self.socket_connect_timeout = socket_connect_timeout
-        #: Commands sent and awaiting replies, in order: (future, monotonic send time).
-        self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
+        #: Commands sent and awaiting replies, in order: (future, send time, integer reply?).
+        self.waiters: deque[tuple[asyncio.Future[Any], float, bool]] = deque()
         self.protocol: _Protocol | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.watchdog: asyncio.TimerHandle | None = None
@@ -219,7 +233,7 @@ class PipelinedConnection(TickBatcher):
         if not batch:
             return
         now = time.monotonic()
-        self.waiters.extend((future, now) for _, future in batch)
+        self.waiters.extend((future, now, command[0] in _INT_REPLIES) for command, future in batch)
         if len(batch) == 1:
             protocol.transport.write(pack(batch[0][0]))
         else:
@@ -255,7 +269,7 @@ class PipelinedConnection(TickBatcher):
                 # Jump the queue: these must be the connection's first commands.
                 futures = [self.loop.create_future() for _ in hello]
                 now = time.monotonic()
-                self.waiters.extendleft((f, now) for f in reversed(futures))
+                self.waiters.extendleft((f, now, False) for f in reversed(futures))
                 assert protocol.transport is not None
                 protocol.transport.write(b"".join(pack(c) for c in hello))
                 await asyncio.wait_for(asyncio.gather(*futures), self.socket_connect_timeout)
@@ -293,7 +307,7 @@ class PipelinedConnection(TickBatcher):
     def fail(self, error: Exception) -> None:
         """Fail every command in flight (the connection is unusable); the next reconnects."""
         waiters, self.waiters = self.waiters, deque()
-        for future, _ in waiters:
+        for future, _, _ in waiters:
             if not future.done():
                 future.set_exception(error)
         self._close_protocol()

@@ -253,3 +253,25 @@ def test_python_reader_parses_split_replies(values: list[Any], cut: int) -> None
 
 def test_pack_is_resp_array_of_bulk_strings() -> None:
     assert pack(("SET", b"k\r\n", 5)) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$1\r\n5\r\n"
+
+
+def test_a_reply_of_the_wrong_kind_fails_the_connection_instead_of_misleading() -> None:
+    """A lossy proxy can shift replies by one: an integer where SET..GET expects a value.
+    The lean connection must fail every caller, never hand a reply to the wrong one."""
+
+    async def main() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(65536)
+            writer.write(b":1\r\n")  # an EVALSHA-style reply to a SET
+            await writer.drain()
+            await asyncio.sleep(1)
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        layer = RedisPersistenceLayer(url=f"redis://127.0.0.1:{port}/0", socket_timeout=0.5)
+        with pytest.raises(IdempotencyPersistenceLayerError):
+            await layer._put_record_async(claim(layer))
+        server.close()
+
+    asyncio.run(main())

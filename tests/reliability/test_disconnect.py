@@ -32,27 +32,6 @@ pytestmark = pytest.mark.redis  # needs a real redis-server (the suite starts it
 
 SETTLE_TIMEOUT = 8.0
 
-WSGI_RELEASES_STREAM = pytest.mark.xfail(
-    strict=True,
-    reason="BUG (WSGI, responses without Content-Length): when the server stops iterating "
-    "because the client is gone, the GeneratorExit raised at _CapturingIterable.__iter__'s "
-    "yield is caught by its `except BaseException` and marks the response failed, so close() "
-    "releases the claim instead of draining and recording it: the retry runs the handler "
-    "a second time",
-)
-ASGI_TRUNCATED_BODY = pytest.mark.xfail(
-    strict=True,
-    reason="BUG (ASGI, also in tests/e2e/test_client_disconnect.py): _read_body treats "
-    "http.disconnect before the end of the body as the end: the cut-off request claims "
-    "the key and the app's answer to the partial body is stored",
-)
-ASGI_TRUNCATED_STREAM = pytest.mark.xfail(
-    strict=True,
-    reason="BUG (ASGI, also in tests/e2e/test_streaming.py): a response whose final "
-    "more_body=False message never went out (stream cancelled on disconnect) is stored as "
-    "complete, so retries replay the truncated body with Idempotent-Replayed: true",
-)
-
 
 @pytest.fixture(scope="module")
 def servers(
@@ -183,7 +162,7 @@ def test_hang_up_while_handler_fails_then_retry_runs_again(
 
 @pytest.mark.slow
 @pytest.mark.timeout(40)
-@pytest.mark.parametrize("adapter", [pytest.param("asgi", marks=ASGI_TRUNCATED_BODY), "wsgi"])
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
 def test_hang_up_in_the_middle_of_the_body_does_not_decide_the_key(
     adapter: str,
     servers: dict[str, ServerProcess],
@@ -215,8 +194,8 @@ def test_hang_up_in_the_middle_of_the_body_does_not_decide_the_key(
 @pytest.mark.parametrize(
     "adapter",
     [
-        pytest.param("asgi", marks=ASGI_TRUNCATED_STREAM),
-        pytest.param("wsgi", marks=WSGI_RELEASES_STREAM),
+        "asgi",
+        "wsgi",
     ],
 )
 def test_hang_up_in_the_middle_of_a_stream_never_replays_truncated_nor_reruns(

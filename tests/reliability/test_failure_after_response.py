@@ -8,8 +8,8 @@ answer, so a retry must replay it, whatever happens next:
 - ASGI: a ``BackgroundTask`` that raises after the response was sent does not release the key;
 - WSGI: an app iterable whose ``close()`` raises after the body was complete: recorded;
 - WSGI: a server that stops iterating (client gone, as gunicorn does on EPIPE) and calls
-  ``close()``: recorded with Content-Length; without it, released (xfail, bug; the
-  process-level twin is in ``test_disconnect.py``).
+  ``close()``: recorded, with or without Content-Length (the process-level twin is in
+  ``test_disconnect.py``).
 """
 
 from __future__ import annotations
@@ -186,15 +186,6 @@ def test_wsgi_close_failure_after_complete_body_is_recorded(figures: Figures) ->
     assert retry.replayed and retry.body == b"run 1" and len(runs) == 1
 
 
-GENERATOR_EXIT_RELEASES = pytest.mark.xfail(
-    strict=True,
-    reason="BUG (WSGI): when the server stops iterating before the last chunk (client gone), "
-    "the GeneratorExit thrown into _CapturingIterable.__iter__ at its yield is caught by "
-    "`except BaseException` and marks the response failed; close() then releases the claim "
-    "instead of draining and recording it, so the retry runs the handler again",
-)
-
-
 @pytest.mark.parametrize(
     ("declared_length", "fails_at"),
     [
@@ -203,13 +194,11 @@ GENERATOR_EXIT_RELEASES = pytest.mark.xfail(
             True,
             "first",
             id="content-length-write-of-first-chunk-fails",
-            marks=GENERATOR_EXIT_RELEASES,
         ),
         pytest.param(
             False,
             "first",
             id="no-length-write-of-first-chunk-fails",
-            marks=GENERATOR_EXIT_RELEASES,
         ),
     ],
 )
@@ -260,14 +249,6 @@ def test_wsgi_server_that_stops_iterating_still_records(
     assert retry.replayed and retry.body == b"part one, part two", f"ran {len(runs)} times"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (ASGI): a streamed response cut short by the client is either stored as "
-    "complete (spec 2.3 servers such as uvicorn: Starlette cancels the stream on "
-    "http.disconnect and returns normally, so the truncated body is replayed) or released "
-    "(spec 2.4 servers: send raises OSError -> ClientDisconnect, so the retry runs the handler "
-    "again); it should be recorded as executed-not-replayable (complete=False)",
-)
 @pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
 def test_asgi_stream_cut_short_is_neither_truncated_nor_rerun(
     spec_version: str, asgi: AsgiCaller, figures: Figures

@@ -243,14 +243,6 @@ def test_corrupt_record_answers_503_problem_never_500(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the record format stores no length or checksum for the response body (it is "
-    "'the rest' of the value), so a record cut inside the body decodes fine and the replay "
-    "sends the cut body with the original Content-Length (a broken response; under uvicorn "
-    "'Response content shorter than Content-Length', a 500/reset) instead of the 503 "
-    "idempotency-record-corrupt answer",
-)
 @pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
 @pytest.mark.parametrize("cut", ["body-cut", "body-extended"])
 def test_record_cut_inside_the_body_is_detected(
