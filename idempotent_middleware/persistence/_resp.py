@@ -1,4 +1,4 @@
-"""A lean asyncio Redis connection with automatic pipelining, for ``RedisPersistenceLayer(url=)``.
+"""Lean Redis connections for ``RedisPersistenceLayer(url=)``: pipelined asyncio, blocking sync.
 
 Why not redis-py's asyncio client on the hot path: each of its commands costs tens of
 microseconds of Python (connection checkout, locks, callbacks), and every request needs one or
@@ -17,7 +17,11 @@ redis-py: pass ``client=``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 import ssl
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -176,21 +180,141 @@ class _Protocol(asyncio.Protocol):
         self.owner.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
 
 
+class RedisAddress:
+    """Where and how to connect, from a ``redis://`` or ``rediss://`` URL."""
+
+    __slots__ = ("db", "host", "password", "port", "tls", "tls_verify", "username")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"unsupported scheme {parts.scheme!r}")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 6379
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        path = parts.path.strip("/")
+        self.db = int(path) if path else 0
+        self.tls = parts.scheme == "rediss"
+        self.tls_verify = "ssl_cert_reqs=none" not in (parts.query or "")
+
+    def hello(self) -> list[Command]:
+        """The commands a new connection sends first."""
+        commands: list[Command] = []
+        if self.password is not None:
+            if self.username is None:
+                commands.append(("AUTH", self.password))
+            else:
+                commands.append(("AUTH", self.username, self.password))
+        if self.db:
+            commands.append(("SELECT", self.db))
+        return commands
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.create_default_context()
+        if not self.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class BlockingConnection:
+    """For sync callers: one blocking socket per thread, one command per round trip.
+
+    Leaner than redis-py's pool (no checkout lock, no retry wrapper): WSGI threads each keep
+    their own connection. A timeout or socket error closes that thread's socket, so a late
+    reply can never be read as the answer to the next command.
+    """
+
+    def __init__(self, url: str, *, socket_timeout: float, socket_connect_timeout: float) -> None:
+        self.address = RedisAddress(url)
+        self.socket_timeout = socket_timeout
+        self.socket_connect_timeout = socket_connect_timeout
+        self._local = threading.local()
+
+    def execute(self, command: Command) -> Any:
+        state = getattr(self._local, "state", None)
+        if state is None or state[2] != os.getpid():  # none yet, or inherited across fork
+            state = self._connect()
+        sock, reader, _ = state
+        try:
+            sock.sendall(pack(command))
+            reply = self._read(sock, reader)
+        except OSError as exc:
+            self.close()
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(
+                    f"no reply from Redis within {self.socket_timeout}s"
+                ) from exc
+            raise RedisConnectionError(f"Redis connection failed: {exc}") from exc
+        error = _error(reply)
+        if error is not None:
+            raise error
+        return reply
+
+    @staticmethod
+    def _read(sock: socket.socket, reader: Any) -> Any:
+        while True:
+            reply = reader.gets()
+            if reply is not False:
+                return reply
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("Redis closed the connection")
+            reader.feed(data)
+
+    def _connect(self) -> tuple[socket.socket, Any, int]:
+        address = self.address
+        try:
+            sock = socket.create_connection(
+                (address.host, address.port), timeout=self.socket_connect_timeout
+            )
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            context = address.ssl_context()
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=address.host)
+            sock.settimeout(self.socket_timeout)
+        except OSError as exc:
+            raise RedisConnectionError(
+                f"cannot connect to Redis at {address.describe()}: {exc}"
+            ) from exc
+        reader: Any = hiredis.Reader() if hiredis is not None else PythonReader()
+        state = (sock, reader, os.getpid())
+        self._local.state = state
+        for command in address.hello():
+            try:
+                sock.sendall(pack(command))
+                error = _error(self._read(sock, reader))
+            except OSError as exc:
+                self.close()
+                raise RedisConnectionError(f"Redis handshake failed: {exc}") from exc
+            if error is not None:
+                self.close()
+                raise error
+        return state
+
+    def close(self) -> None:
+        state = getattr(self._local, "state", None)
+        self._local.state = None
+        if state is not None:
+            with contextlib.suppress(OSError):
+                state[0].close()
+
+
 class PipelinedConnection(TickBatcher):
     """One connection per event loop; commands of one tick leave in one write."""
 
     __slots__ = (
+        "address",
         "connecting",
-        "db",
-        "host",
-        "password",
-        "port",
         "protocol",
         "socket_connect_timeout",
         "socket_timeout",
-        "tls",
-        "tls_verify",
-        "username",
         "waiters",
         "watchdog",
     )
@@ -204,17 +328,7 @@ class PipelinedConnection(TickBatcher):
         socket_connect_timeout: float,
     ) -> None:
         super().__init__(loop)
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"unsupported scheme {parts.scheme!r}")
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 6379
-        self.username = unquote(parts.username) if parts.username else None
-        self.password = unquote(parts.password) if parts.password else None
-        path = parts.path.strip("/")
-        self.db = int(path) if path else 0
-        self.tls = parts.scheme == "rediss"
-        self.tls_verify = "ssl_cert_reqs=none" not in (parts.query or "")
+        self.address = RedisAddress(url)
         self.socket_timeout = socket_timeout
         self.socket_connect_timeout = socket_connect_timeout
         #: Commands sent and awaiting replies, in order: (future, send time, integer reply?).
@@ -242,29 +356,20 @@ class PipelinedConnection(TickBatcher):
             self.watchdog = self.loop.call_later(self.socket_timeout, self._check_timeout)
 
     async def _connect(self) -> None:
+        address = self.address
         try:
-            context = None
-            if self.tls:
-                context = ssl.create_default_context()
-                if not self.tls_verify:
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
             transport, protocol = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: _Protocol(self), self.host, self.port, ssl=context
+                    lambda: _Protocol(self),
+                    address.host,
+                    address.port,
+                    ssl=address.ssl_context(),
                 ),
                 self.socket_connect_timeout,
             )
             protocol.transport = transport
             self.protocol = protocol
-            hello: list[Command] = []
-            if self.password is not None:
-                auth: Command = ("AUTH", self.password)
-                hello.append(
-                    auth if self.username is None else ("AUTH", self.username, self.password)
-                )
-            if self.db:
-                hello.append(("SELECT", self.db))
+            hello = address.hello()
             if hello:
                 # Jump the queue: these must be the connection's first commands.
                 futures = [self.loop.create_future() for _ in hello]
@@ -280,9 +385,7 @@ class PipelinedConnection(TickBatcher):
                 exc
                 if isinstance(exc, (RedisConnectionError, AuthenticationError))
                 else (
-                    RedisConnectionError(
-                        f"cannot connect to Redis at {self.host}:{self.port}: {exc}"
-                    )
+                    RedisConnectionError(f"cannot connect to Redis at {address.describe()}: {exc}")
                 )
             )
             batch, self.queue = self.queue, []

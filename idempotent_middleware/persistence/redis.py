@@ -231,6 +231,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             weakref.WeakKeyDictionary()
         )
         self._last_executor: tuple[asyncio.AbstractEventLoop, _Executor] | None = None
+        self._sync_execute: Callable[[Command], Any] | None = None
         #: None until the first claim tells whether the server takes SET ... NX ... GET.
         self._set_nx_get: bool | None = None
         # Cluster clients route each command to its node; pipelining across slots is theirs.
@@ -295,12 +296,28 @@ class RedisPersistenceLayer(BasePersistenceLayer):
 
     # --- Drivers for the command generators -------------------------------------------------
     def _run(self, ops: Ops) -> Any:
-        client = self.sync_client()
+        return run(ops, self._sync_executor(), _IO_ERRORS)
 
-        def perform(command: Command) -> Any:
-            return client.execute_command(*command, **_options(command))
+    def _sync_executor(self) -> Callable[[Command], Any]:
+        """The lean blocking connection for plain URLs, else the redis-py client."""
+        executor = self._sync_execute
+        if executor is None:
+            if self._sync_client is None and self.url and _lean_connection_can_serve(self.url):
+                from ._resp import BlockingConnection
 
-        return run(ops, perform, _IO_ERRORS)
+                executor = BlockingConnection(
+                    self.url,
+                    socket_timeout=self._client_kwargs["socket_timeout"],
+                    socket_connect_timeout=self._client_kwargs["socket_connect_timeout"],
+                ).execute
+            else:
+                client = self.sync_client()
+
+                def executor(command: Command) -> Any:
+                    return client.execute_command(*command, **_options(command))
+
+            self._sync_execute = executor
+        return executor
 
     async def _run_async(self, ops: Ops) -> Any:
         if self._async_client is None and self.url is None and self._async_client_factory is None:
