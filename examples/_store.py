@@ -12,8 +12,20 @@ from idempotent_middleware import (
 
 
 def make_store() -> BasePersistenceLayer:
+    """REDIS_URL=redis://host:port/db, or redis+cluster://host:port for a Redis Cluster."""
     url = os.environ.get("REDIS_URL")
-    return RedisPersistenceLayer(url=url) if url else InMemoryPersistenceLayer()
+    if not url:
+        return InMemoryPersistenceLayer()
+    if url.startswith("redis+cluster://"):
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+        from redis.cluster import RedisCluster
+
+        plain = "redis://" + url.removeprefix("redis+cluster://")
+        return RedisPersistenceLayer(
+            client=RedisCluster.from_url(plain),
+            async_client_factory=lambda: AsyncRedisCluster.from_url(plain),
+        )
+    return RedisPersistenceLayer(url=url)
 
 
 def count_execution(store: BasePersistenceLayer, local: list[int]) -> int:
