@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,6 +24,7 @@ from tests.redis_topologies import (
 )
 
 REQUIRE_REDIS = os.environ.get("REQUIRE_REDIS") == "1"
+T = TypeVar("T")
 
 
 def _no_redis(reason: str) -> None:
@@ -32,16 +33,21 @@ def _no_redis(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisProcess]:
-    """A real redis-server on a free loopback port, no persistence, for the whole session."""
+def _start_or_skip(what: str, start: Callable[[], T]) -> T:
+    """Start a real server topology; skip without redis-server, fail under REQUIRE_REDIS=1."""
     if redis_binary() is None:
         _no_redis("redis-server is not installed")
     try:
-        server = start_redis()
+        return start()
     except Exception as exc:  # pragma: no cover - depends on the machine
-        _no_redis(f"redis-server did not start: {exc}")
+        _no_redis(f"{what} did not start: {exc}")
         raise
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess]:
+    """A real redis-server on a free loopback port, no persistence, for the whole session."""
+    server = _start_or_skip("redis-server", start_redis)
     yield server
     server.stop()
 
@@ -49,13 +55,7 @@ def redis_server() -> Iterator[RedisProcess]:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[ClusterTopology]:
     """A real 3-master Redis Cluster for the session: routing and per-node script caches."""
-    if redis_binary() is None:
-        _no_redis("redis-server is not installed")
-    try:
-        topology = start_cluster()
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        _no_redis(f"the Redis Cluster did not start: {exc}")
-        raise
+    topology = _start_or_skip("the Redis Cluster", start_cluster)
     yield topology
     topology.stop()
 
@@ -63,13 +63,7 @@ def redis_cluster() -> Iterator[ClusterTopology]:
 @pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[SentinelTopology]:
     """Master + replica + Sentinel for the session: clients that discover the master."""
-    if redis_binary() is None:
-        _no_redis("redis-server is not installed")
-    try:
-        topology = start_sentinel()
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        _no_redis(f"the Sentinel topology did not start: {exc}")
-        raise
+    topology = _start_or_skip("the Sentinel topology", start_sentinel)
     yield topology
     topology.stop()
 
