@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -126,30 +127,32 @@ async def run_async(
             error = exc
 
 
+def perform_step(layer: BasePersistenceLayer, step: Step) -> Any:
+    """One step with the layer's blocking methods."""
+    if step.op is SLEEP:
+        return time.sleep(step.arg)
+    if step.op is BACKGROUND:
+        return _in_background(layer, step.arg)
+    return getattr(layer, step.op.sync)(step.arg)
+
+
+async def perform_step_async(layer: BasePersistenceLayer, step: Step) -> Any:
+    """One step with the layer's async methods, on the running loop."""
+    if step.op is SLEEP:
+        return await asyncio.sleep(step.arg)
+    if step.op is BACKGROUND:
+        task = asyncio.get_running_loop().create_task(_quietly(layer, step.arg))
+        _background_tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(_background_tasks.discard)
+        return None
+    return await getattr(layer, step.op.async_)(step.arg)
+
+
 def drive(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
     """Run ``plan`` to its end with the layer's blocking methods."""
-
-    def perform(step: Step) -> Any:
-        if step.op is SLEEP:
-            return time.sleep(step.arg)
-        if step.op is BACKGROUND:
-            return _in_background(layer, step.arg)
-        return getattr(layer, step.op.sync)(step.arg)
-
-    return run(plan, perform)
+    return run(plan, functools.partial(perform_step, layer))
 
 
 async def drive_async(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
     """Run ``plan`` to its end with the layer's async methods, on the running loop."""
-
-    async def perform(step: Step) -> Any:
-        if step.op is SLEEP:
-            return await asyncio.sleep(step.arg)
-        if step.op is BACKGROUND:
-            task = asyncio.get_running_loop().create_task(_quietly(layer, step.arg))
-            _background_tasks.add(task)  # keep a reference until it is done
-            task.add_done_callback(_background_tasks.discard)
-            return None
-        return await getattr(layer, step.op.async_)(step.arg)
-
-    return await run_async(plan, perform)
+    return await run_async(plan, functools.partial(perform_step_async, layer))

@@ -11,11 +11,16 @@ from typing import Any, Protocol, TypeVar, cast
 
 from ._core import Claimed, Replay, plan_claim, plan_complete, plan_release
 from ._lease import AsyncLease, sync_renewer
-from ._steps import Plan, drive, drive_async
+from ._steps import Op, Plan, Step, perform_step, perform_step_async, run, run_async
 from .config import IdempotencyConfig
 from .persistence.base import BasePersistenceLayer, DataRecord, KeyScheme, _json_default
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The decorator's own steps, besides the store's: run the function, hold and drop its lease.
+CALL = Op("call", "call")
+HOLD_LEASE = Op("hold_lease", "hold_lease")
+DROP_LEASE = Op("drop_lease", "drop_lease")
 
 
 class OutputSerializer(Protocol):
@@ -104,53 +109,57 @@ def idempotent_function(
             value = record.response_json_as_dict()
             return serializer.from_dict(value) if serializer else value
 
+        def plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[Any]:
+            """The whole call, written once: the drivers below only perform its steps."""
+            decision = yield from begin(args, kwargs)
+            call = functools.partial(func, *args, **kwargs)
+            if decision is None:
+                return (yield Step(CALL, call))
+            if isinstance(decision, Replay):
+                return decode(decision.record)
+            claim = decision.record
+            lease = yield Step(HOLD_LEASE, claim)
+            try:
+                result = yield Step(CALL, call)
+            except BaseException:  # release, then let the function's exception propagate
+                yield Step(DROP_LEASE, lease)
+                yield from plan_release(persistence_store, claim)
+                raise
+            yield Step(DROP_LEASE, lease)
+            yield from plan_complete(
+                persistence_store, claim, encode(result), cfg.expires_after_seconds
+            )
+            return result
+
+        def perform(step: Step) -> Any:
+            if step.op is CALL:
+                return step.arg()
+            if step.op is HOLD_LEASE:
+                return sync_renewer.start(persistence_store, step.arg, cfg.lease_seconds)
+            if step.op is DROP_LEASE:
+                return step.arg.stop()
+            return perform_step(persistence_store, step)
+
+        async def perform_async(step: Step) -> Any:
+            if step.op is CALL:
+                return await step.arg()
+            if step.op is HOLD_LEASE:
+                return AsyncLease(persistence_store, step.arg, cfg.lease_seconds)
+            if step.op is DROP_LEASE:
+                return step.arg.stop()
+            return await perform_step_async(persistence_store, step)
+
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                decision = await drive_async(persistence_store, begin(args, kwargs))
-                if decision is None:
-                    return await func(*args, **kwargs)
-                if isinstance(decision, Replay):
-                    return decode(decision.record)
-                claim = decision.record
-                lease = AsyncLease(persistence_store, claim, cfg.lease_seconds)
-                try:
-                    result = await func(*args, **kwargs)
-                except BaseException:
-                    lease.stop()
-                    await drive_async(persistence_store, plan_release(persistence_store, claim))
-                    raise
-                lease.stop()
-                complete = plan_complete(
-                    persistence_store, claim, encode(result), cfg.expires_after_seconds
-                )
-                await drive_async(persistence_store, complete)
-                return result
+                return await run_async(plan(args, kwargs), perform_async, BaseException)
 
             return cast(F, async_wrapper)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            decision = drive(persistence_store, begin(args, kwargs))
-            if decision is None:
-                return func(*args, **kwargs)
-            if isinstance(decision, Replay):
-                return decode(decision.record)
-            claim = decision.record
-            renewal = sync_renewer.start(persistence_store, claim, cfg.lease_seconds)
-            try:
-                result = func(*args, **kwargs)
-            except BaseException:
-                renewal.stop()
-                drive(persistence_store, plan_release(persistence_store, claim))
-                raise
-            renewal.stop()
-            complete = plan_complete(
-                persistence_store, claim, encode(result), cfg.expires_after_seconds
-            )
-            drive(persistence_store, complete)
-            return result
+            return run(plan(args, kwargs), perform, BaseException)
 
         return cast(F, wrapper)
 
