@@ -130,7 +130,10 @@ def plan_release(layer: BasePersistenceLayer, claim: DataRecord) -> Plan[None]:
 
 def plan_renew(claim: DataRecord, lease_seconds: float) -> Plan[bool]:
     """Extend the lease; False (and a log line) when another owner took the key."""
-    renewed = replace(claim, in_progress_expiry_timestamp=int((time.time() + lease_seconds) * 1000))
+    renewed = replace(
+        claim,
+        in_progress_expiry_timestamp=BasePersistenceLayer._get_lease_expiry_millis(lease_seconds),
+    )
     try:
         yield Step(RENEW, renewed)
     except IdempotencyOwnershipError:

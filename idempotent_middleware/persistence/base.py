@@ -74,9 +74,6 @@ class DataRecord:
         """The stored result decoded as JSON (``idempotent_function`` stores JSON)."""
         return None if self.response_data is None else json.loads(self.response_data)
 
-    def get_expiration_datetime(self) -> float | None:
-        return self.expiry_timestamp
-
 
 # --- Record encoding -----------------------------------------------------------------------
 # Bytes stay bytes: no base64, no JSON, no pickle. Layout (big endian):
@@ -89,7 +86,6 @@ _HEADER = struct.Struct(">BB16sdQBB")
 _STATUS_CODES = {STATUS_INPROGRESS: ord("I"), STATUS_COMPLETED: ord("C")}
 _STATUS_NAMES = {code: name for name, code in _STATUS_CODES.items()}
 _HAS_RESPONSE = 1
-OWNER_SLICE = slice(2, 18)
 
 
 def encode_record(record: DataRecord) -> bytes:
@@ -354,12 +350,13 @@ class BasePersistenceLayer(ABC):
     def new_inprogress_record(
         idempotency_key: str, payload_hash: str, lease_seconds: float, expires_after: float
     ) -> DataRecord:
-        now = time.time()
         return DataRecord(
             idempotency_key=idempotency_key,
             status=STATUS_INPROGRESS,
-            expiry_timestamp=now + expires_after,
-            in_progress_expiry_timestamp=int((now + lease_seconds) * 1000),
+            expiry_timestamp=BasePersistenceLayer._get_expiry_timestamp(expires_after),
+            in_progress_expiry_timestamp=BasePersistenceLayer._get_lease_expiry_millis(
+                lease_seconds
+            ),
             payload_hash=payload_hash,
             owner=new_owner(),
         )
@@ -371,7 +368,7 @@ class BasePersistenceLayer(ABC):
         return DataRecord(
             claim.idempotency_key,
             STATUS_COMPLETED,
-            time.time() + expires_after_seconds,
+            BasePersistenceLayer._get_expiry_timestamp(expires_after_seconds),
             None,
             response_data,
             claim.payload_hash,

@@ -34,7 +34,7 @@ from ..exceptions import (
     IdempotencyPersistenceLayerError,
 )
 from ._batch import TickBatcher
-from .base import OWNER_SLICE, BasePersistenceLayer, DataRecord, decode_record, encode_record
+from .base import BasePersistenceLayer, DataRecord, decode_record, encode_record
 
 try:
     import redis as _redis
@@ -69,7 +69,13 @@ _RENEW = _script("renew.lua")
 
 
 def _ms_until(timestamp_seconds: float) -> int:
+    """Milliseconds from now until ``timestamp_seconds``, at least 1 (a valid PX)."""
     return max(int((timestamp_seconds - time.time()) * 1000), 1)
+
+
+def _lease_ms(record: DataRecord) -> int:
+    """What is left of the record's in-progress lease, in milliseconds (a PX value)."""
+    return _ms_until((record.in_progress_expiry_timestamp or 0) / 1000)
 
 
 def _is_async_client(client: Any) -> bool:
@@ -340,7 +346,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
     def _ops_put(self, record: DataRecord) -> Ops:
         name = self._name(record.idempotency_key)
         value = encode_record(record)
-        lease_ms = max(int(record.in_progress_expiry_timestamp or 0) - int(time.time() * 1000), 1)
+        lease_ms = _lease_ms(record)
         vanished = False
         try:
             if self._set_nx_get is not False:
@@ -385,8 +391,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         return (yield from self._ops_script(_COMPLETE, record, encode_record(record), ttl))
 
     def _ops_renew(self, record: DataRecord) -> Ops:
-        lease = max(int(record.in_progress_expiry_timestamp or 0) - int(time.time() * 1000), 1)
-        return (yield from self._ops_script(_RENEW, record, lease))
+        return (yield from self._ops_script(_RENEW, record, _lease_ms(record)))
 
     # --- The four (five) I/O methods, sync and async -------------------------------------------
     def _get_record(self, idempotency_key: str) -> DataRecord:
@@ -424,4 +429,4 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             self._sync_client.close()
 
 
-__all__ = ["OWNER_SLICE", "RedisPersistenceLayer"]
+__all__ = ["RedisPersistenceLayer"]
