@@ -19,7 +19,6 @@ import re
 import struct
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -41,6 +40,18 @@ Headers = list[tuple[bytes, bytes]]
 #: Stripe's documented maximum key length; the draft sets none.
 MAX_KEY_LENGTH = 255
 
+#: Paths up to this many UTF-8 bytes appear whole in the storage key. A longer path is folded
+#: into the key's hash and only its first ``KEY_PATH_PREFIX_BYTES`` stay readable: the request
+#: path is client-controlled, and a key sized by it let any client fill the store.
+KEY_PATH_MAX_BYTES = 128
+KEY_PATH_PREFIX_BYTES = 64
+
+
+def normalise_method(method: str) -> str:
+    """The method as Werkzeug and Django route it (``post`` is POST); the ASGI spec asks
+    servers to upper-case it, but not every server does (h11-based ones pass it as sent)."""
+    return method.upper()
+
 
 class HttpRequest:
     """What the core sees of a request; ``raw`` is the ASGI scope or the WSGI environ."""
@@ -56,7 +67,8 @@ class HttpRequest:
         raw: Any,
         body: bytes = b"",
     ) -> None:
-        self.method = method
+        #: Upper-cased: the key, the fingerprint and the JMESPath document see one spelling.
+        self.method = normalise_method(method)
         self.path = path
         self.query = query
         self.headers = headers
@@ -264,7 +276,7 @@ class HttpIdempotency:
         self.scheme = KeyScheme.build(
             config, "", config.event_key_jmespath or f'headers."{config.header_name.lower()}"'
         )
-        self.methods = frozenset(m.upper() for m in config.methods)
+        self.methods = frozenset(normalise_method(m) for m in config.methods)
         self.excluded = frozenset(
             h.lower().encode("latin-1") for h in config.replay_exclude_headers
         )
@@ -273,36 +285,59 @@ class HttpIdempotency:
         self.wait_seconds = config.wait_timeout_seconds if config.on_in_progress == "wait" else 0.0
         self.default_rule = Rule(config.raise_on_no_idempotency_key, config.expires_after_seconds)
         self.has_path_rules = bool(config.include_paths or config.exclude_paths or config.routes)
-        self._rule_for_path = lru_cache(maxsize=4096)(self._compute_rule)
+        # Patterns compiled once; nothing derived from a request is cached (a cache keyed by the
+        # raw path let unauthenticated clients pin hundreds of MiB per worker).
+        self._exclude = tuple(_glob(p) for p in config.exclude_paths)
+        self._include = (
+            None if config.include_paths is None else tuple(_glob(p) for p in config.include_paths)
+        )
+        self._routes: tuple[tuple[_Glob, Rule | None, frozenset[str]], ...] = tuple(
+            (_glob(pattern), *self._route_rule(options))
+            for pattern, options in config.routes.items()
+        )
+        #: Every method some path may take: any other is passed through before the path is read.
+        self._routable_methods = self.methods.union(*(methods for _, _, methods in self._routes))
         self.problems = _Problems(config)
 
     # --- Which requests are ours --------------------------------------------------------------
     def rule(self, method: str, path: str) -> Rule | None:
         """The rule for this request, or None to pass it through untouched."""
+        method = normalise_method(method)
+        if method not in self._routable_methods:
+            return None  # decided by the method alone: a GET never costs a path match
         if not self.has_path_rules:
-            return self.default_rule if method in self.methods else None
-        return self._rule_for_path(method, path)
+            return self.default_rule
+        return self._compute_rule(method, path)
 
     def _compute_rule(self, method: str, path: str) -> Rule | None:
+        """``method`` is normalised. Exclusions first, then inclusions, then the first route
+        whose pattern matches (in ``routes`` order), else the middleware-wide rule."""
+        if _matches_any(self._exclude, path):
+            return None
+        if self._include is not None and not _matches_any(self._include, path):
+            return None
+        for match, rule, methods in self._routes:
+            if match(path):
+                return rule if method in methods else None
+        return self.default_rule if method in self.methods else None
+
+    def _route_rule(self, options: RouteOptions) -> tuple[Rule | None, frozenset[str]]:
+        """A route's rule and methods, computed once (a disabled route takes no method)."""
+        if not options.enabled:
+            return None, frozenset()
         cfg = self.config
-        if any(fnmatch.fnmatchcase(path, p) for p in cfg.exclude_paths):
-            return None
-        if cfg.include_paths is not None and not any(
-            fnmatch.fnmatchcase(path, p) for p in cfg.include_paths
-        ):
-            return None
-        options = next(
-            (o for p, o in cfg.routes.items() if fnmatch.fnmatchcase(path, p)), RouteOptions()
+        methods = (
+            self.methods
+            if options.methods is None
+            else frozenset(normalise_method(m) for m in options.methods)
         )
-        methods = self.methods if options.methods is None else {m.upper() for m in options.methods}
-        if not options.enabled or method not in methods:
-            return None
-        return Rule(
+        rule = Rule(
             cfg.raise_on_no_idempotency_key
             if options.raise_on_no_idempotency_key is None
             else options.raise_on_no_idempotency_key,
             options.expires_after_seconds or cfg.expires_after_seconds,
         )
+        return rule, methods
 
     # --- Before the body is read ---------------------------------------------------------------
     def precheck(self, request: HttpRequest, rule: Rule) -> Respond | PassThrough | None:
@@ -366,7 +401,7 @@ class HttpIdempotency:
             except (RecursionError, TypeError, ValueError):  # nested too deep to serialise
                 logger.debug("400 %s %s: key unusable", request.method, request.path)
                 return Respond(self.problems.invalid)
-        key = f"{request.method} {request.path}#{digest}"
+        key = self._storage_key(request.method, request.path, digest)
         try:
             fingerprint = self._fingerprint(request)
         except Exception:
@@ -405,14 +440,38 @@ class HttpIdempotency:
         logger.debug("execute %s", key)
         return Execute(decision.record, rule.expires_after_seconds)
 
+    def _storage_key(self, method: str, path: str, digest: str) -> str:
+        """``"{METHOD} {path}#{digest}"`` for a path of at most ``KEY_PATH_MAX_BYTES`` UTF-8
+        bytes; else ``"{METHOD} {first KEY_PATH_PREFIX_BYTES bytes of the path}...#{H}"``,
+        where H hashes the byte 0xFF followed by the UTF-8 of the short form. The README gives
+        the same recipe to operators.
+
+        ``digest`` already covers the tenant and the key material, so H covers method, whole
+        path, tenant and key: two long paths sharing a prefix never share a key. No UTF-8 text
+        and no printable key contains the byte 0xFF, so H's input can never equal the input of
+        a short form's digest.
+        """
+        try:
+            raw = path.encode()
+        except UnicodeEncodeError:  # lone surrogates: no store could encode that key name
+            raw = path.encode("utf-8", "surrogatepass")
+        else:
+            if len(raw) <= KEY_PATH_MAX_BYTES:
+                return f"{method} {path}#{digest}"
+        readable = method.encode("utf-8", "surrogatepass") + b" " + raw + b"#" + digest.encode()
+        folded = self.scheme.generate_hash(b"\xff" + readable)
+        # Cut at a character boundary; "ignore" also drops any lone surrogate from the prefix.
+        prefix = raw[:KEY_PATH_PREFIX_BYTES].decode("utf-8", "ignore")
+        return f"{method} {prefix}...#{folded}"
+
     def _fingerprint(self, request: HttpRequest) -> str:
         """Method, path, query and canonical body (IETF draft: same key, other payload: 422)."""
         if self.scheme.validation_expression is not None:
             return self.scheme.payload_hash(request.document())
         parsed = request.json_body()
         body = request.body if parsed is None else canonical_json(parsed)
-        head = f"{request.method} {request.path}?".encode() + request.query + b"\n"
-        return self.scheme.generate_hash(head + body)
+        head = f"{request.method} {request.path}?".encode("utf-8", "surrogatepass")
+        return self.scheme.generate_hash(head + request.query + b"\n" + body)
 
     def _replay(self, key: str, record: DataRecord) -> Respond:
         stored = StoredResponse.decode(record.response_data or b"")
@@ -455,6 +514,22 @@ def _call_hook(hook: Callable[..., None] | None, *args: Any) -> None:
         hook(*args)
     except Exception:  # a counting hook must never break a request
         logger.exception("idempotency hook %r raised", hook)
+
+
+_Glob = Callable[[str], re.Match[str] | None]
+
+
+def _glob(pattern: str) -> _Glob:
+    """A shell-style path pattern, compiled as ``fnmatch.fnmatchcase`` would compile it."""
+    return re.compile(fnmatch.translate(pattern)).match
+
+
+def _matches_any(patterns: tuple[_Glob, ...], path: str) -> bool:
+    # A plain loop: any() over a generator costs three times as much on this path.
+    for match in patterns:  # noqa: SIM110
+        if match(path):
+            return True
+    return False
 
 
 def _status_policy(spec: Callable[[int], bool] | Collection[int]) -> Callable[[int], bool]:

@@ -13,10 +13,20 @@ if TYPE_CHECKING:
 #: (Stripe stores 5xx too; we do not, on purpose: a 503 from a dependency is transient.)
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
+#: Statuses never stored by default because they say "no such route or method" (RFC 9110,
+#: sections 15.5.5, 15.5.6 and 15.6.2): stored, they let any client fill the store with keys
+#: sent to routes that do not exist. The handler did nothing, so a retry may run again.
+UNROUTED_STATUSES = frozenset({404, 405, 501})
+
+_NOT_STORED = TRANSIENT_STATUSES | UNROUTED_STATUSES
+
 
 def default_store_status(status: int) -> bool:
-    """Store every final response except 5xx, 408, 425 and 429."""
-    return status < 500 and status not in TRANSIENT_STATUSES
+    """Store every final response except 5xx, 408, 425, 429, 404 and 405.
+
+    What is not stored releases the claim: a retry runs the handler again.
+    """
+    return status < 500 and status not in _NOT_STORED
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class IdempotencyConfig:
     # HTTP only.
     header_name: str = "Idempotency-Key"
     methods: Collection[str] = frozenset({"POST", "PATCH"})
+    #: Which final responses are stored (a set of statuses, or a predicate); any other
+    #: releases the claim. Default: all but 5xx, 408, 425, 429, 404 and 405.
     store_status: Callable[[int], bool] | Collection[int] = default_store_status
     scope: Callable[[HttpRequest], str | None] | None = None
     include_paths: Collection[str] | None = None

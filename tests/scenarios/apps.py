@@ -3,6 +3,10 @@
 Endpoints: ``/orders`` (any method; 201 JSON with the execution number, two ``Set-Cookie``
 lines and a repeated ``X-Multi`` header), ``/status/{code}``, ``/boom`` (raises),
 ``/slow`` (sleeps 0.5 s), ``/big`` (1000 bytes), ``/empty`` (204).
+
+Both apps route the method case-insensitively, as Werkzeug (Flask) and Django (WSGI and ASGI)
+do: ``post`` reaches the POST handlers. Starlette alone would answer 405, so the ASGI app
+upper-cases the method first, as Django's ``ASGIHandler`` does.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def asgi_app(counter: Counter) -> Any:
         return StarletteResponse(status_code=204)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/orders", orders, methods=methods),
             Route("/internal/orders", orders, methods=methods),
@@ -88,6 +92,13 @@ def asgi_app(counter: Counter) -> Any:
             Route("/empty", empty, methods=["POST"]),
         ]
     )
+
+    async def method_upper_cased(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "method": scope["method"].upper()}
+        await app(scope, receive, send)
+
+    return method_upper_cased
 
 
 def wsgi_app(counter: Counter) -> Flask:

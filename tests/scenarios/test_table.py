@@ -208,8 +208,10 @@ SCENARIOS = [
     Scenario(
         "4xx_is_stored_and_replayed",
         [
-            Call(404, path="/status/404", runs=1),
-            Call(404, path="/status/404", replayed=True, same_as=0, runs=1),
+            Call(400, path="/status/400", runs=1),
+            Call(400, path="/status/400", replayed=True, same_as=0, runs=1),
+            Call(403, path="/status/403", key="k2", runs=2),
+            Call(403, path="/status/403", key="k2", replayed=True, same_as=2, runs=2),
         ],
     ),
     Scenario(
@@ -444,7 +446,50 @@ def _request(call: Call) -> Request:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_scenario(scenario: Scenario, make_driver: Callable[[Scenario], Driver]) -> None:
-    driver = make_driver(scenario)
+    _run(scenario, make_driver(scenario))
+
+
+# --- Issue 8: rows named after their item, through every adapter and store ------------------
+def test_item3_lower_case_method_is_the_same_request(
+    make_driver: Callable[[Scenario], Driver],
+) -> None:
+    # The framework routes ``post`` as POST (apps.py), so the middleware must see it as POST.
+    scenario = Scenario(
+        "item3_lower_case_method",
+        [
+            Call(201, method="post", runs=1),
+            Call(201, method="POST", replayed=True, same_as=0, runs=1),
+            Call(201, method="post", replayed=True, same_as=0, runs=1),
+            Call(422, method="post", body=b"{}", problem="idempotency-key-reused", runs=1),
+            Call(201, method="patch", key="k2", runs=2),
+            Call(201, method="PATCH", key="k2", replayed=True, same_as=4, runs=2),
+        ],
+    )
+    _run(scenario, make_driver(scenario))
+
+
+def test_item21_unknown_route_and_method_responses_are_not_stored(
+    make_driver: Callable[[Scenario], Driver],
+) -> None:
+    # A key sent to a route that does not exist must not fill the store: not stored, the
+    # claim released, and every retry answered afresh (never replayed).
+    scenario = Scenario(
+        "item21_not_stored",
+        [
+            Call(404, path="/no-such-route", runs=0),
+            Call(404, path="/no-such-route", runs=0),
+            Call(405, method="PATCH", path="/boom", key="k2", runs=0),
+            Call(405, method="PATCH", path="/boom", key="k2", runs=0),
+            Call(404, path="/status/404", key="k3", runs=1),
+            Call(404, path="/status/404", key="k3", runs=2),
+            Call(501, path="/status/501", key="k4", runs=3),
+            Call(501, path="/status/501", key="k4", runs=4),
+        ],
+    )
+    _run(scenario, make_driver(scenario))
+
+
+def _run(scenario: Scenario, driver: Driver) -> None:
     replies: list[Reply] = []
     running: dict[int, tuple[threading.Thread, list[Reply]]] = {}
 
