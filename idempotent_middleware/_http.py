@@ -19,6 +19,7 @@ import re
 import struct
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -116,33 +117,57 @@ class HttpRequest:
 class StoredResponse:
     """A response as stored and replayed: status, headers in order, body bytes.
 
-    ``complete`` is False for a response that was too large to keep: the record then says
-    "executed, status N" so that a retry never runs the handler a second time.
+    ``complete`` is False for a response that was not kept whole (too large, cut short, sent
+    by a route we cannot copy): the record then says "executed, status N" so that a retry
+    never runs the handler a second time. ``interrupted`` marks an execution that started but
+    gave no response at all (cancelled, client gone, returned without answering): executed,
+    outcome unknown. ``reason`` is a WSGI reason phrase as sent, when not the standard one.
     """
 
     status: int
     headers: Headers
     body: bytes
     complete: bool = True
+    reason: str | None = None
+    interrupted: bool = False
 
-    #: status, complete flag, header count, body length (a cut or padded record is caught).
+    #: status, flags, header count, body length (a cut or padded record is caught).
     _HEAD = struct.Struct(">HBHI")
     _PAIR = struct.Struct(">HI")
+    _REASON = struct.Struct(">H")
+    _NO_REASON = 0xFFFF
+    #: Flags. Format 1 knows only 0 (not replayable) and 1 (complete). Format 2 sets
+    #: ``_FORMAT2`` and appends a trailer (reason length and bytes) after the body, so that a
+    #: format-1 reader (a rolling deploy) finds bytes past the body and reports the record
+    #: corrupt (503) instead of replaying a record it does not understand.
+    _COMPLETE = 0x01
+    _INTERRUPTED = 0x02
+    _FORMAT2 = 0x80
 
     def encode(self) -> bytes:
-        flag = 1 if self.complete else 0
-        parts = [self._HEAD.pack(self.status, flag, len(self.headers), len(self.body))]
+        flags = self._COMPLETE if self.complete else 0
+        trailer = None
+        if self.interrupted or self.reason is not None:
+            flags |= self._FORMAT2 | (self._INTERRUPTED if self.interrupted else 0)
+            if self.reason is None:
+                trailer = self._REASON.pack(self._NO_REASON)
+            else:
+                reason = self.reason.encode("latin-1")
+                trailer = self._REASON.pack(len(reason)) + reason
+        parts = [self._HEAD.pack(self.status, flags, len(self.headers), len(self.body))]
         for name, value in self.headers:
             parts.append(self._PAIR.pack(len(name), len(value)))
             parts.append(name)
             parts.append(value)
         parts.append(self.body)
+        if trailer is not None:
+            parts.append(trailer)
         return b"".join(parts)
 
     @classmethod
     def decode(cls, raw: bytes) -> StoredResponse:
         try:
-            status, complete, count, body_length = cls._HEAD.unpack_from(raw)
+            status, flags, count, body_length = cls._HEAD.unpack_from(raw)
             offset = cls._HEAD.size
             headers: Headers = []
             for _ in range(count):
@@ -155,30 +180,66 @@ class StoredResponse:
                 if len(value) != value_len:
                     raise ValueError("truncated header")
                 headers.append((name, value))
-            if len(raw) - offset != body_length:
-                raise ValueError(f"body of {len(raw) - offset} bytes, {body_length} announced")
+            body = raw[offset : offset + body_length]
+            end = offset + body_length
+            reason = None
+            if flags & cls._FORMAT2:
+                if flags & ~(cls._FORMAT2 | cls._COMPLETE | cls._INTERRUPTED):
+                    raise ValueError(f"unknown flags {flags:#x}")
+                (reason_length,) = cls._REASON.unpack_from(raw, end)
+                end += cls._REASON.size
+                if reason_length != cls._NO_REASON:
+                    reason_bytes = raw[end : end + reason_length]
+                    end += reason_length
+                    if len(reason_bytes) != reason_length:
+                        raise ValueError("truncated reason phrase")
+                    reason = reason_bytes.decode("latin-1")
+            elif flags not in (0, cls._COMPLETE):
+                raise ValueError(f"unknown flags {flags:#x}")
+            if len(body) != body_length or len(raw) != end:
+                raise ValueError(f"{len(raw) - offset} bytes after the headers, {body_length} body")
         except (struct.error, ValueError) as exc:
             raise IdempotencyCorruptRecordError(f"undecodable stored response: {exc}") from exc
-        return cls(status, headers, raw[offset:], bool(complete))
+        return cls(
+            status,
+            headers,
+            body,
+            bool(flags & cls._COMPLETE),
+            reason,
+            bool(flags & cls._INTERRUPTED),
+        )
 
 
 class ResponseCapture:
     """Keeps a bounded copy of a response while it streams to the client."""
 
-    __slots__ = ("cap", "chunks", "excluded", "expected", "headers", "overflow", "size", "status")
+    __slots__ = (
+        "cap",
+        "chunks",
+        "excluded",
+        "expected",
+        "headers",
+        "overflow",
+        "reason",
+        "size",
+        "status",
+    )
 
     def __init__(self, cap: int, excluded: frozenset[bytes]) -> None:
         self.cap = cap
         self.excluded = excluded
         self.status = 0
+        self.reason: str | None = None
         self.headers: Headers = []
         self.chunks: list[bytes] = []
         self.size = 0
         self.expected: int | None = None
         self.overflow = False
 
-    def start(self, status: int, headers: Headers) -> None:
+    def start(self, status: int, headers: Headers, reason: str | None = None) -> None:
+        """``reason``: the WSGI reason phrase as sent (ASGI has none)."""
         self.status = status
+        self.reason = _nonstandard_reason(status, reason)
         # Excluded headers (Set-Cookie by default) are never stored, so never replayed;
         # framing headers belong to the connection that carried the original.
         kept = []
@@ -214,7 +275,46 @@ class ResponseCapture:
     def result(self) -> StoredResponse:
         if self.overflow:
             return StoredResponse(self.status, [], b"", complete=False)
-        return StoredResponse(self.status, self.headers, b"".join(self.chunks))
+        return StoredResponse(self.status, self.headers, b"".join(self.chunks), reason=self.reason)
+
+    def outcome(
+        self, error: BaseException | None, *, finished: bool, client_gone: bool = False
+    ) -> StoredResponse | None:
+        """What to record once the app stopped; None means "release the key".
+
+        Started means it may have had side effects (contract C3): only an application
+        exception (``Exception``) raised before any response started, while the client is
+        still there, gives the key back. Cancellation, ``KeyboardInterrupt``, ``SystemExit``,
+        a client that left, an app that returned without a response or stopped mid-body:
+        recorded as executed, so that no retry runs it again.
+        """
+        if error is None and finished and self.status:
+            return self.result()
+        if isinstance(error, Exception) and not self.status and not client_gone:
+            return None
+        if self.status and (self.size or self.overflow):
+            # Part of the body (or a body we could not copy) went out: executed, status N.
+            self.give_up()
+            return self.result()
+        # No response, or none of its body: executed, outcome unknown.
+        return StoredResponse(self.status, [], b"", complete=False, interrupted=True)
+
+
+def _nonstandard_reason(status: int, reason: str | None) -> str | None:
+    """The reason phrase worth storing: None when absent or the standard one (RFC 9110 15)."""
+    if reason is None:
+        return None
+    try:
+        standard = HTTPStatus(status).phrase
+    except ValueError:
+        standard = None
+    if reason == standard or len(reason) >= StoredResponse._NO_REASON:
+        return None
+    try:
+        reason.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+    return reason
 
 
 @dataclass(slots=True)
@@ -359,8 +459,15 @@ class HttpIdempotency:
         return None
 
     def incomplete(self, request: HttpRequest) -> StoredResponse:
-        logger.debug("400 %s %s: body shorter than announced", request.method, request.path)
+        """The body ended early or could not be read (a cut upload): nothing is claimed."""
+        logger.debug("400 %s %s: body incomplete or unreadable", request.method, request.path)
         return self.problems.incomplete
+
+    def length_required(self, request: HttpRequest) -> StoredResponse:
+        """A body the server cannot deliver (chunked, no length, input not terminated): we
+        cannot fingerprint it, so the key is not claimed (RFC 9110 section 15.5.12: 411)."""
+        logger.debug("411 %s %s: body without a length", request.method, request.path)
+        return self.problems.length_required
 
     def too_large(self, request: HttpRequest) -> StoredResponse:
         logger.debug("413 %s %s: body over the cap", request.method, request.path)
@@ -476,6 +583,9 @@ class HttpIdempotency:
     def _replay(self, key: str, record: DataRecord) -> Respond:
         stored = StoredResponse.decode(record.response_data or b"")
         _call_hook(self.config.on_replay, key)
+        if stored.interrupted:
+            logger.debug("replay %s: executed, outcome unknown", key)
+            return Respond(self.problems.interrupted)
         if not stored.complete:
             logger.debug("replay %s: executed, response was not stored", key)
             return Respond(self.problems.not_replayable(stored.status))
@@ -488,13 +598,23 @@ class HttpIdempotency:
             and not any(k.lower() == b"content-length" for k, _ in stored.headers)
         ):
             headers.append((b"content-length", str(len(stored.body)).encode()))
-        return Respond(StoredResponse(stored.status, headers, stored.body))
+        return Respond(StoredResponse(stored.status, headers, stored.body, reason=stored.reason))
 
     # --- After the app ran --------------------------------------------------------------------
     def finish(self, action: Execute, outcome: StoredResponse | None) -> Plan[None]:
-        """Store the outcome, or release the claim (``outcome`` None: the app raised)."""
+        """Store the outcome, or release the claim.
+
+        ``outcome`` None: the app raised before responding (see ``ResponseCapture.outcome``).
+        An interrupted execution is always stored, whatever its status: it may have had
+        side effects, so it must never run again under this key (contract C3).
+        """
         try:
-            if outcome is None or not self.store_status(outcome.status):
+            if outcome is not None and outcome.interrupted:
+                logger.warning(
+                    "%s was interrupted after it started: recorded as executed, outcome unknown",
+                    action.claim.idempotency_key,
+                )
+            elif outcome is None or not self.store_status(outcome.status):
                 logger.debug("release %s", action.claim.idempotency_key)
                 yield from plan_release(self.store, action.claim)
                 return
@@ -609,7 +729,22 @@ class _Problems:
             400,
             "request-body-incomplete",
             "Request body incomplete",
-            "The request body ended before its Content-Length; nothing was processed.",
+            "The request body ended early or could not be read; nothing was processed.",
+        )
+        self.length_required = self._make(
+            411,
+            "request-length-required",
+            "Length required",
+            "The server cannot deliver this request body without a Content-Length; "
+            "send one. Nothing was processed.",
+        )
+        self.interrupted = self._make(
+            409,
+            "idempotency-request-interrupted",
+            "Request interrupted",
+            "The request with this key started but was interrupted before it answered; it "
+            "may have taken effect, so it is not run again. Check its outcome before "
+            "retrying with a new key.",
         )
         self.unavailable = self._make(
             503,
@@ -669,6 +804,7 @@ class _Problems:
             409,
             "idempotency-response-not-replayable",
             "Response not replayable",
-            "The request with this key was processed, but its response was too large to store.",
+            "The request with this key was processed, but its response could not be stored "
+            "(too large, cut short, or sent by a route that cannot be copied).",
             original_status=status,
         )

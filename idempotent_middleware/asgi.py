@@ -10,7 +10,8 @@ stream to the client chunk by chunk while a bounded copy is kept; extension mess
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
 from ._http import (
@@ -69,7 +70,13 @@ class IdempotencyMiddleware:
         if engine.content_length_too_large(request):
             await _respond(send, engine.too_large(request))
             return
-        body = await _read_body(receive, engine.config.max_request_body_bytes)
+        try:
+            body = await _read_body(receive, engine.config.max_request_body_bytes)
+        except Exception:
+            # The server's receive() failed mid-body (a cut upload): as in WSGI, nothing is
+            # claimed and the client is told, instead of a 500 with our frame in it.
+            await _respond(send, engine.incomplete(request))
+            return
         if body is INCOMPLETE:
             return  # the client is gone: no claim, no app, nobody to answer
         if body is None:
@@ -92,20 +99,32 @@ class IdempotencyMiddleware:
         capture = ResponseCapture(engine.config.max_response_body_bytes, engine.excluded)
         lease = AsyncLease(engine.store, action.claim, engine.config.lease_seconds)
         recorded = False
+        client_gone = False
 
         async def record(outcome: StoredResponse | None) -> None:
             nonlocal recorded
             recorded = True
             lease.stop()
-            await drive_async(engine.store, engine.finish(action, outcome))
+            await _to_the_end(drive_async(engine.store, engine.finish(action, outcome)))
+
+        async def watching_receive() -> Message:
+            nonlocal client_gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                client_gone = True
+            return message
 
         async def capturing_send(message: Message) -> None:
             kind = message["type"]
             if kind == "http.response.body":
                 capture.add(message.get("body", b""))
-                if not message.get("more_body", False) and not recorded:
-                    # Record before the client sees the end of the body: once it has the
-                    # response, a retry replays it even if this process dies right now.
+                if not recorded and (
+                    capture.has_declared_length or not message.get("more_body", False)
+                ):
+                    # Record before the client can have the whole body: at the chunk that
+                    # completes Content-Length (a stream may end with an empty message
+                    # later), else at the last message. Once the client has the response,
+                    # a retry replays it even if this process dies right now.
                     await record(capture.result())
             elif kind == "http.response.start":
                 capture.start(message["status"], list(message.get("headers", ())))
@@ -114,23 +133,38 @@ class IdempotencyMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, capturing_send)
-        except BaseException:
+            await self.app(scope, watching_receive, capturing_send)
+        except BaseException as exc:
+            # Raised, cancelled (Daphne cancels the app once its client left), or send()
+            # raised: only an application exception before any response releases (C3).
             if not recorded:
-                if capture.status:
-                    # It failed after the response started (e.g. send raised because the
-                    # client left): the handler ran, so record it as not replayable.
-                    capture.give_up()
-                    await record(capture.result())
-                else:
-                    await record(None)  # failed before answering: release, let it retry
+                await record(capture.outcome(exc, finished=False, client_gone=client_gone))
             raise
         if not recorded:
-            if capture.status:
-                # The app returned without the final body message (a stream stopped because
-                # the client left): it ran, but what we copied is not the whole response.
-                capture.give_up()
-            await record(capture.result() if capture.status else None)
+            # Returned without a response (Django does when the client disconnects) or
+            # without the final body message: executed, never run again.
+            await record(capture.outcome(None, finished=False, client_gone=client_gone))
+
+
+#: Records being written while their request task was cancelled (kept referenced).
+_finishing: set[asyncio.Future[None]] = set()
+
+
+async def _to_the_end(awaitable: Coroutine[Any, Any, None]) -> None:
+    """Await a record to its end even if the request's task is cancelled meanwhile.
+
+    A cancellation in the middle of the store write would leave the claim to run out with
+    its lease, and the handler to run again: the write goes on in its own task.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not on asyncio (trio): nothing to shield from here
+        await awaitable
+        return
+    task = asyncio.ensure_future(awaitable)
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
+    await asyncio.shield(task)
 
 
 async def _read_body(receive: Receive, cap: int) -> bytes | _Incomplete | None:

@@ -79,6 +79,8 @@ class IdempotencyMiddleware:
         body = _read_body(environ, engine.config.max_request_body_bytes)
         if body is INCOMPLETE:
             return _respond(start_response, engine.incomplete(request))
+        if body is LENGTH_REQUIRED:
+            return _respond(start_response, engine.length_required(request))
         if body is None:
             return _respond(start_response, engine.too_large(request))
         assert isinstance(body, bytes)
@@ -97,6 +99,17 @@ class IdempotencyMiddleware:
     ) -> Iterable[bytes]:
         engine = self.engine
         capture = ResponseCapture(engine.config.max_response_body_bytes, engine.excluded)
+        recorded = False
+
+        def record(error: BaseException | None, finished: bool) -> None:
+            """Record the outcome once: stored, not replayable, unknown, or released."""
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            renewal.stop()
+            outcome = capture.outcome(error, finished=finished)
+            drive(engine.store, engine.finish(action, outcome))
 
         def capturing_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -105,10 +118,13 @@ class IdempotencyMiddleware:
             capture.start(
                 int(status[:3]),
                 [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+                status[4:],
             )
 
             def capturing_write(data: bytes) -> object:
                 capture.add(data)
+                if capture.has_declared_length:
+                    record(None, finished=True)  # before the bytes completing Content-Length
                 return write(data)
 
             return capturing_write
@@ -116,37 +132,34 @@ class IdempotencyMiddleware:
         renewal = sync_renewer.start(engine.store, action.claim, engine.config.lease_seconds)
         try:
             iterable = self.app(environ, capturing_start_response)
-        except BaseException:
-            renewal.stop()
-            drive(engine.store, engine.finish(action, None))
+        except BaseException as exc:
+            # An Exception before start_response releases; anything else (after it, a
+            # failed write(), KeyboardInterrupt, SystemExit) records the key as executed.
+            record(exc, finished=False)
             raise
-
-        def finish(outcome: StoredResponse | None) -> None:
-            renewal.stop()
-            drive(engine.store, engine.finish(action, outcome))
-
-        return _CapturingIterable(iterable, capture, finish)
+        return _CapturingIterable(iterable, capture, record)
 
 
 class _CapturingIterable:
     """Streams the app's body through, copying it; records the outcome exactly once.
 
     The outcome is recorded before the last chunk when Content-Length tells which one it is,
-    else as soon as the body is exhausted. If the server closes early
-    (client gone), the rest of the body is drained into the copy first: the handler has run,
-    so its response must be recorded rather than released.
+    else as soon as the body is exhausted. If the app fails, it is recorded at once (see
+    ``ResponseCapture.outcome``). If the server closes early (client gone), the rest of the
+    body is drained into the copy first: the handler has run, so its response must be
+    recorded rather than released.
     """
 
     def __init__(
         self,
         iterable: Iterable[bytes],
         capture: ResponseCapture,
-        finish: Callable[[StoredResponse | None], None],
+        record: Callable[[BaseException | None, bool], None],
     ) -> None:
         self._iterable = iterable
         self._iterator: Iterator[bytes] | None = None
         self._capture = capture
-        self._finish: Callable[[StoredResponse | None], None] | None = finish
+        self._record = record
         self._failed = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -156,32 +169,40 @@ class _CapturingIterable:
                 chunk = next(iterator)
             except StopIteration:
                 break
-            except BaseException:
-                self._failed = True  # the app failed: release, or mark it not replayable
+            except BaseException as exc:
+                self._fail(exc)
                 raise
             self._capture.add(chunk)
             if self._capture.has_declared_length:
                 # The last chunk by Content-Length: record before the server writes it,
                 # so a client that has the whole response always gets it replayed.
-                self._record()
+                self._record(None, True)
             # A server that stops consuming (client gone) closes us here with GeneratorExit:
             # not the app's failure, and close() then drains and records.
             yield chunk
-        self._record()  # the body is complete: record now, before the server's close()
+        self._record(None, True)  # the body is complete: record now, before close()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failed = True
+        self._record(exc, False)
 
     def close(self) -> None:
         try:
             if not self._failed:
                 self._drain()
-        except Exception:
-            self._failed = True
+        except BaseException as exc:
+            # The app failed while we drained (KeyboardInterrupt included): never store the
+            # part we copied as the whole response.
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             try:
                 close = getattr(self._iterable, "close", None)
                 if close is not None:
                     close()
             finally:
-                self._record()
+                self._record(None, True)
 
     def _drain(self) -> None:
         """Copy what the client did not read, bounded by the size cap and by time."""
@@ -194,18 +215,6 @@ class _CapturingIterable:
             if time.monotonic() > deadline:  # an endless stream: executed, not replayable
                 self._capture.give_up()
                 break
-
-    def _record(self) -> None:
-        finish, self._finish = self._finish, None
-        if finish is None:
-            return
-        capture = self._capture
-        if not capture.status or (self._failed and not capture.size):
-            finish(None)  # failed before any of the body went out: release, let it retry
-            return
-        if self._failed:  # failed mid-body: the handler ran; never replay half a body
-            capture.give_up()
-        finish(capture.result())
 
 
 def _headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:
@@ -221,8 +230,16 @@ def _headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def _read_body(environ: WSGIEnviron, cap: int) -> bytes | _Incomplete | None:
-    """The request body, None past ``cap`` bytes (413), or INCOMPLETE when it is short."""
+class _LengthRequired:
+    """A body the server does not delimit (chunked, no length, input not terminated)."""
+
+
+LENGTH_REQUIRED = _LengthRequired()
+
+
+def _read_body(environ: WSGIEnviron, cap: int) -> bytes | _Incomplete | _LengthRequired | None:
+    """The request body, None past ``cap`` bytes (413), INCOMPLETE when it is short or the
+    read failed (a cut upload), LENGTH_REQUIRED when the server cannot deliver it."""
     stream = environ.get("wsgi.input")
     if stream is None:
         return b""
@@ -230,22 +247,35 @@ def _read_body(environ: WSGIEnviron, cap: int) -> bytes | _Incomplete | None:
         length = int(environ.get("CONTENT_LENGTH") or -1)
     except ValueError:
         length = -1
-    if length >= 0:
-        body: bytes = stream.read(length) if length else b""
-        # Fewer bytes than announced: the client left mid-body; never decide on a part.
-        return body if len(body) == length else INCOMPLETE
-    # No length: read to the end only where the server promises it ends (PEP 3333 errata).
-    if not environ.get("wsgi.input_terminated"):
-        return b""
-    body = stream.read(cap + 1)
-    return None if len(body) > cap else body
+    try:
+        if length >= 0:
+            body: bytes = stream.read(length) if length else b""
+            # Fewer bytes than announced: the client left mid-body; never decide on a part.
+            return body if len(body) == length else INCOMPLETE
+        # No length: read to the end only where the server promises it ends (PEP 3333
+        # errata); uWSGI, for one, hands over chunked bodies undecoded and unterminated.
+        if environ.get("wsgi.input_terminated"):
+            body = stream.read(cap + 1)
+            return None if len(body) > cap else body
+    except Exception:
+        # uWSGI raises OSError, Werkzeug ClientDisconnected or BadRequest ("Invalid chunk
+        # header") for a cut body: a 400, not a 500, and nothing claimed.
+        return INCOMPLETE
+    if environ.get("HTTP_TRANSFER_ENCODING", "").strip():
+        # A body exists but we cannot read it: claiming on an empty fingerprint would let
+        # two different bodies share the key (RFC 9112 section 6.3: no length, no
+        # Transfer-Encoding is an empty body; with Transfer-Encoding it is not).
+        return LENGTH_REQUIRED
+    return b""
 
 
 def _respond(start_response: StartResponse, response: StoredResponse) -> list[bytes]:
-    try:
-        reason = HTTPStatus(response.status).phrase
-    except ValueError:
-        reason = "Unknown"
+    reason = response.reason  # as the app sent it; None: the standard phrase
+    if reason is None:
+        try:
+            reason = HTTPStatus(response.status).phrase
+        except ValueError:
+            reason = "Unknown"
     start_response(
         f"{response.status} {reason}",
         [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers],

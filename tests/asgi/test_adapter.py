@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
 from idempotent_middleware import IdempotencyMiddleware, InMemoryPersistenceLayer
+from idempotent_middleware import asgi as asgi_module
 from idempotent_middleware.persistence.base import STATUS_COMPLETED
 
 Message = dict[str, Any]
@@ -141,3 +147,230 @@ def test_unkeyed_and_unconfigured_requests_are_not_buffered() -> None:
     asyncio.run(call(middleware, http_scope(key=None), [body(b"part", more=True)]))
     asyncio.run(call(middleware, http_scope(method="GET"), [body(b"get", more=True)]))
     assert received == [body(b"part", more=True), body(b"get", more=True)]
+
+
+async def _answer(send: Any, payload: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _problem_type(messages: list[Message]) -> str:
+    return str(json.loads(messages[1]["body"])["type"])
+
+
+@pytest.mark.parametrize("failure", [OSError, asyncio.CancelledError])
+def test_item4_content_length_reached_before_the_empty_final_message_is_replayed(
+    failure: type[BaseException],
+) -> None:
+    """Starlette's StreamingResponse (and a file whose size is a multiple of the chunk) sends
+    every byte with more_body=True, then an empty last message: the client has the whole
+    body before that message, so the record must be written at the Content-Length."""
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await receive()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
+        )
+        await send({"type": "http.response.body", "body": b"hel", "more_body": True})
+        await send({"type": "http.response.body", "body": b"lo", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    store = InMemoryPersistenceLayer()
+    middleware = IdempotencyMiddleware(app, persistence_store=store)
+
+    async def main() -> list[Message]:
+        delivered: list[bytes] = []
+
+        async def dying_send(message: Message) -> None:
+            delivered.append(message.get("body", b""))
+            if b"".join(delivered) == b"hello":
+                raise failure()  # the client has every byte, then the worker is cancelled
+
+        inbox = [body()]
+
+        async def receive() -> Message:
+            return inbox.pop()
+
+        with contextlib.suppress(BaseException):
+            await middleware(http_scope(), receive, dying_send)
+        return await call(middleware, http_scope(), [body()])
+
+    retry = asyncio.run(main())
+    assert retry[0]["status"] == 200, retry
+    assert retry[1]["body"] == b"hello"
+    assert (b"idempotent-replayed", b"true") in retry[0]["headers"]
+    assert runs == [1]
+
+
+def _interrupted_then_retry(app: Any, first: Callable[[Any], Awaitable[None]]) -> list[Message]:
+    middleware = IdempotencyMiddleware(app)
+
+    async def main() -> list[Message]:
+        await first(middleware)
+        return await call(middleware, http_scope(), [body()])
+
+    return asyncio.run(main())
+
+
+def test_item11_cancelled_handler_is_recorded_as_interrupted_not_released() -> None:
+    """Daphne cancels the app 10 s after its client left: the handler ran, never again."""
+    runs: list[int] = []
+    started = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await receive()
+        if len(runs) > 1:
+            await _answer(send, b"second run")
+            return
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def first(middleware: Any) -> None:
+        task = asyncio.ensure_future(call(middleware, http_scope(), [body()]))
+        await started.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    retry = _interrupted_then_retry(app, first)
+    assert retry[0]["status"] == 409
+    assert _problem_type(retry).endswith("/idempotency-request-interrupted")
+    assert (b"cache-control", b"no-store") in retry[0]["headers"]
+    assert runs == [1]
+
+
+def test_item11_returning_without_a_response_is_recorded_as_interrupted() -> None:
+    """Django under ASGI returns without sending anything when the client disconnects."""
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await receive()
+        if len(runs) > 1:
+            await _answer(send, b"second run")
+            return
+        assert (await receive())["type"] == "http.disconnect"
+
+    async def first(middleware: Any) -> None:
+        await call(middleware, http_scope(), [body(), {"type": "http.disconnect"}])
+
+    retry = _interrupted_then_retry(app, first)
+    assert retry[0]["status"] == 409, retry
+    assert _problem_type(retry).endswith("/idempotency-request-interrupted")
+    assert runs == [1]
+
+
+class _Signal(BaseException):
+    """What a signal handler may raise: not an Exception."""
+
+
+@pytest.mark.parametrize("raised", [_Signal, "disconnect-then-error"])
+def test_item11_base_exception_or_error_after_disconnect_is_not_released(raised: Any) -> None:
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await receive()
+        if len(runs) > 1:
+            await _answer(send, b"second run")
+            return
+        if raised is _Signal:
+            raise _Signal()
+        await receive()  # the disconnect
+        raise RuntimeError("client went away")  # e.g. Starlette's ClientDisconnect
+
+    async def first(middleware: Any) -> None:
+        with contextlib.suppress(BaseException):
+            await call(middleware, http_scope(), [body(), {"type": "http.disconnect"}])
+
+    retry = _interrupted_then_retry(app, first)
+    assert retry[0]["status"] == 409, retry
+    assert _problem_type(retry).endswith("/idempotency-request-interrupted")
+    assert runs == [1]
+
+
+def test_item11_application_error_before_the_response_still_releases() -> None:
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await receive()
+        if len(runs) == 1:
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def first(middleware: Any) -> None:
+        with pytest.raises(RuntimeError):
+            await call(middleware, http_scope(), [body()])
+
+    retry = _interrupted_then_retry(app, first)
+    assert retry[0]["status"] == 201
+    assert runs == [1, 1]
+
+
+def test_item11_cancelled_while_recording_the_record_is_still_written() -> None:
+    """A cancellation landing during the store write must not abandon it half-way."""
+    writing = asyncio.Event()
+
+    class SlowStore(InMemoryPersistenceLayer):
+        async def _update_record_async(self, data_record: Any) -> None:
+            writing.set()
+            await asyncio.sleep(0.2)
+            await super()._update_record_async(data_record)
+
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    middleware = IdempotencyMiddleware(app, persistence_store=SlowStore())
+
+    async def main() -> list[Message]:
+        task = asyncio.ensure_future(call(middleware, http_scope(), [body()]))
+        await writing.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        pending = getattr(asgi_module, "_finishing", set())
+        while pending:  # the write goes on by itself
+            await asyncio.gather(*pending)
+        await asyncio.sleep(0.3)  # the slow write's own duration
+        return await call(middleware, http_scope(), [body()])
+
+    retry = asyncio.run(main())
+    assert retry[0]["status"] == 201, retry
+    assert retry[1]["body"] == b"done"
+    assert runs == [1]
+
+
+def test_item24_receive_raising_mid_body_answers_400_and_claims_nothing() -> None:
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+
+    store = InMemoryPersistenceLayer()
+    middleware = IdempotencyMiddleware(app, persistence_store=store)
+    inbox: list[Message] = [body(b'{"a":', more=True)]
+
+    async def receive() -> Message:
+        if inbox:
+            return inbox.pop()
+        raise OSError("connection reset while reading the body")
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(middleware(http_scope(), receive, send))
+    assert sent[0]["status"] == 400
+    assert _problem_type(sent).endswith("/request-body-incomplete")
+    assert runs == []
+    assert not store._records

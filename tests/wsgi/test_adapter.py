@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from werkzeug.exceptions import BadRequest, ClientDisconnected
 from werkzeug.middleware.lint import LintMiddleware
 from werkzeug.test import Client, create_environ, run_wsgi_app
 
 from idempotent_middleware import InMemoryPersistenceLayer, WSGIIdempotencyMiddleware
+from idempotent_middleware.persistence.base import STATUS_COMPLETED
 
 
 def keyed(key: str = "k1", body: bytes = b'{"a": 1}') -> dict[str, Any]:
@@ -146,3 +149,301 @@ def test_chunked_request_without_length_is_read_when_terminated() -> None:
     environ["wsgi.input_terminated"] = True
     list(WSGIIdempotencyMiddleware(app)(environ, lambda *a: None))
     assert seen == [b'{"a": 1}']
+
+
+def _problem_type(body: bytes) -> str:
+    return str(json.loads(body)["type"])
+
+
+def _second_run_answers(runs: list[int], start_response: Any) -> list[bytes] | None:
+    """A second execution answers 200 so the test fails on its assertion, not by hanging."""
+    if len(runs) > 1:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"second run"]
+    return None
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
+def test_item11_base_exception_from_the_app_is_recorded_not_released(
+    raised: type[BaseException],
+) -> None:
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        second = _second_run_answers(runs, start_response)
+        if second is not None:
+            return second
+        raise raised()
+
+    middleware = WSGIIdempotencyMiddleware(app)
+    with pytest.raises(raised):
+        middleware(keyed(), lambda *a: None)
+    replay, status, headers = run_wsgi_app(middleware, keyed())
+    body = b"".join(replay)
+    assert status.startswith("409"), body
+    assert _problem_type(body).endswith("/idempotency-request-interrupted")
+    assert headers["Cache-Control"] == "no-store"
+    assert runs == [1]
+
+
+def test_item11_signal_in_the_iterable_is_recorded_not_released() -> None:
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        runs.append(1)
+        second = _second_run_answers(runs, start_response)
+        if second is not None:
+            yield from second
+            return
+        raise KeyboardInterrupt  # before start_response, from inside the generator
+        yield b""  # pragma: no cover
+
+    middleware = WSGIIdempotencyMiddleware(app)
+    with pytest.raises(KeyboardInterrupt):
+        run_wsgi_app(middleware, keyed())
+    replay, status, _ = run_wsgi_app(middleware, keyed())
+    body = b"".join(replay)
+    assert status.startswith("409"), body
+    assert _problem_type(body).endswith("/idempotency-request-interrupted")
+    assert runs == [1]
+
+
+def test_item11_returning_without_start_response_is_recorded_not_released() -> None:
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        return _second_run_answers(runs, start_response) or []
+
+    middleware = WSGIIdempotencyMiddleware(app)
+    list(middleware(keyed(), lambda *a: None))
+    replay, status, _ = run_wsgi_app(middleware, keyed())
+    assert status.startswith("409"), b"".join(replay)
+    assert runs == [1]
+
+
+def test_item11_write_raising_after_start_response_is_not_released() -> None:
+    """The legacy write() callable fails because the client left: the handler ran."""
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        second = _second_run_answers(runs, start_response)
+        if second is not None:
+            return second
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"part one")
+        return [b"part two"]
+
+    def broken_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        def write(data: bytes) -> None:
+            raise OSError("client gone")
+
+        return write
+
+    middleware = WSGIIdempotencyMiddleware(app)
+    with pytest.raises(OSError):
+        middleware(keyed(), broken_start_response)
+    replay, status, _ = run_wsgi_app(middleware, keyed())
+    body = b"".join(replay)
+    assert status.startswith("409"), body
+    assert runs == [1]
+
+
+def test_item11_interrupt_while_close_drains_never_stores_a_truncated_body() -> None:
+    """The server closes early (client gone); the app is interrupted while we drain the rest:
+    the part copied so far must never be replayed as the whole response."""
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        runs.append(1)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"one"
+        raise KeyboardInterrupt
+
+    middleware = WSGIIdempotencyMiddleware(app)
+    iterable = middleware(keyed(), lambda status, headers, exc_info=None: None)
+    assert next(iter(iterable)) == b"one"
+    with pytest.raises(KeyboardInterrupt):
+        iterable.close()  # type: ignore[attr-defined]
+    replay, status, _ = run_wsgi_app(middleware, keyed())
+    body = b"".join(replay)
+    assert body != b"one"
+    assert status.startswith("409"), body
+    assert runs == [1]
+
+
+def test_item11_write_completing_content_length_records_before_the_bytes_go_out() -> None:
+    store = InMemoryPersistenceLayer()
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("201 Created", [("Content-Length", "4")])
+        write(b"done")
+        return []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        def write(data: bytes) -> None:
+            seen.extend(record.status for record in store._records.values())
+
+        return write
+
+    middleware = WSGIIdempotencyMiddleware(app, persistence_store=store)
+    list(middleware(keyed(), start_response))
+    assert seen == [STATUS_COMPLETED]
+
+
+def test_item11_exception_before_start_response_still_releases() -> None:
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        runs.append(1)
+        if len(runs) == 1:
+            raise ValueError("validation failed")
+        start_response("201 Created", [])
+        yield b"ok"
+
+    middleware = WSGIIdempotencyMiddleware(app)
+    with pytest.raises(ValueError):
+        run_wsgi_app(middleware, keyed())
+    replay, status, _ = run_wsgi_app(middleware, keyed())
+    assert status == "201 Created"
+    assert b"".join(replay) == b"ok"
+    assert runs == [1, 1]
+
+
+def _chunked_environ(body: bytes) -> dict[str, Any]:
+    """What uWSGI hands over for a chunked upload: no length, input not terminated."""
+    environ = keyed(body=body)
+    environ.pop("CONTENT_LENGTH")
+    environ["HTTP_TRANSFER_ENCODING"] = "chunked"
+    environ["wsgi.input"] = io.BytesIO(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    environ.pop("wsgi.input_terminated", None)
+    return environ
+
+
+def test_item23_undelimited_chunked_body_gets_411_and_is_not_claimed() -> None:
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        start_response("201 Created", [])
+        return [b"ok"]
+
+    store = InMemoryPersistenceLayer()
+    middleware = WSGIIdempotencyMiddleware(app, persistence_store=store)
+    statuses = []
+    for payload in (b'{"amount": 1}', b'{"amount": 1000}'):
+        reply, status, headers = run_wsgi_app(middleware, _chunked_environ(payload))
+        statuses.append(status)
+        body = b"".join(reply)
+        assert _problem_type(body).endswith("/request-length-required")
+        assert headers["Cache-Control"] == "no-store"
+    assert [s[:3] for s in statuses] == ["411", "411"]
+    assert runs == []
+    assert not store._records
+
+
+def test_item23_no_length_and_no_transfer_encoding_is_an_empty_body() -> None:
+    """RFC 9112 section 6.3: neither header means no body; that request is served."""
+    seen: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["wsgi.input"].read())
+        start_response("201 Created", [])
+        return [b"ok"]
+
+    environ = keyed(body=b"")
+    environ.pop("CONTENT_LENGTH", None)
+    environ.pop("wsgi.input_terminated", None)
+    _, status, _ = run_wsgi_app(WSGIIdempotencyMiddleware(app), environ)
+    assert status == "201 Created"
+    assert seen == [b""]
+
+
+class _CutInput:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def read(self, size: int = -1) -> bytes:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError("uwsgi: unable to receive"), ClientDisconnected(), BadRequest("Invalid chunk header")],
+)
+def test_item24_body_read_raising_answers_400_and_claims_nothing(error: Exception) -> None:
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        start_response("201 Created", [])
+        return [b"ok"]
+
+    store = InMemoryPersistenceLayer()
+    middleware = WSGIIdempotencyMiddleware(app, persistence_store=store)
+    environ = keyed()
+    environ["wsgi.input"] = _CutInput(error)
+    reply, status, headers = run_wsgi_app(middleware, environ)
+    assert status.startswith("400"), status
+    assert headers["Cache-Control"] == "no-store"
+    assert _problem_type(b"".join(reply)).endswith("/request-body-incomplete")
+    assert runs == []
+    assert not store._records
+
+
+@pytest.mark.parametrize("status_line", ["201 Order Accepted", "299 Custom", "200 OK"])
+def test_item25_replay_keeps_the_reason_phrase_as_sent(status_line: str) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(status_line, [("Content-Type", "text/plain")])
+        return [b"accepted"]
+
+    middleware = LintMiddleware(WSGIIdempotencyMiddleware(LintMiddleware(app)))
+    first, status, _ = run_wsgi_app(middleware, keyed())
+    assert b"".join(first) == b"accepted"
+    first.close()  # type: ignore[attr-defined]
+    replay, replay_status, headers = run_wsgi_app(middleware, keyed())
+    assert b"".join(replay) == b"accepted"
+    replay.close()  # type: ignore[attr-defined]
+    assert headers["Idempotent-Replayed"] == "true"
+    assert replay_status == status == status_line
+
+
+def test_item25_response_stored_by_asgi_replays_through_wsgi_with_the_standard_phrase() -> None:
+    import asyncio
+
+    from idempotent_middleware import IdempotencyMiddleware
+
+    store = InMemoryPersistenceLayer()
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"made"})
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/x",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"idempotency-key", b"k1")],
+    }
+    messages = [{"type": "http.request", "body": b'{"a": 1}', "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop()
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    asyncio.run(IdempotencyMiddleware(asgi_app, persistence_store=store)(scope, receive, send))
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise AssertionError("must replay")
+
+    replay, status, _ = run_wsgi_app(
+        WSGIIdempotencyMiddleware(wsgi_app, persistence_store=store), keyed()
+    )
+    assert status == "201 Created"
+    assert b"".join(replay) == b"made"
