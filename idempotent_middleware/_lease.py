@@ -76,7 +76,7 @@ class _Hold:
         if now < self.give_up_at:
             return True
         self.lost = True
-        self.stop()
+        self.book.held.pop(id(self), None)
         logger.warning(
             "lease for %s held longer than max_lease_hold_seconds: renewal stopped, the key "
             "frees when its lease runs out",
@@ -92,6 +92,8 @@ class _Hold:
         self.due = started + self.lease / 2
 
     def failed(self, now: float, error: BaseException) -> None:
+        if id(self) not in self.book.held:
+            return  # the handler finished meanwhile: nothing left to renew or report
         if now >= self.expires:
             self._report_lapse(f"renewal kept failing ({error!r})")
         self.failures += 1
@@ -99,9 +101,12 @@ class _Hold:
         self.due = now + max(backoff, 0.005)
 
     def fenced(self) -> None:
-        """Another execution owns the key (``plan_renew`` logged it): stop for good."""
-        self.lost = True
-        self.stop()
+        """Another execution owns the key: stop for good (silently if the handler already
+        finished: then the refusal is about its own completed record)."""
+        if id(self) in self.book.held:
+            self.lost = True
+            self.book.held.pop(id(self), None)
+            logger.warning("lease lost for %s while the handler ran", self.claim.idempotency_key)
 
     def _report_lapse(self, why: str) -> None:
         if not self.lost:
@@ -115,12 +120,13 @@ class _Hold:
 
     def stop(self) -> None:
         self.book.held.pop(id(self), None)
+        self.book.settle(self)
 
     def abandoned(self, why: str) -> None:
         """Stop renewing for a handler that can no longer stop its lease itself (its response
         was dropped unfinished); safe from a finalizer: a dict pop and a log line."""
         if id(self) in self.book.held:
-            self.stop()
+            self.book.held.pop(id(self), None)  # no waiting: this may run in any thread
             logger.warning(
                 "lease for %s: %s; renewal stopped, the key frees when its lease runs out",
                 self.claim.idempotency_key,
@@ -133,6 +139,9 @@ class _Book:
 
     __slots__ = ()
     held: dict[int, Any]
+
+    def settle(self, hold: _Hold) -> None:
+        """Called by ``stop``: return once no renewal of ``hold`` can still reach the store."""
 
 
 class _LoopLeases(_Book):
@@ -235,6 +244,7 @@ class AsyncLease(_Hold):
 
     def stop(self) -> None:
         self.book.held.pop(id(self), None)
+        self.book.settle(self)  # a thread renewal (trio) in flight; nothing to wait for on a loop
         task = self.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
@@ -267,6 +277,9 @@ class _SyncRenewer(_Book):
         self._lock = threading.Lock()
         self._tick = 1.0
         self._wake = threading.Event()
+        #: Held by the thread while it renews ``_renewing``; ``settle`` waits on it.
+        self._attempt = threading.Lock()
+        self._renewing: _Hold | None = None
 
     def _after_fork_in_child(self) -> None:
         # The parent's claims are the parent's to renew; a lock held by a parent thread at
@@ -321,11 +334,28 @@ class _SyncRenewer(_Book):
             if not self.held:
                 continue
             for entry in sorted(self.held.values(), key=lambda held: held.expires):
-                if entry.due <= time.monotonic() and id(entry) in self.held:
-                    self._renew(entry)
+                if entry.due > time.monotonic():
+                    continue
+                with self._attempt:
+                    # Published before the check: a ``stop`` that pops after the check
+                    # sees it and waits for this attempt to reach the store first.
+                    self._renewing = entry
+                    try:
+                        if id(entry) in self.held:
+                            self._renew(entry)
+                    finally:
+                        self._renewing = None
             now = time.monotonic()
             soonest = min((entry.due for entry in list(self.held.values())), default=now + wait)
             wait = max(min(wait, soonest - now), 0.005)
+
+    def settle(self, hold: _Hold) -> None:
+        # A renewal still in flight on another connection could land after the handler's
+        # completion or release (and re-store a released claim): wait for it, bounded by the
+        # layer's socket timeout. Never from the renewer thread itself (a finalizer there).
+        if self._renewing is hold and threading.current_thread() is not self._thread:
+            with self._attempt:
+                pass
 
     @staticmethod
     def _renew(entry: _Hold) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -208,3 +209,32 @@ def _free(layer: InMemoryPersistenceLayer, key: str) -> bool:
     except IdempotencyItemAlreadyExistsError:
         return False
     return True
+
+
+class _SlowLayer(InMemoryPersistenceLayer):
+    """Its renewals take ``delay`` seconds; it records when each one reached the store."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.started = threading.Event()
+        self.landed: list[float] = []
+
+    def _renew_lease(self, data_record: DataRecord) -> None:
+        self.started.set()
+        time.sleep(self.delay)
+        try:
+            super()._renew_lease(data_record)
+        finally:
+            self.landed.append(time.monotonic())
+
+
+def test_item2_stop_waits_for_a_sync_renewal_in_flight() -> None:
+    # Otherwise a renewal sent before the handler finished can land after its release and
+    # (renewal takes an absent key back) block the key for another lease.
+    layer = _SlowLayer(delay=0.3)
+    renewal = sync_renewer.start(layer, _claim(layer, "s#inflight", 1.0), 1.0)
+    assert layer.started.wait(5)
+    renewal.stop()
+    stopped = time.monotonic()
+    assert layer.landed and layer.landed[-1] <= stopped
