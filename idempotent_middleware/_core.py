@@ -129,7 +129,8 @@ def plan_release(layer: BasePersistenceLayer, claim: DataRecord) -> Plan[None]:
 
 
 def plan_renew(claim: DataRecord, lease_seconds: float) -> Plan[bool]:
-    """Extend the lease; False (and a log line) when another owner took the key."""
+    """Extend the lease (or take the key back if it lapsed and is free); False when another
+    owner took it. Not logged here: the renewer knows whether the handler still holds it."""
     renewed = replace(
         claim,
         in_progress_expiry_timestamp=BasePersistenceLayer._get_lease_expiry_millis(lease_seconds),
@@ -137,6 +138,5 @@ def plan_renew(claim: DataRecord, lease_seconds: float) -> Plan[bool]:
     try:
         yield Step(RENEW, renewed)
     except IdempotencyOwnershipError:
-        logger.warning("lease lost for %s while the handler ran", claim.idempotency_key)
         return False
     return True

@@ -3,15 +3,23 @@
 The in-progress record lives for ``lease_seconds`` only (a crashed worker blocks its key for one
 lease, never for a day); a live handler keeps it alive by renewing every half lease. Renewal is
 fenced like completion: once another execution owns the key, renewal stops and says so.
+
+The timing is written once (``_Hold``) and used by both renewers: the event loop's
+(``AsyncLease`` on asyncio) and the process's thread (``sync_renewer``, also used for leases
+taken under trio or any other non-asyncio library). A failed renewal is retried soon, with a
+bounded back-off, not half a lease later: one store hiccup must not cost the lease. Every lease
+that may have lapsed is reported (a warning and ``lost``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._core import plan_renew
 from ._steps import drive, drive_async
@@ -19,144 +27,352 @@ from ._steps import drive, drive_async
 if TYPE_CHECKING:
     from .persistence.base import BasePersistenceLayer, DataRecord
 
+logger = logging.getLogger("idempotent_middleware")
 
-class _LoopLeases:
+#: After a failed renewal, retry after this fraction of the lease, doubling per failure up to
+#: ``_RETRY_MAX``: a 2 s lease retries after 0.1, 0.2, 0.25, 0.25 ... s, a 30 s lease after
+#: 1.5, 3, 3.75 ... s, so several attempts fit in the half lease left after the first one.
+_RETRY_FIRST = 1 / 20
+_RETRY_MAX = 1 / 8
+#: The default cap on how long one execution may hold its key (``max_lease_hold_seconds``).
+DEFAULT_MAX_HOLD = 3600.0
+
+
+class _Hold:
+    """One held claim and when to renew it. No I/O: the renewers call ``attempt`` and report
+    back with ``succeeded`` or ``failed``."""
+
+    __slots__ = (
+        "book",
+        "claim",
+        "due",
+        "expires",
+        "failures",
+        "give_up_at",
+        "layer",
+        "lease",
+        "lost",
+    )
+
+    def __init__(
+        self,
+        book: _Book,
+        layer: BasePersistenceLayer,
+        claim: DataRecord,
+        lease: float,
+        max_hold: float,
+    ) -> None:
+        now = time.monotonic()
+        self.book, self.layer, self.claim, self.lease = book, layer, claim, lease
+        self.due = now + lease / 2
+        # Conservative: the claim was written before now, so its lease ends no later than this.
+        self.expires = now + lease
+        self.give_up_at = now + max_hold
+        self.failures = 0
+        self.lost = False
+
+    def attempt(self, now: float) -> bool:
+        """Whether to renew now; False (and a warning, once) when the hold cap is reached."""
+        if now < self.give_up_at:
+            return True
+        self.lost = True
+        self.book.held.pop(id(self), None)
+        logger.warning(
+            "lease for %s held longer than max_lease_hold_seconds: renewal stopped, the key "
+            "frees when its lease runs out",
+            self.claim.idempotency_key,
+        )
+        return False
+
+    def succeeded(self, started: float) -> None:
+        if started >= self.expires:  # renewed (taken back) only after the lease had run out
+            self._report_lapse("the renewal came late")
+        self.failures = 0
+        self.expires = started + self.lease
+        self.due = started + self.lease / 2
+
+    def failed(self, now: float, error: BaseException) -> None:
+        if id(self) not in self.book.held:
+            return  # the handler finished meanwhile: nothing left to renew or report
+        if now >= self.expires:
+            self._report_lapse(f"renewal kept failing ({error!r})")
+        self.failures += 1
+        backoff = self.lease * min(_RETRY_FIRST * 2 ** min(self.failures - 1, 16), _RETRY_MAX)
+        self.due = now + max(backoff, 0.005)
+
+    def fenced(self) -> None:
+        """Another execution owns the key: stop for good (silently if the handler already
+        finished: then the refusal is about its own completed record)."""
+        if id(self) in self.book.held:
+            self.lost = True
+            self.book.held.pop(id(self), None)
+            logger.warning("lease lost for %s while the handler ran", self.claim.idempotency_key)
+
+    def _report_lapse(self, why: str) -> None:
+        if not self.lost:
+            self.lost = True
+            logger.warning(
+                "lease lost for %s: it ran out before it was renewed (%s); a duplicate may "
+                "have run meanwhile; still trying to take it back",
+                self.claim.idempotency_key,
+                why,
+            )
+
+    def stop(self) -> None:
+        self.book.held.pop(id(self), None)
+        self.book.settle(self)
+
+    def abandoned(self, why: str) -> None:
+        """Stop renewing for a handler that can no longer stop its lease itself (its response
+        was dropped unfinished); safe from a finalizer: a dict pop and a log line."""
+        if id(self) in self.book.held:
+            self.book.held.pop(id(self), None)  # no waiting: this may run in any thread
+            logger.warning(
+                "lease for %s: %s; renewal stopped, the key frees when its lease runs out",
+                self.claim.idempotency_key,
+                why,
+            )
+
+
+class _Book:
+    """Where a hold is registered while it is renewed (``stop`` removes it)."""
+
+    __slots__ = ()
+    held: dict[int, Any]
+
+    def settle(self, hold: _Hold) -> None:
+        """Called by ``stop``: return once no renewal of ``hold`` can still reach the store."""
+
+
+class _LoopLeases(_Book):
     """Every claim held on one event loop, looked at by one timer.
 
     Holding a lease costs a dict insert and a dict pop, not a timer per request: the timer
     fires every quarter of the shortest lease held and renews the claims that are half a
-    lease old, so each renewal lands between half and three quarters of its lease.
+    lease old, so each renewal lands between half and three quarters of its lease; a failed
+    renewal asks for an earlier look. The book holds no reference to its loop (the loop's
+    timers and tasks point to the book, not the other way round), so a loop that ends is
+    freed with its book (``asyncio.run`` per job must not leak a loop each time).
     """
 
-    __slots__ = ("handle", "held", "loop", "tick")
+    __slots__ = ("held", "next_look", "tick")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
         self.held: dict[int, AsyncLease] = {}
         self.tick = 1.0
-        self.handle: asyncio.TimerHandle | None = None
+        self.next_look = float("inf")  # when the earliest pending timer fires
 
-    def add(self, lease: AsyncLease) -> None:
+    def add(self, lease: AsyncLease, loop: asyncio.AbstractEventLoop) -> None:
         self.held[id(lease)] = lease
-        if lease.lease / 4 < self.tick:  # shorter than any so far: look sooner
-            self.tick = max(lease.lease / 4, 0.01)
-            if self.handle is not None:
-                self.handle.cancel()
-                self.handle = None
-        if self.handle is None:
-            self.handle = self.loop.call_later(self.tick, self._look)
+        self.tick = min(self.tick, max(lease.lease / 4, 0.01))
+        self.look_by(time.monotonic() + self.tick, loop)
 
-    def _look(self) -> None:
-        self.handle = None
-        now = self.loop.time()
+    def look_by(self, when: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Make sure a look happens by ``when`` (an extra timer only if none fires sooner)."""
+        if when < self.next_look:
+            self.next_look = when
+            loop.call_at(loop.time() + max(when - time.monotonic(), 0.0), self._look, when)
+
+    def _look(self, planned: float) -> None:
+        if planned != self.next_look:
+            return  # superseded by an earlier timer, which looked and planned the next one
+        self.next_look = float("inf")
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
         for lease in list(self.held.values()):
-            if lease.due <= now and (lease.task is None or lease.task.done()):
-                lease.due = now + lease.lease / 2
-                lease.task = self.loop.create_task(lease.renew())
+            if lease.due <= now and lease.task is None and lease.attempt(now):
+                task = lease.task = loop.create_task(lease.renew())
+                task.add_done_callback(lease.renewed)
         if self.held:
-            self.handle = self.loop.call_later(self.tick, self._look)
+            soonest = min(lease.due for lease in self.held.values())
+            self.look_by(max(min(now + self.tick, soonest), now + 0.005), loop)
 
 
+#: The book of each running loop. Values never reference their key (see ``_LoopLeases``).
 _books: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopLeases] = (
     weakref.WeakKeyDictionary()
 )
 
 
-class AsyncLease:
-    """Keeps one claim alive from the event loop while its handler runs."""
+class AsyncLease(_Hold):
+    """Keeps one claim alive while its async handler runs.
 
-    __slots__ = ("book", "claim", "due", "layer", "lease", "lost", "task")
+    On asyncio the loop's book renews it; under any other async library (trio) there is no
+    asyncio loop, so the process's renewer thread does, with the layer's blocking methods.
+    """
 
-    def __init__(self, layer: BasePersistenceLayer, claim: DataRecord, lease: float) -> None:
-        loop = asyncio.get_running_loop()
+    __slots__ = ("task",)
+
+    def __init__(
+        self,
+        layer: BasePersistenceLayer,
+        claim: DataRecord,
+        lease: float,
+        max_hold: float = DEFAULT_MAX_HOLD,
+    ) -> None:
+        self.task: asyncio.Task[None] | None = None
+        loop = asyncio._get_running_loop()  # the one cheap check: None under trio
+        if loop is None:
+            super().__init__(sync_renewer, layer, claim, lease, max_hold)
+            sync_renewer.add(self)
+            return
         book = _books.get(loop)
         if book is None:
-            book = _books[loop] = _LoopLeases(loop)
-        self.book, self.layer, self.claim, self.lease = book, layer, claim, lease
-        self.task: asyncio.Task[None] | None = None
-        self.lost = False
-        self.due = loop.time() + lease / 2
-        book.add(self)
+            book = _books[loop] = _LoopLeases()
+        super().__init__(book, layer, claim, lease, max_hold)
+        book.add(self, loop)
 
     async def renew(self) -> None:
+        started = time.monotonic()
         try:
             ok = await drive_async(self.layer, plan_renew(self.claim, self.lease))
-        except Exception:  # store hiccup: try again at the next look
-            ok = True
-        if not ok:
-            self.lost = True
-            self.stop()
+        except Exception as exc:  # store hiccup: retry soon
+            self.failed(time.monotonic(), exc)
+            if id(self) in self.book.held:
+                assert isinstance(self.book, _LoopLeases)
+                self.book.look_by(self.due, asyncio.get_running_loop())
+            return
+        if ok:
+            self.succeeded(started)
+        else:
+            self.fenced()
+
+    def renewed(self, task: asyncio.Task[None]) -> None:
+        # Drop the task (and through it the loop) as soon as it is done.
+        if self.task is task:
+            self.task = None
 
     def stop(self) -> None:
         self.book.held.pop(id(self), None)
+        self.book.settle(self)  # a thread renewal (trio) in flight; nothing to wait for on a loop
         task = self.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
 
 
-class _Renewal:
-    __slots__ = ("claim", "due", "layer", "lease", "lost", "renewer")
+class _Renewal(_Hold):
+    """A claim held by a sync handler (thread renewer)."""
 
-    def __init__(
-        self, renewer: _SyncRenewer, layer: BasePersistenceLayer, claim: DataRecord, lease: float
-    ) -> None:
-        self.renewer, self.layer, self.claim, self.lease = renewer, layer, claim, lease
-        self.due = time.monotonic() + lease / 2
-        self.lost = False
-
-    def stop(self) -> None:
-        self.renewer.held.pop(id(self), None)
+    __slots__ = ()
 
 
-class _SyncRenewer:
+class _SyncRenewer(_Book):
     """One daemon thread per process renews the leases of every running sync handler.
 
     Starting and stopping a renewal is a dict insert and a dict pop (no lock, no wake-up):
-    the thread looks every quarter of the shortest lease held and renews the claims that
-    are half a lease old, so a renewal lands between half and three quarters of the lease.
+    the thread looks every quarter of the shortest lease held, or sooner when a failed
+    renewal is due for a retry. A failed attempt never makes the thread sleep (its retry is
+    only scheduled), and the claims closest to running out are renewed first, so one slow
+    store call delays the others by its own duration at most (bounded by the layer's socket
+    timeout). After ``fork`` the child starts its own thread (threads do not survive a fork).
     """
 
     def __init__(self) -> None:
-        self.held: dict[int, _Renewal] = {}
+        self.held: dict[int, _Hold] = {}
+        self._reset()
+
+    def _reset(self) -> None:
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._tick = 1.0
         self._wake = threading.Event()
+        #: Held by the thread while it renews ``_renewing``; ``settle`` waits on it.
+        self._attempt = threading.Lock()
+        self._renewing: _Hold | None = None
 
-    def start(self, layer: BasePersistenceLayer, claim: DataRecord, lease: float) -> _Renewal:
-        entry = _Renewal(self, layer, claim, lease)
-        self.held[id(entry)] = entry
-        if lease / 4 < self._tick:  # a shorter lease than any so far: look sooner
-            self._tick = max(lease / 4, 0.01)
-            self._wake.set()
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="idempotency-lease-renewer", daemon=True
-                    )
-                    self._thread.start()
+    def _after_fork_in_child(self) -> None:
+        # The parent's claims are the parent's to renew; a lock held by a parent thread at
+        # fork time would never be released here.
+        self.held.clear()
+        self._reset()
+
+    def start(
+        self,
+        layer: BasePersistenceLayer,
+        claim: DataRecord,
+        lease: float,
+        max_hold: float = DEFAULT_MAX_HOLD,
+    ) -> _Renewal:
+        entry = _Renewal(self, layer, claim, lease, max_hold)
+        self.add(entry)
         return entry
 
+    def add(self, entry: _Hold) -> None:
+        self.held[id(entry)] = entry
+        if entry.lease / 4 < self._tick:  # a shorter lease than any so far: look sooner
+            self._tick = max(entry.lease / 4, 0.01)
+            self._wake.set()
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._pid != os.getpid():
+            try:
+                self._start_thread()
+            except BaseException:  # no thread, no renewal: the caller gives the claim back
+                self.held.pop(id(entry), None)
+                raise
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            thread = self._thread
+            if thread is not None and thread.is_alive() and self._pid == os.getpid():
+                return
+            thread = threading.Thread(
+                target=self._run, name="idempotency-lease-renewer", daemon=True
+            )
+            # Known before it runs: a thread that is not ``_thread`` ends itself.
+            self._thread, self._pid = thread, os.getpid()
+            thread.start()
+
     def _run(self) -> None:
+        wait = self._tick
         while True:
-            self._wake.wait(self._tick)
+            self._wake.wait(wait)
             self._wake.clear()
-            held = list(self.held.values())
-            if not held:
+            wait = self._tick
+            if self._thread is not threading.current_thread():
+                return  # replaced (after a fork in an odd order): only one thread renews
+            if not self.held:
                 continue
-            now = time.monotonic()
-            for entry in held:
-                if entry.due > now or id(entry) not in self.held:
+            for entry in sorted(self.held.values(), key=lambda held: held.expires):
+                if entry.due > time.monotonic():
                     continue
-                entry.due = now + entry.lease / 2
-                try:
-                    ok = drive(entry.layer, plan_renew(entry.claim, entry.lease))
-                except Exception:  # store hiccup: try again at the next tick
-                    ok = True
-                if not ok:
-                    entry.lost = True
-                    entry.stop()
+                with self._attempt:
+                    # Published before the check: a ``stop`` that pops after the check
+                    # sees it and waits for this attempt to reach the store first.
+                    self._renewing = entry
+                    try:
+                        if id(entry) in self.held:
+                            self._renew(entry)
+                    finally:
+                        self._renewing = None
+            now = time.monotonic()
+            soonest = min((entry.due for entry in list(self.held.values())), default=now + wait)
+            wait = max(min(wait, soonest - now), 0.005)
+
+    def settle(self, hold: _Hold) -> None:
+        # A renewal still in flight on another connection could land after the handler's
+        # completion or release (and re-store a released claim): wait for it, bounded by the
+        # layer's socket timeout. Never from the renewer thread itself (a finalizer there).
+        if self._renewing is hold and threading.current_thread() is not self._thread:
+            with self._attempt:
+                pass
+
+    @staticmethod
+    def _renew(entry: _Hold) -> None:
+        started = time.monotonic()
+        if not entry.attempt(started):
+            return
+        try:
+            ok = drive(entry.layer, plan_renew(entry.claim, entry.lease))
+        except Exception as exc:  # store hiccup: retry soon
+            entry.failed(time.monotonic(), exc)
+            return
+        if ok:
+            entry.succeeded(started)
+        else:
+            entry.fenced()
 
 
 sync_renewer = _SyncRenewer()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=sync_renewer._after_fork_in_child)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
+import os
 import queue
 import threading
 import time
@@ -59,12 +61,13 @@ BACKGROUND_DELAY = 1.0
 
 _background_queue: queue.SimpleQueue[tuple[float, BasePersistenceLayer, Step]] = queue.SimpleQueue()
 _background_thread: threading.Thread | None = None
+_background_pid = os.getpid()
 _background_tasks: set[asyncio.Task[None]] = set()
 
 
-def _background_worker() -> None:
+def _background_worker(jobs: queue.SimpleQueue[tuple[float, BasePersistenceLayer, Step]]) -> None:
     while True:
-        due, layer, step = _background_queue.get()
+        due, layer, step = jobs.get()
         time.sleep(max(0.0, due - time.monotonic()))
         with contextlib.suppress(Exception):
             getattr(layer, step.op.sync)(step.arg)
@@ -72,12 +75,31 @@ def _background_worker() -> None:
 
 def _in_background(layer: BasePersistenceLayer, step: Step) -> None:
     global _background_thread
-    if _background_thread is None or not _background_thread.is_alive():
+    if (
+        _background_thread is None
+        or not _background_thread.is_alive()
+        or _background_pid != os.getpid()
+    ):
         _background_thread = threading.Thread(
-            target=_background_worker, name="idempotency-background", daemon=True
+            target=_background_worker,
+            args=(_background_queue,),
+            name="idempotency-background",
+            daemon=True,
         )
         _background_thread.start()
     _background_queue.put((time.monotonic() + BACKGROUND_DELAY, layer, step))
+
+
+def _after_fork_in_child() -> None:
+    """Threads do not survive ``fork``: the child starts its own worker on first use, with
+    an empty queue (what the parent queued is the parent's to do)."""
+    global _background_queue, _background_thread, _background_pid
+    _background_queue = queue.SimpleQueue()
+    _background_thread, _background_pid = None, os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _quietly(layer: BasePersistenceLayer, step: Step) -> None:
@@ -137,7 +159,13 @@ def perform_step(layer: BasePersistenceLayer, step: Step) -> Any:
 
 
 async def perform_step_async(layer: BasePersistenceLayer, step: Step) -> Any:
-    """One step with the layer's async methods, on the running loop."""
+    """One step with the layer's async methods, on the running loop.
+
+    Under another async library than asyncio (trio), with the layer's blocking methods in a
+    worker thread instead: the layers' async clients are asyncio-only.
+    """
+    if asyncio._get_running_loop() is None:  # the one cheap check on the asyncio path
+        return await _perform_foreign(layer, step)
     if step.op is SLEEP:
         return await asyncio.sleep(step.arg)
     if step.op is BACKGROUND:
@@ -146,6 +174,21 @@ async def perform_step_async(layer: BasePersistenceLayer, step: Step) -> Any:
         task.add_done_callback(_background_tasks.discard)
         return None
     return await getattr(layer, step.op.async_)(step.arg)
+
+
+async def _perform_foreign(layer: BasePersistenceLayer, step: Step) -> Any:
+    """``perform_step_async`` for a non-asyncio library, found with sniffio (lazily: trio
+    and anyio depend on it, asyncio users need neither)."""
+    import sniffio
+
+    library = sniffio.current_async_library()
+    if library != "trio":
+        raise RuntimeError(f"idempotent_middleware runs under asyncio or trio, not {library!r}")
+    trio: Any = importlib.import_module("trio")  # typed or not depending on its version
+    if step.op is SLEEP:
+        return await trio.sleep(step.arg)
+    # Not abandoned on cancellation: a store write half done must finish (or fail) first.
+    return await trio.to_thread.run_sync(perform_step, layer, step)
 
 
 def drive(layer: BasePersistenceLayer, plan: Plan[T]) -> T:

@@ -97,7 +97,16 @@ class IdempotencyMiddleware:
     async def _execute(self, action: Execute, scope: Scope, receive: Receive, send: Send) -> None:
         engine = self.engine
         capture = ResponseCapture(engine.config.max_response_body_bytes, engine.excluded)
-        lease = AsyncLease(engine.store, action.claim, engine.config.lease_seconds)
+        try:
+            lease = AsyncLease(
+                engine.store,
+                action.claim,
+                engine.config.lease_seconds,
+                engine.config.max_lease_hold_seconds,
+            )
+        except BaseException:  # the app has not started: give the key back, never leak it
+            await drive_async(engine.store, engine.finish(action, None))
+            raise
         recorded = False
         client_gone = False
 

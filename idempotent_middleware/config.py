@@ -55,6 +55,9 @@ class IdempotencyConfig:
     use_local_cache: bool = False
     local_cache_max_items: int = 256
     hash_function: str = "sha256"
+    #: Renewal of one execution's lease stops after this long (a response nobody closes, a
+    #: stuck handler): the key then frees one lease later instead of never.
+    max_lease_hold_seconds: float = 3600.0
 
     # HTTP only.
     header_name: str = "Idempotency-Key"
@@ -84,6 +87,8 @@ class IdempotencyConfig:
             raise ValueError("expires_after_seconds must be positive")
         if self.lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
+        if self.max_lease_hold_seconds <= 0:
+            raise ValueError("max_lease_hold_seconds must be positive")
         if self.on_in_progress not in ("reject", "wait"):
             raise ValueError("on_in_progress must be 'reject' or 'wait'")
         if self.local_cache_max_items <= 0:

@@ -135,7 +135,9 @@ def idempotent_function(
             if step.op is CALL:
                 return step.arg()
             if step.op is HOLD_LEASE:
-                return sync_renewer.start(persistence_store, step.arg, cfg.lease_seconds)
+                return sync_renewer.start(
+                    persistence_store, step.arg, cfg.lease_seconds, cfg.max_lease_hold_seconds
+                )
             if step.op is DROP_LEASE:
                 return step.arg.stop()
             return perform_step(persistence_store, step)
@@ -144,7 +146,9 @@ def idempotent_function(
             if step.op is CALL:
                 return await step.arg()
             if step.op is HOLD_LEASE:
-                return AsyncLease(persistence_store, step.arg, cfg.lease_seconds)
+                return AsyncLease(
+                    persistence_store, step.arg, cfg.lease_seconds, cfg.max_lease_hold_seconds
+                )
             if step.op is DROP_LEASE:
                 return step.arg.stop()
             return await perform_step_async(persistence_store, step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from types import TracebackType
@@ -129,7 +130,16 @@ class IdempotencyMiddleware:
 
             return capturing_write
 
-        renewal = sync_renewer.start(engine.store, action.claim, engine.config.lease_seconds)
+        try:
+            renewal = sync_renewer.start(
+                engine.store,
+                action.claim,
+                engine.config.lease_seconds,
+                engine.config.max_lease_hold_seconds,
+            )
+        except BaseException:  # the app has not started: give the key back, never leak it
+            drive(engine.store, engine.finish(action, None))
+            raise
         try:
             iterable = self.app(environ, capturing_start_response)
         except BaseException as exc:
@@ -137,7 +147,11 @@ class IdempotencyMiddleware:
             # failed write(), KeyboardInterrupt, SystemExit) records the key as executed.
             record(exc, finished=False)
             raise
-        return _CapturingIterable(iterable, capture, record)
+        result = _CapturingIterable(iterable, capture, record)
+        # PEP 3333 makes the server call close(); an outer middleware that drops the iterable
+        # without it must not keep the key renewed (answering 409) for the life of the process.
+        weakref.finalize(result, renewal.abandoned, "response iterable dropped without close()")
+        return result
 
 
 class _CapturingIterable:

@@ -54,6 +54,9 @@ class _NoRenewal:
     def stop(self) -> None:
         pass
 
+    def abandoned(self, why: str) -> None:
+        pass
+
 
 class _NoSyncRenewer:
     def start(self, *args: Any) -> _NoRenewal:
