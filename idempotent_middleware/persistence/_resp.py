@@ -243,10 +243,8 @@ class BlockingConnection:
             state = self._connect()
         sock, reader, _ = state
         try:
-            sock.sendall(pack(command))
-            reply = self._read(sock, reader)
+            reply = self._round_trip(sock, reader, command)
         except OSError as exc:
-            self.close()
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError(
                     f"no reply from Redis within {self.socket_timeout}s"
@@ -256,6 +254,22 @@ class BlockingConnection:
         if error is not None:
             raise error
         return reply
+
+    def _round_trip(self, sock: socket.socket, reader: Any, command: Command) -> Any:
+        """Send one command and read its reply; on ANY exception the socket is closed.
+
+        A signal handler's exception (``signal.alarm`` timeouts, Celery's soft time limit),
+        ``KeyboardInterrupt`` or a gevent timeout can land between the send and the read:
+        the reply then stays unread on the socket, and the next command on this thread would
+        read it as its own. Closing is the only safe way out (redis-py does the same, its
+        issue 1128). The exception itself propagates unchanged.
+        """
+        try:
+            sock.sendall(pack(command))
+            return self._read(sock, reader)
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def _read(sock: socket.socket, reader: Any) -> Any:
@@ -270,6 +284,8 @@ class BlockingConnection:
 
     def _connect(self) -> tuple[socket.socket, Any, int]:
         address = self.address
+        self._local.state = None
+        sock: socket.socket | None = None
         try:
             sock = socket.create_connection(
                 (address.host, address.port), timeout=self.socket_connect_timeout
@@ -279,19 +295,22 @@ class BlockingConnection:
             if context is not None:
                 sock = context.wrap_socket(sock, server_hostname=address.host)
             sock.settimeout(self.socket_timeout)
-        except OSError as exc:
-            raise RedisConnectionError(
-                f"cannot connect to Redis at {address.describe()}: {exc}"
-            ) from exc
+        except BaseException as exc:
+            if sock is not None:  # never leak a half-made socket, whatever interrupted us
+                with contextlib.suppress(OSError):
+                    sock.close()
+            if isinstance(exc, OSError):
+                raise RedisConnectionError(
+                    f"cannot connect to Redis at {address.describe()}: {exc}"
+                ) from exc
+            raise
         reader: Any = hiredis.Reader() if hiredis is not None else PythonReader()
         state = (sock, reader, os.getpid())
         self._local.state = state
         for command in address.hello():
             try:
-                sock.sendall(pack(command))
-                error = _error(self._read(sock, reader))
+                error = _error(self._round_trip(sock, reader, command))
             except OSError as exc:
-                self.close()
                 raise RedisConnectionError(f"Redis handshake failed: {exc}") from exc
             if error is not None:
                 self.close()

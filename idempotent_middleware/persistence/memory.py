@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import replace
 
 from ..exceptions import (
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
 )
-from .base import BasePersistenceLayer, DataRecord
+from .base import STATUS_INPROGRESS, BasePersistenceLayer, DataRecord
 
 
 class InMemoryPersistenceLayer(BasePersistenceLayer):
@@ -79,10 +78,10 @@ class InMemoryPersistenceLayer(BasePersistenceLayer):
                 del self._records[data_record.idempotency_key]
 
     def _renew_lease(self, data_record: DataRecord) -> None:
+        """Contract C1, as the Redis layer's ``renew.lua``: replace this owner's in-progress
+        claim with the renewed one, take an absent key back, refuse anything else."""
         with self._lock:
             current = self._owned(data_record)
-            if current is None:
+            if current is not None and current.status != STATUS_INPROGRESS:
                 raise IdempotencyOwnershipError(data_record.idempotency_key)
-            self._records[data_record.idempotency_key] = replace(
-                current, in_progress_expiry_timestamp=data_record.in_progress_expiry_timestamp
-            )
+            self._records[data_record.idempotency_key] = data_record

@@ -391,7 +391,10 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         return (yield from self._ops_script(_COMPLETE, record, encode_record(record), ttl))
 
     def _ops_renew(self, record: DataRecord) -> Ops:
-        return (yield from self._ops_script(_RENEW, record, _lease_ms(record)))
+        # C1: the whole renewed claim is stored, so its inner lease time matches the TTL.
+        return (
+            yield from self._ops_script(_RENEW, record, encode_record(record), _lease_ms(record))
+        )
 
     # --- The four (five) I/O methods, sync and async -------------------------------------------
     def _get_record(self, idempotency_key: str) -> DataRecord:

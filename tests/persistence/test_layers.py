@@ -240,3 +240,45 @@ def test_corrupt_record_is_a_typed_error() -> None:
     for bad in (b"", raw[:10], b"\x09" + raw[1:], raw[:2] + b"X" * 16):
         with pytest.raises(IdempotencyCorruptRecordError):
             decode_record("k", bad if bad != raw[:2] + b"X" * 16 else raw[:20])
+
+
+# --- Contract C1: renewal (item 20) -------------------------------------------------------------
+def renewed(record: DataRecord, lease: float) -> DataRecord:
+    return replace(record, in_progress_expiry_timestamp=int((time.time() + lease) * 1000))
+
+
+def test_item20_renewed_claim_reads_back_with_the_new_lease(layer: BasePersistenceLayer) -> None:
+    first = claim(layer, lease=1.0)
+    longer = renewed(first, 30.0)
+    layer._renew_lease(longer)
+    stored = layer._get_record(first.idempotency_key)
+    assert stored.in_progress_expiry_timestamp == longer.in_progress_expiry_timestamp
+    assert stored.owner == first.owner
+    assert stored.status == STATUS_INPROGRESS
+    time.sleep(1.3)  # past the first lease: the record (and its TTL) follow the renewal
+    assert not layer._get_record(first.idempotency_key).is_expired
+
+
+def test_item20_renewal_of_an_absent_key_takes_it_back(layer: BasePersistenceLayer) -> None:
+    first = claim(layer, lease=0.2)
+    time.sleep(0.35)
+    layer._renew_lease(renewed(first, 30.0))
+    stored = layer._get_record(first.idempotency_key)
+    assert stored.owner == first.owner
+    assert stored.status == STATUS_INPROGRESS
+    with pytest.raises(IdempotencyItemAlreadyExistsError):
+        claim(layer)
+
+
+def test_item20_renewal_refuses_other_owners_and_completed_records(
+    layer: BasePersistenceLayer,
+) -> None:
+    first = claim(layer)
+    with pytest.raises(IdempotencyOwnershipError):
+        layer._renew_lease(renewed(replace(first, owner=b"y" * 16), 30.0))
+    layer._update_record(layer.completed_record(first, b"done", 60))
+    with pytest.raises(IdempotencyOwnershipError):
+        layer._renew_lease(renewed(first, 30.0))
+    stored = layer._get_record(first.idempotency_key)
+    assert stored.status == STATUS_COMPLETED
+    assert stored.response_data == b"done"

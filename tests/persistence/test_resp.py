@@ -1,0 +1,72 @@
+"""The lean RESP connections (``persistence/_resp.py``) under interruptions and broken peers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from idempotent_middleware.persistence._resp import BlockingConnection
+from tests.faults.signals import Interrupted
+
+Interrupt = Callable[..., contextlib.AbstractContextManager[list[bool]]]
+
+
+def pause_server(url: str, milliseconds: int) -> None:
+    """Make Redis hold every client's reply for a while (from another connection)."""
+    with redis.Redis.from_url(url) as admin:
+        admin.execute_command("CLIENT", "PAUSE", milliseconds, "ALL")
+
+
+class _Stop(BaseException):
+    """A BaseException that is not an Exception (like gevent's Timeout)."""
+
+
+@pytest.mark.parametrize("raised", [Interrupted, KeyboardInterrupt, _Stop])
+def test_item1_interrupted_command_never_desyncs_the_next_one(
+    redis_url: str, signal_interrupt: Interrupt, raised: type[BaseException]
+) -> None:
+    connection = BlockingConnection(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    assert connection.execute(("SET", "item1:a", "value-a")) == b"OK"
+    assert connection.execute(("SET", "item1:b", "value-b")) == b"OK"
+    pause_server(redis_url, 400)
+    with signal_interrupt(0.1, raised) as fired, pytest.raises(raised):
+        connection.execute(("GET", "item1:a"))  # the reply arrives after the interruption
+    assert fired[0]
+    # The unread reply of GET a must not be taken as the reply of GET b.
+    assert connection.execute(("GET", "item1:b")) == b"value-b"
+    assert connection.execute(("GET", "item1:a")) == b"value-a"
+
+
+def test_item1_interrupted_handshake_closes_the_socket(
+    signal_interrupt: Interrupt,
+) -> None:
+    """AUTH waits for its reply when the interruption lands: the next command reconnects."""
+    from tests.redis_servers import start_redis
+
+    server = start_redis(password="item1-secret")
+    try:
+        connection = BlockingConnection(server.url, socket_timeout=5, socket_connect_timeout=5)
+        connection.execute(("SET", "item1:h", "value-h"))
+        connection.close()
+        with redis.Redis.from_url(server.url) as admin:
+            admin.execute_command("CLIENT", "PAUSE", 400, "ALL")
+        with signal_interrupt(0.1) as fired, pytest.raises(Interrupted):
+            connection.execute(("GET", "item1:h"))  # interrupted inside the AUTH round trip
+        assert fired[0]
+        assert getattr(connection._local, "state", None) is None
+        assert connection.execute(("SET", "item1:h2", "value-h2")) == b"OK"
+        assert connection.execute(("GET", "item1:h")) == b"value-h"
+    finally:
+        server.stop()
+
+
+def test_item1_socket_errors_are_still_wrapped(redis_url: str) -> None:
+    connection = BlockingConnection(redis_url, socket_timeout=0.2, socket_connect_timeout=5)
+    connection.execute(("PING",))
+    pause_server(redis_url, 600)
+    with pytest.raises(redis.exceptions.TimeoutError):
+        connection.execute(("GET", "item1:x"))
+    assert getattr(connection._local, "state", None) is None
