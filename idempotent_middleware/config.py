@@ -45,6 +45,7 @@ class IdempotencyConfig:
     use_local_cache: bool = False
     local_cache_max_items: int = 256
     hash_function: str = "sha256"
+    local_cache_max_bytes: int = 16 * 1024 * 1024
 
     # HTTP only.
     header_name: str = "Idempotency-Key"
@@ -76,6 +77,8 @@ class IdempotencyConfig:
             raise ValueError("on_in_progress must be 'reject' or 'wait'")
         if self.local_cache_max_items <= 0:
             raise ValueError("local_cache_max_items must be positive")
+        if self.local_cache_max_bytes <= 0:
+            raise ValueError("local_cache_max_bytes must be positive")
         import hashlib
 
         if self.hash_function not in hashlib.algorithms_available:
