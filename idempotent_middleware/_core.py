@@ -11,6 +11,10 @@ States and allowed transitions (one key, one execution attempt)::
     EXECUTE --result stored--UPDATE--> DONE   (fenced: a lost lease is logged, not written)
     EXECUTE --raised / not storable--DELETE--> DONE (fenced likewise)
 
+A layer whose conflict carries no record (Powertools layers raise a bare
+``IdempotencyItemAlreadyExistsError()``) is read with a GET; a record that vanished in between
+is claimed again, at most ``_CLAIM_ATTEMPTS`` times, then the claim fails typed (503).
+
 A retry after the first claimant's lease ran out wins the PUT again: Redis expires the
 in-progress record by itself (``PX``), the in-memory layer treats it as absent.
 """
@@ -21,12 +25,14 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from ._steps import BACKGROUND, DELETE, PUT, RENEW, SLEEP, UPDATE, Plan, Step
+from ._steps import BACKGROUND, DELETE, GET, PUT, RENEW, SLEEP, UPDATE, Plan, Step
 from .exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
     IdempotencyPersistenceLayerError,
+    IdempotencyStoreFullError,
 )
 from .persistence.base import STATUS_COMPLETED, BasePersistenceLayer, DataRecord
 
@@ -35,6 +41,8 @@ logger = logging.getLogger("idempotent_middleware")
 #: Polling while waiting for an in-flight duplicate: start short, back off, never hammer.
 _FIRST_POLL = 0.02
 _MAX_POLL = 0.5
+#: Claims tried for one call when the conflicting record keeps vanishing before it is read.
+_CLAIM_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +72,21 @@ def plan_claim(
     expires_after_seconds: float,
     wait_seconds: float = 0.0,
     retry_after_seconds: float = 1.0,
+    use_cache: bool = False,
 ) -> Plan[Replay | Claimed]:
-    """Decide replay or execute for ``key``; raise for 422 and 409."""
-    cached = layer._retrieve_from_cache(key)
-    if cached is not None:
-        layer._validate_payload(payload_hash, cached)
-        return Replay(cached)
+    """Decide replay or execute for ``key``; raise for 422 and 409.
+
+    ``use_cache`` is the caller's own ``use_local_cache``: only a caller that asked for the
+    layer's local cache reads it or fills it.
+    """
+    if use_cache:
+        cached = layer._retrieve_from_cache(key)
+        if cached is not None:
+            layer._validate_payload(payload_hash, cached)
+            return Replay(cached)
     deadline = time.monotonic() + wait_seconds
     poll = _FIRST_POLL
+    vanished = 0
     while True:
         claim = layer.new_inprogress_record(key, payload_hash, lease_seconds, expires_after_seconds)
         try:
@@ -79,17 +94,31 @@ def plan_claim(
             return Claimed(claim)
         except IdempotencyItemAlreadyExistsError as exc:
             existing = exc.old_data_record
+        except IdempotencyStoreFullError:
+            raise  # a refusal, not an ambiguous write: nothing to give back
         except IdempotencyPersistenceLayerError:
             # Ambiguous: a timed-out claim may have been applied. Nothing runs under it, so
             # give it back (fenced by its owner) rather than block the key for a lease; in
             # the background, so that a stalled store costs this request one timeout only.
             yield Step(BACKGROUND, Step(DELETE, claim))
             raise
-        if existing is None:  # vanished between the two commands of the old-server path
+        if existing is None:  # the layer did not say what it found: read it (the seed's way)
+            try:
+                existing = yield Step(GET, key)
+            except IdempotencyItemNotFoundError:
+                existing = None
+        if existing is None:  # gone before it could be read: claim again, a bounded number
+            vanished += 1
+            if vanished >= _CLAIM_ATTEMPTS:
+                raise IdempotencyPersistenceLayerError(
+                    f"claim of {key!r} did not settle: the conflicting record vanished "
+                    f"{vanished} times before it could be read"
+                )
             continue
         layer._validate_payload(payload_hash, existing)
         if existing.status == STATUS_COMPLETED:
-            layer._save_to_cache(existing)
+            if use_cache:
+                layer._save_to_cache(existing)
             return Replay(existing)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -101,10 +130,23 @@ def plan_claim(
 
 
 def plan_complete(
-    layer: BasePersistenceLayer, claim: DataRecord, response_data: bytes, expires_after: float
+    layer: BasePersistenceLayer,
+    claim: DataRecord,
+    response_data: bytes | None,
+    expires_after: float,
+    *,
+    use_cache: bool = False,
 ) -> Plan[DataRecord | None]:
-    """Store the result under the claim; a lost lease is logged and leaves the new owner be."""
-    record = layer.completed_record(claim, response_data, expires_after)
+    """Store the result under the claim; a lost lease is logged and leaves the new owner be.
+
+    ``response_data`` None records "executed, outcome unknown" (an interrupted run). A store
+    error is retried once in the background (fenced, so harmless if the key moved on), then
+    raised: the claim is never left neither completed nor released for want of one attempt.
+    """
+    if response_data is None:
+        record = layer.outcome_unknown_record(claim, expires_after)
+    else:
+        record = layer.completed_record(claim, response_data, expires_after)
     try:
         yield Step(UPDATE, record)
     except IdempotencyOwnershipError:
@@ -113,14 +155,25 @@ def plan_complete(
             claim.idempotency_key,
         )
         return None
-    layer._save_to_cache(record)
+    except IdempotencyPersistenceLayerError:
+        yield Step(BACKGROUND, Step(UPDATE, record))
+        raise
+    if use_cache:
+        layer._save_to_cache(record)
     return record
 
 
 def plan_release(layer: BasePersistenceLayer, claim: DataRecord) -> Plan[None]:
-    """Give the key back (handler raised or response not storable), fenced by owner."""
+    """Give the key back (handler raised or response not storable), fenced by owner.
+
+    A store error is retried once in the background (fenced), then raised.
+    """
     try:
         yield Step(DELETE, claim)
+    except IdempotencyPersistenceLayerError:
+        layer._delete_from_cache(claim.idempotency_key)
+        yield Step(BACKGROUND, Step(DELETE, claim))
+        raise
     except IdempotencyOwnershipError:
         logger.warning(
             "lease lost for %s: not releasing the new owner's claim", claim.idempotency_key

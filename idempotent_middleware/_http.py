@@ -522,6 +522,7 @@ class HttpIdempotency:
                 expires_after_seconds=rule.expires_after_seconds,
                 wait_seconds=self.wait_seconds,
                 retry_after_seconds=cfg.retry_after_seconds,
+                use_cache=cfg.use_local_cache,
             )
             if isinstance(decision, Replay):
                 return self._replay(key, decision.record)

@@ -55,6 +55,7 @@ class IdempotencyConfig:
     use_local_cache: bool = False
     local_cache_max_items: int = 256
     hash_function: str = "sha256"
+    local_cache_max_bytes: int = 16 * 1024 * 1024
     #: Renewal of one execution's lease stops after this long (a response nobody closes, a
     #: stuck handler): the key then frees one lease later instead of never.
     max_lease_hold_seconds: float = 3600.0
@@ -93,6 +94,8 @@ class IdempotencyConfig:
             raise ValueError("on_in_progress must be 'reject' or 'wait'")
         if self.local_cache_max_items <= 0:
             raise ValueError("local_cache_max_items must be positive")
+        if self.local_cache_max_bytes <= 0:
+            raise ValueError("local_cache_max_bytes must be positive")
         import hashlib
 
         if self.hash_function not in hashlib.algorithms_available:

@@ -62,3 +62,24 @@ class IdempotencyOwnershipError(IdempotencyError):
 
 class IdempotencyRequestTooLargeError(IdempotencyError):
     """A keyed request body exceeds ``max_request_body_bytes`` (HTTP 413)."""
+
+
+class IdempotencyStoreFullError(IdempotencyPersistenceLayerError):
+    """The store is full of live records and refuses new claims (HTTP 503).
+
+    Live claims and unexpired results are never evicted to make room: evicting either would let
+    a retry run the handler a second time.
+    """
+
+
+class IdempotencyOutcomeUnknownError(IdempotencyError):
+    """The first execution under this key was interrupted after it started.
+
+    It was cancelled or interrupted (``KeyboardInterrupt``, ``SystemExit``,
+    ``asyncio.CancelledError``) and may have had its side effects; it recorded no result. Retries
+    get this error instead of a second run.
+    """
+
+
+class IdempotencyNoTimeLeftError(IdempotencyError):
+    """``remaining_time_in_millis`` was zero or negative: no time is left to run under a lease."""

@@ -1,11 +1,23 @@
-"""``idempotent_function``: the Powertools decorator for plain sync and async functions."""
+"""``idempotent_function``: the Powertools decorator for plain sync and async functions.
+
+Once the function has started, only an exception it raises (an ``Exception``) frees the key for
+another run. An interruption (``KeyboardInterrupt``, ``SystemExit``, ``asyncio.CancelledError``)
+may come after its side effects, so it is recorded as "executed, outcome unknown" and every
+retry raises ``IdempotencyOutcomeUnknownError`` instead of running again (contract C3).
+
+Results are stored as JSON and must come back equal and of the same types: a result that JSON
+would alter (``Decimal``, ``datetime``, tuples, non-string dict keys, subclasses of the JSON
+types) raises ``TypeError`` and releases the key, unless an ``output_serializer`` handles it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
@@ -13,7 +25,10 @@ from ._core import Claimed, Replay, plan_claim, plan_complete, plan_release
 from ._lease import AsyncLease, sync_renewer
 from ._steps import Op, Plan, Step, perform_step, perform_step_async, run, run_async
 from .config import IdempotencyConfig
-from .persistence.base import BasePersistenceLayer, DataRecord, KeyScheme, _json_default
+from .exceptions import IdempotencyOutcomeUnknownError, IdempotencyPersistenceLayerError
+from .persistence.base import BasePersistenceLayer, DataRecord, KeyScheme
+
+logger = logging.getLogger("idempotent_middleware")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,6 +77,43 @@ def _payload(value: Any) -> Any:
     return value
 
 
+#: The exact types JSON gives back as they went in (``bool`` is not ``int`` here: both listed).
+_EXACT_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _require_exact_json(value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` decodes from JSON to an equal value of equal types.
+
+    Called after ``json.dumps`` succeeded, so the value has no cycles.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _EXACT_SCALARS:
+            continue
+        if kind is list:
+            stack.extend(item)
+            continue
+        if kind is dict:
+            for key, member in item.items():
+                if type(key) is not str:
+                    raise TypeError(
+                        f"dict key {key!r} ({type(key).__name__}) would come back as a string"
+                    )
+                stack.append(member)
+            continue
+        raise TypeError(
+            f"a result holding {kind.__name__} would not replay as it was returned; "
+            "return JSON types or pass output_serializer"
+        )
+
+
+def _encode_strict(value: Any) -> bytes:
+    """JSON without the lenient ``str()`` fallback of payload hashing."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def idempotent_function(
     *,
     data_keyword_argument: str,
@@ -80,7 +132,7 @@ def idempotent_function(
 
     def decorate(func: F) -> F:
         scheme = KeyScheme.build(cfg, f"{func.__module__}.{func.__qualname__}")
-        persistence_store.enable_local_cache(cfg)
+        persistence_store.enable_local_cache(cfg)  # created if wanted; used by this caller only
         signature = inspect.signature(func)
 
         def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[Replay | Claimed | None]:
@@ -98,16 +150,40 @@ def idempotent_function(
                     scheme.payload_hash(data),
                     lease_seconds=cfg.lease_seconds,
                     expires_after_seconds=cfg.expires_after_seconds,
+                    use_cache=cfg.use_local_cache,
                 )
             )
 
         def encode(result: Any) -> bytes:
-            value = serializer.to_dict(result) if serializer else result
-            return json.dumps(value, separators=(",", ":"), default=_json_default).encode()
+            if result is None:  # None is None with or without a serializer
+                return b"null"
+            if serializer is None:
+                encoded = _encode_strict(result)
+                _require_exact_json(result)
+                return encoded
+            value = serializer.to_dict(result)
+            if value is None:
+                raise TypeError(
+                    f"{type(serializer).__name__}.to_dict returned None for a "
+                    f"{type(result).__name__}: its replay would be None"
+                )
+            return _encode_strict(value)
 
         def decode(record: DataRecord) -> Any:
+            if record.outcome_unknown:
+                raise IdempotencyOutcomeUnknownError(
+                    f"{func.__qualname__}: the first call with this key was interrupted after "
+                    "it started; it may have had its effects, so it is not run again"
+                )
             value = record.response_json_as_dict()
-            return serializer.from_dict(value) if serializer else value
+            if value is None or serializer is None:
+                return value
+            return serializer.from_dict(value)
+
+        def release(claim: DataRecord) -> Plan[None]:
+            """Free the key; the caller's exception, not a store error, is what propagates."""
+            with contextlib.suppress(IdempotencyPersistenceLayerError):
+                yield from plan_release(persistence_store, claim)
 
         def plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[Any]:
             """The whole call, written once: the drivers below only perform its steps."""
@@ -118,17 +194,42 @@ def idempotent_function(
             if isinstance(decision, Replay):
                 return decode(decision.record)
             claim = decision.record
-            lease = yield Step(HOLD_LEASE, claim)
+            ttl = cfg.expires_after_seconds
+            try:
+                lease = yield Step(HOLD_LEASE, claim)
+            except BaseException:  # the function has not started: the key may be freed
+                yield from release(claim)
+                raise
             try:
                 result = yield Step(CALL, call)
-            except BaseException:  # release, then let the function's exception propagate
+            except GeneratorExit:
+                raise
+            except Exception:  # the function's own error: release, then let it propagate
                 yield Step(DROP_LEASE, lease)
-                yield from plan_release(persistence_store, claim)
+                yield from release(claim)
+                raise
+            except BaseException:
+                # Interrupted after it started (C3): it may have had its effects, so the key
+                # is never freed; retries are told the outcome is unknown.
+                yield Step(DROP_LEASE, lease)
+                with contextlib.suppress(IdempotencyPersistenceLayerError):
+                    yield from plan_complete(persistence_store, claim, None, ttl)
                 raise
             yield Step(DROP_LEASE, lease)
-            yield from plan_complete(
-                persistence_store, claim, encode(result), cfg.expires_after_seconds
-            )
+            try:
+                encoded = encode(result)
+            except Exception:  # not storable: the caller sees why; a retry may run again
+                yield from release(claim)
+                raise
+            try:
+                yield from plan_complete(
+                    persistence_store, claim, encoded, ttl, use_cache=cfg.use_local_cache
+                )
+            except IdempotencyPersistenceLayerError as exc:
+                # The function ran: its caller gets the result rather than an error that
+                # invites a retry. The completion is retried once in the background; if that
+                # fails too, the claim expires with its lease.
+                logger.error("result of %s not recorded: %s", claim.idempotency_key, exc)
             return result
 
         def perform(step: Step) -> Any:

@@ -37,6 +37,7 @@ from ..exceptions import (
     IdempotencyCorruptRecordError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyKeyError,
+    IdempotencyNoTimeLeftError,
     IdempotencyValidationError,
 )
 
@@ -69,6 +70,15 @@ class DataRecord:
         if self.status == STATUS_INPROGRESS and self.in_progress_expiry_timestamp is not None:
             return self.in_progress_expiry_timestamp < now * 1000
         return self.expiry_timestamp is not None and self.expiry_timestamp < now
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """Executed, outcome unknown: completed without any response (an interrupted run).
+
+        Every completion stores response bytes (``b"null"`` for a None result), so a COMPLETED
+        record without them can only be the marker ``outcome_unknown_record`` writes.
+        """
+        return self.status == STATUS_COMPLETED and self.response_data is None
 
     def response_json_as_dict(self) -> Any:
         """The stored result decoded as JSON (``idempotent_function`` stores JSON)."""
@@ -225,13 +235,29 @@ class KeyScheme:
 
 
 # --- Local cache -----------------------------------------------------------------------------
-class LRUDict:
-    """A small thread-safe LRU map for completed records (never in-progress ones)."""
+def _cached_size(record: DataRecord) -> int:
+    return len(record.idempotency_key) + len(record.response_data or b"")
 
-    def __init__(self, max_items: int) -> None:
+
+class LRUDict:
+    """A small thread-safe LRU map for completed records (never in-progress ones).
+
+    Bounded in entries and in bytes (key plus response): 256 entries of 1 MiB responses would
+    otherwise pin 256 MiB per process.
+    """
+
+    def __init__(self, max_items: int, max_bytes: int = 16 * 1024 * 1024) -> None:
         self._items: OrderedDict[str, DataRecord] = OrderedDict()
         self._max_items = max_items
+        self._max_bytes = max_bytes
+        self.bytes = 0
         self._lock = threading.Lock()
+
+    def grow(self, max_items: int, max_bytes: int) -> None:
+        """Several callers share a layer's cache: it honours the largest bounds asked for."""
+        with self._lock:
+            self._max_items = max(self._max_items, max_items)
+            self._max_bytes = max(self._max_bytes, max_bytes)
 
     def get(self, key: str) -> DataRecord | None:
         with self._lock:
@@ -241,15 +267,24 @@ class LRUDict:
             return record
 
     def __setitem__(self, key: str, record: DataRecord) -> None:
+        size = _cached_size(record)
         with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= _cached_size(old)
+            if size > self._max_bytes:
+                return  # larger than the whole cache: never cached
             self._items[key] = record
-            self._items.move_to_end(key)
-            while len(self._items) > self._max_items:
-                self._items.popitem(last=False)
+            self.bytes += size
+            while len(self._items) > self._max_items or self.bytes > self._max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.bytes -= _cached_size(evicted)
 
     def pop(self, key: str) -> None:
         with self._lock:
-            self._items.pop(key, None)
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= _cached_size(old)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -286,10 +321,20 @@ class BasePersistenceLayer(ABC):
         return scheme
 
     def enable_local_cache(self, config: IdempotencyConfig) -> None:
+        """Create the layer's cache if this caller wants one.
+
+        Whether to read and write it stays each caller's decision (``use_local_cache`` of its
+        own config, passed as ``use_cache`` to the core): a caller that did not ask for the
+        cache never replays from it.
+        """
         if config.use_local_cache:
             with self._cache_lock:
                 if self._cache is None:
-                    self._cache = LRUDict(config.local_cache_max_items)
+                    self._cache = LRUDict(
+                        config.local_cache_max_items, config.local_cache_max_bytes
+                    )
+                else:
+                    self._cache.grow(config.local_cache_max_items, config.local_cache_max_bytes)
 
     def _scheme_for(self, scheme: KeyScheme | None) -> KeyScheme:
         chosen = scheme or self._scheme
@@ -375,6 +420,22 @@ class BasePersistenceLayer(ABC):
             claim.owner,
         )
 
+    @staticmethod
+    def outcome_unknown_record(claim: DataRecord, expires_after_seconds: float) -> DataRecord:
+        """The "executed, outcome unknown" record: the run started and was interrupted.
+
+        Kept like a result (same TTL), so that retries are answered and never run again.
+        """
+        return DataRecord(
+            claim.idempotency_key,
+            STATUS_COMPLETED,
+            BasePersistenceLayer._get_expiry_timestamp(expires_after_seconds),
+            None,
+            None,
+            claim.payload_hash,
+            claim.owner,
+        )
+
     # --- Public template methods, written once as plans -------------------------------------
     def _plan_save_inprogress(
         self, data: Any, scheme: KeyScheme | None, remaining_time_in_millis: int | None
@@ -383,12 +444,19 @@ class BasePersistenceLayer(ABC):
         key = s.hashed_key(s.key_material(data))
         if key is None:
             return None
-        cached = self._retrieve_from_cache(key)
+        cached = self._retrieve_from_cache(key) if s.config.use_local_cache else None
         if cached is not None:
             raise IdempotencyItemAlreadyExistsError(cached)
-        lease = (
-            remaining_time_in_millis / 1000 if remaining_time_in_millis else s.config.lease_seconds
-        )
+        if remaining_time_in_millis is None:
+            lease = s.config.lease_seconds
+        elif remaining_time_in_millis <= 0:
+            # Powertools issue 4759: 0 is "no time left", not "not given". A lease of no time
+            # would be expired when written, and a duplicate could run beside this one.
+            raise IdempotencyNoTimeLeftError(
+                f"remaining_time_in_millis={remaining_time_in_millis}: no time left to run"
+            )
+        else:
+            lease = remaining_time_in_millis / 1000
         record = self.new_inprogress_record(
             key, s.payload_hash(data), lease, s.config.expires_after_seconds
         )
@@ -401,7 +469,8 @@ class BasePersistenceLayer(ABC):
         s = self._scheme_for(scheme)
         record = self.completed_record(claim, result, s.config.expires_after_seconds)
         yield Step(UPDATE, record)
-        self._save_to_cache(record)
+        if s.config.use_local_cache:
+            self._save_to_cache(record)
         return record
 
     def _plan_delete_record(self, claim: DataRecord) -> Plan[None]:
@@ -413,11 +482,13 @@ class BasePersistenceLayer(ABC):
         key = s.hashed_key(s.key_material(data))
         if key is None:
             return None
-        record = self._retrieve_from_cache(key)
+        use_cache = s.config.use_local_cache
+        record = self._retrieve_from_cache(key) if use_cache else None
         if record is None:
             record = yield Step(GET, key)
         self._validate_payload(s.payload_hash(data), record)
-        self._save_to_cache(record)
+        if use_cache:
+            self._save_to_cache(record)
         return record
 
     def save_inprogress(

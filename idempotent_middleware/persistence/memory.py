@@ -3,38 +3,182 @@
 One process only: records live in this process's memory, so two workers (gunicorn, uvicorn
 ``--workers``) each have their own and can both run a handler for one key. Use
 ``RedisPersistenceLayer`` as soon as more than one process serves the API.
+
+Bounds (an unauthenticated client chooses the keys, so memory is bounded in bytes as well as in
+records): ``max_items`` records and ``max_bytes`` of keys plus stored responses. Expired records
+(results past their TTL, claims past their lease) are dropped first, by a sweep that costs
+O(1) amortised per request. Live records are never evicted, neither in-progress claims nor
+unexpired results: evicting a claim lets a duplicate run while the first still runs, evicting
+a result lets a retry run again (promise 1). A store full of live records therefore refuses NEW
+claims with ``IdempotencyStoreFullError`` (HTTP 503) and logs it; replays and the completion of
+claims it already admitted keep working (a completion is always stored, so the bytes may pass
+``max_bytes`` by the responses of the claims in flight). Size both bounds for your traffic
+times ``expires_after_seconds``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections import OrderedDict
+import time
+from collections.abc import Iterator
 
 from ..exceptions import (
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
+    IdempotencyStoreFullError,
 )
 from .base import STATUS_INPROGRESS, BasePersistenceLayer, DataRecord
+
+logger = logging.getLogger("idempotent_middleware")
+
+#: How many live records of the current second a full store looks at for expired ones.
+_FULL_SCAN_BUDGET = 64
+#: A full store says so in the log at most this often (a flood must not flood the log too).
+_FULL_LOG_INTERVAL = 10.0
+
+
+def _expiry(record: DataRecord) -> float | None:
+    """When the record stops being live (the rule of ``DataRecord.is_expired``)."""
+    if record.status == STATUS_INPROGRESS and record.in_progress_expiry_timestamp is not None:
+        return record.in_progress_expiry_timestamp / 1000
+    return record.expiry_timestamp
+
+
+def record_size(record: DataRecord) -> int:
+    """What a record costs against ``max_bytes``: its key and its response."""
+    key = record.idempotency_key
+    return (len(key) if key.isascii() else 4 * len(key)) + len(record.response_data or b"")
+
+
+class _RecordTable:
+    """Records by key, indexed by the second they expire in, with their total size.
+
+    Every write goes through ``__setitem__`` / ``__delitem__`` so the index and the byte count
+    cannot drift. ``sweep`` drops whole buckets whose second has passed: each record is indexed
+    and dropped once, so sweeping costs O(1) amortised per write, never a scan of the table.
+    """
+
+    __slots__ = ("_bucket_of", "_buckets", "_records", "_swept", "bytes")
+
+    def __init__(self) -> None:
+        self._records: dict[str, DataRecord] = {}
+        self._bucket_of: dict[str, int] = {}
+        self._buckets: dict[int, dict[str, None]] = {}
+        self._swept = int(time.time())  # every bucket below this second is gone
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._records
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def get(self, key: str) -> DataRecord | None:
+        return self._records.get(key)
+
+    def __getitem__(self, key: str) -> DataRecord:
+        return self._records[key]
+
+    def __setitem__(self, key: str, record: DataRecord) -> None:
+        self.pop(key)
+        self._records[key] = record
+        self.bytes += record_size(record)
+        expiry = _expiry(record)
+        if expiry is not None:
+            # Clamped: a record already expired goes to the bucket swept next.
+            second = max(int(expiry), self._swept)
+            self._bucket_of[key] = second
+            self._buckets.setdefault(second, {})[key] = None
+
+    def __delitem__(self, key: str) -> None:
+        if self.pop(key) is None:
+            raise KeyError(key)
+
+    def pop(self, key: str, default: DataRecord | None = None) -> DataRecord | None:
+        record = self._records.pop(key, None)
+        if record is None:
+            return default
+        self.bytes -= record_size(record)
+        second = self._bucket_of.pop(key, None)
+        if second is not None:
+            bucket = self._buckets.get(second)
+            if bucket is not None:
+                bucket.pop(key, None)
+                if not bucket:
+                    del self._buckets[second]
+        return record
+
+    def sweep(self) -> None:
+        """Drop every record whose expiry second has passed."""
+        now = int(time.time())
+        if now <= self._swept:
+            return
+        if not self._buckets:
+            self._swept = now
+            return
+        # Walk the seconds since the last sweep, or the buckets when there are fewer of them
+        # (after an idle stretch): either way bounded by work already paid for.
+        if now - self._swept <= len(self._buckets):
+            due = [s for s in range(self._swept, now) if s in self._buckets]
+        else:
+            due = [s for s in self._buckets if s < now]
+        self._swept = now
+        for second in due:
+            self._drop_expired(list(self._buckets.get(second, ())), len(self._records))
+
+    def sweep_current(self) -> None:
+        """A full store looks harder: the current second's bucket, within a budget."""
+        bucket = self._buckets.get(self._swept)
+        if bucket:
+            self._drop_expired(list(bucket), _FULL_SCAN_BUDGET)
+
+    def _drop_expired(self, keys: list[str], live_budget: int) -> None:
+        for key in keys:
+            record = self._records.get(key)
+            if record is None:
+                continue
+            if record.is_expired:
+                self.pop(key)
+                continue
+            # Not expired (the wall clock stepped back): index it again where it belongs.
+            self[key] = record
+            live_budget -= 1
+            if live_budget <= 0:
+                return
 
 
 class InMemoryPersistenceLayer(BasePersistenceLayer):
     """A dict behind one lock: safe under threads and asyncio (no await inside the lock).
 
-    Bounded: past ``max_items`` the oldest records are evicted first. Expired records are
-    dropped when touched and on eviction.
+    Bounded by ``max_items`` records and ``max_bytes`` (keys plus responses, 256 MiB by
+    default); see the module docstring for what happens when full.
     """
 
-    def __init__(self, max_items: int = 100_000) -> None:
+    def __init__(self, max_items: int = 100_000, max_bytes: int = 256 * 1024 * 1024) -> None:
         super().__init__()
         if max_items <= 0:
             raise ValueError("max_items must be positive")
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
         self._max_items = max_items
-        self._records: OrderedDict[str, DataRecord] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._records = _RecordTable()
         self._lock = threading.Lock()
+        self._refused = 0
+        self._full_logged_at = -_FULL_LOG_INTERVAL
 
     def __len__(self) -> int:
         return len(self._records)
+
+    @property
+    def bytes_used(self) -> int:
+        """Keys plus stored responses, the quantity ``max_bytes`` bounds."""
+        return self._records.bytes
 
     def _live(self, key: str) -> DataRecord | None:
         record = self._records.get(key)
@@ -50,15 +194,40 @@ class InMemoryPersistenceLayer(BasePersistenceLayer):
             raise IdempotencyItemNotFoundError(idempotency_key)
         return record
 
+    def _full(self, size: int) -> bool:
+        records = self._records
+        return len(records) >= self._max_items or records.bytes + size > self._max_bytes
+
     def _put_record(self, data_record: DataRecord) -> None:
         key = data_record.idempotency_key
         with self._lock:
             existing = self._live(key)
             if existing is not None:
                 raise IdempotencyItemAlreadyExistsError(existing)
+            self._records.sweep()
+            size = record_size(data_record)
+            if self._full(size):
+                self._records.sweep_current()
+                if self._full(size):
+                    self._refuse()
             self._records[key] = data_record
-            while len(self._records) > self._max_items:
-                self._records.popitem(last=False)
+
+    def _refuse(self) -> None:
+        """Called under the lock: count, log now and then, raise."""
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._full_logged_at >= _FULL_LOG_INTERVAL:
+            self._full_logged_at = now
+            logger.error(
+                "in-memory idempotency store full (%d records, %d bytes; max_items=%d, "
+                "max_bytes=%d): refusing new claims (%d refused so far)",
+                len(self._records),
+                self._records.bytes,
+                self._max_items,
+                self._max_bytes,
+                self._refused,
+            )
+        raise IdempotencyStoreFullError("the in-memory idempotency store is full")
 
     def _owned(self, data_record: DataRecord) -> DataRecord | None:
         """The live record under the key if ``data_record`` owns it; None if nobody does."""
@@ -70,6 +239,7 @@ class InMemoryPersistenceLayer(BasePersistenceLayer):
     def _update_record(self, data_record: DataRecord) -> None:
         with self._lock:
             self._owned(data_record)
+            self._records.sweep()
             self._records[data_record.idempotency_key] = data_record
 
     def _delete_record(self, data_record: DataRecord) -> None:

@@ -6,6 +6,8 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -15,7 +17,10 @@ from idempotent_middleware import (
     IdempotencyAlreadyInProgressError,
     IdempotencyConfig,
     IdempotencyKeyError,
+    IdempotencyOutcomeUnknownError,
+    IdempotencyStoreFullError,
     IdempotencyValidationError,
+    InMemoryPersistenceLayer,
     idempotent_function,
 )
 
@@ -216,3 +221,201 @@ def test_lease_is_renewed_while_a_long_handler_runs(layer: BasePersistenceLayer)
     with pytest.raises(IdempotencyAlreadyInProgressError):
         long(event={"id": 1})
     worker.join()
+
+
+def test_item9_none_result_with_a_serializer_round_trips_as_none(
+    layer: BasePersistenceLayer,
+) -> None:
+    @dataclass
+    class Receipt:
+        id: str
+
+    calls = []
+
+    @idempotent_function(
+        data_keyword_argument="event", persistence_store=layer, output_serializer=Receipt
+    )
+    def maybe(event: dict[str, Any]) -> Receipt | None:
+        calls.append(1)
+        return None
+
+    assert maybe(event={"id": 1}) is None
+    assert maybe(event={"id": 1}) is None
+    assert len(calls) == 1
+
+
+def test_item9_a_failing_serializer_releases_the_key() -> None:
+    layer = InMemoryPersistenceLayer()
+
+    class Broken:
+        def to_dict(self, value: Any) -> Any:
+            raise ValueError("cannot")
+
+        def from_dict(self, data: Any) -> Any:
+            return data
+
+    @idempotent_function(
+        data_keyword_argument="event", persistence_store=layer, output_serializer=Broken()
+    )
+    def handler(event: dict[str, Any]) -> int:
+        return 1
+
+    with pytest.raises(ValueError, match="cannot"):
+        handler(event={"id": 1})
+    assert len(layer) == 0  # released, not left in progress
+
+
+@pytest.mark.parametrize(
+    "result",
+    [Decimal("10.50"), (1, 2), {1: "a"}, {"at": datetime(2026, 1, 1)}, [b"raw"], {"s": {1}}],
+)
+def test_item17_non_json_result_raises_type_error_and_releases(result: Any) -> None:
+    layer = InMemoryPersistenceLayer()
+    calls = []
+
+    @idempotent_function(data_keyword_argument="event", persistence_store=layer)
+    def handler(event: dict[str, Any]) -> Any:
+        calls.append(1)
+        return result
+
+    with pytest.raises(TypeError):
+        handler(event={"id": 1})
+    assert len(layer) == 0
+    with pytest.raises(TypeError):
+        handler(event={"id": 1})
+    assert len(calls) == 2  # released: the error is the caller's, every time
+
+
+def test_item17_payload_hashing_stays_lenient() -> None:
+    layer = InMemoryPersistenceLayer()
+
+    @idempotent_function(data_keyword_argument="event", persistence_store=layer)
+    def handler(event: dict[str, Any]) -> str:
+        return str(event["amount"])
+
+    assert handler(event={"amount": Decimal("1.5")}) == "1.5"
+    assert handler(event={"amount": Decimal("1.5")}) == "1.5"
+
+
+def test_item18_cache_is_the_callers_choice() -> None:
+    layer = InMemoryPersistenceLayer()
+    cached_cfg = IdempotencyConfig(event_key_jmespath="id", use_local_cache=True)
+    calls = []
+
+    def make(config: IdempotencyConfig) -> Any:
+        # One qualname, so both decorated functions share one key scope.
+        @idempotent_function(data_keyword_argument="event", persistence_store=layer, config=config)
+        def handler(event: dict[str, Any]) -> int:
+            calls.append(config.use_local_cache)
+            return len(calls)
+
+        return handler
+
+    cached, plain = make(cached_cfg), make(IdempotencyConfig(event_key_jmespath="id"))
+    assert cached(event={"id": "a"}) == 1
+    assert cached(event={"id": "a"}) == 1
+    (key_a,) = layer._records
+    layer._records.pop(key_a)  # the store forgets the record
+    assert plain(event={"id": "a"}) == 2  # no cache for this caller: it asks the store
+    assert plain(event={"id": "b"}) == 3
+    (key_b,) = set(layer._records) - {key_a}
+    layer._records.pop(key_b)
+    assert layer._retrieve_from_cache(key_b) is None  # the plain caller wrote no cache
+
+
+def test_item18_local_cache_is_bounded_in_bytes() -> None:
+    layer = InMemoryPersistenceLayer()
+    config = IdempotencyConfig(use_local_cache=True, local_cache_max_bytes=4096)
+
+    @idempotent_function(data_keyword_argument="event", persistence_store=layer, config=config)
+    def big(event: dict[str, Any]) -> str:
+        return "x" * 1000
+
+    for i in range(20):
+        big(event={"id": i})
+        big(event={"id": i})  # a replay: cached
+    assert layer._cache is not None
+    assert layer._cache.bytes <= 4096
+    assert 1 <= len(layer._cache) <= 4
+
+
+def test_item6_full_memory_store_refuses_new_calls_typed() -> None:
+    layer = InMemoryPersistenceLayer(max_items=3)
+
+    @idempotent_function(data_keyword_argument="event", persistence_store=layer)
+    def handler(event: dict[str, Any]) -> int:
+        return int(event["id"])
+
+    for i in range(3):
+        assert handler(event={"id": i}) == i
+    with pytest.raises(IdempotencyStoreFullError):
+        handler(event={"id": 3})
+    assert [handler(event={"id": i}) for i in range(3)] == [0, 1, 2]  # replays still served
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_c3_interrupted_sync_function_is_never_run_again(
+    layer: BasePersistenceLayer, interrupt: type[BaseException]
+) -> None:
+    calls = []
+
+    @idempotent_function(data_keyword_argument="event", persistence_store=layer)
+    def charge(event: dict[str, Any]) -> str:
+        calls.append(1)
+        raise interrupt()
+
+    with pytest.raises(interrupt):
+        charge(event={"id": 1})
+    for _ in range(2):
+        try:
+            charge(event={"id": 1})
+        except IdempotencyOutcomeUnknownError:
+            continue
+        except interrupt as exc:  # never let a second KeyboardInterrupt stop the session
+            raise AssertionError(f"ran again: {len(calls)} calls") from exc
+        raise AssertionError("a retry returned")
+    assert len(calls) == 1
+
+
+def test_c3_cancelled_async_function_is_never_run_again(layer: BasePersistenceLayer) -> None:
+    calls = []
+
+    @idempotent_function(data_keyword_argument="event", persistence_store=layer)
+    async def charge(event: dict[str, Any]) -> str:
+        calls.append(1)
+        started.set()
+        await asyncio.Event().wait()  # until cancelled
+        return "never"
+
+    async def main() -> None:
+        task = asyncio.create_task(charge(event={"id": 1}))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(IdempotencyOutcomeUnknownError):
+            await asyncio.wait_for(charge(event={"id": 1}), 10)  # a second run would hang
+
+    started = asyncio.Event()
+    asyncio.run(main())
+    assert len(calls) == 1
+
+
+def test_c3_application_exception_still_releases_async(layer: BasePersistenceLayer) -> None:
+    calls = []
+
+    @idempotent_function(data_keyword_argument="event", persistence_store=layer)
+    async def flaky(event: dict[str, Any]) -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+        return "ok"
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError):
+            await flaky(event={"id": 1})
+        assert await flaky(event={"id": 1}) == "ok"
+        assert await flaky(event={"id": 1}) == "ok"
+
+    asyncio.run(main())
+    assert len(calls) == 2

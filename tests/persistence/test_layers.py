@@ -282,3 +282,83 @@ def test_item20_renewal_refuses_other_owners_and_completed_records(
     stored = layer._get_record(first.idempotency_key)
     assert stored.status == STATUS_COMPLETED
     assert stored.response_data == b"done"
+
+
+# --- The in-memory layer's bounds (item 6) -------------------------------------------------------
+def test_item6_flood_never_evicts_an_in_flight_claim() -> None:
+    from idempotent_middleware import IdempotencyStoreFullError, InMemoryPersistenceLayer
+
+    layer = InMemoryPersistenceLayer(max_items=10)
+    live = claim(layer, "fn#live")
+    refused = 0
+    for i in range(100):
+        try:
+            claim(layer, f"fn#flood{i}")
+        except IdempotencyStoreFullError:
+            refused += 1
+    assert refused == 91
+    with pytest.raises(IdempotencyItemAlreadyExistsError) as info:
+        claim(layer, "fn#live")
+    assert info.value.old_data_record == live
+
+
+def test_item6_expired_records_make_room_unexpired_results_stay() -> None:
+    from idempotent_middleware import IdempotencyStoreFullError, InMemoryPersistenceLayer
+
+    layer = InMemoryPersistenceLayer(max_items=3)
+    done = claim(layer, "fn#done")
+    layer._update_record(layer.completed_record(done, b"kept", 60))
+    claim(layer, "fn#crashed1", lease=-1.0)  # leases already run out: a crashed worker's
+    claim(layer, "fn#crashed2", lease=-1.0)
+    claim(layer, "fn#new1")
+    claim(layer, "fn#new2")
+    with pytest.raises(IdempotencyStoreFullError):
+        claim(layer, "fn#new3")
+    assert layer._get_record("fn#done").response_data == b"kept"
+
+
+def test_item6_bounded_in_bytes_and_completion_of_an_admitted_claim_is_stored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from idempotent_middleware import IdempotencyStoreFullError, InMemoryPersistenceLayer
+
+    layer = InMemoryPersistenceLayer(max_bytes=10_000)
+    claims = [claim(layer, f"fn#{i}") for i in range(4)]
+    for c in claims:
+        layer._update_record(layer.completed_record(c, b"x" * 3000, 60))
+    # Four 3000-byte results: over the cap, yet every admitted claim kept its result.
+    assert all(layer._get_record(c.idempotency_key).response_data for c in claims)
+    with (
+        caplog.at_level("ERROR", logger="idempotent_middleware"),
+        pytest.raises(IdempotencyStoreFullError),
+    ):
+        claim(layer, "fn#more")
+    assert "full" in caplog.text
+
+
+def test_item6_expired_records_are_swept_without_being_touched() -> None:
+    from idempotent_middleware import InMemoryPersistenceLayer
+
+    layer = InMemoryPersistenceLayer(max_items=1000)
+    for i in range(50):
+        claim(layer, f"fn#old{i}", lease=-2.0)
+    time.sleep(1.1)  # the sweep works in whole seconds: let the current one pass
+    claim(layer, "fn#fresh")
+    assert len(layer) == 1
+    assert layer.bytes_used == len("fn#fresh")
+
+
+# --- remaining_time_in_millis (item 19) -----------------------------------------------------------
+@pytest.mark.parametrize("remaining", [0, -5])
+def test_item19_no_remaining_time_is_refused_not_a_default_lease(remaining: int) -> None:
+    from idempotent_middleware import IdempotencyNoTimeLeftError, InMemoryPersistenceLayer
+
+    layer = InMemoryPersistenceLayer()
+    scheme = layer.configure(IdempotencyConfig(), "fn")
+    with pytest.raises(IdempotencyNoTimeLeftError):
+        layer.save_inprogress({"a": 1}, remaining, scheme=scheme)
+    assert len(layer) == 0
+    claimed = layer.save_inprogress({"a": 1}, 2000, scheme=scheme)
+    assert claimed is not None
+    assert claimed.in_progress_expiry_timestamp is not None
+    assert claimed.in_progress_expiry_timestamp <= (time.time() + 2.5) * 1000
