@@ -29,7 +29,7 @@ from tests.e2e.deployments import runs, start_deployment, stored_body
 from tests.e2e.http_fault_proxy import HttpFaultProxy
 from tests.redis_servers import RedisProcess
 
-pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 OPERATIONS = 50
 CLIENTS = 8

@@ -39,7 +39,7 @@ from tests.e2e.test_examples_servers import assert_problem
 from tests.e2e.test_multiworker import assert_in_progress_problem, classify
 from tests.redis_servers import RedisProcess
 
-pytestmark = [pytest.mark.redis, pytest.mark.e2e, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
 #: Long enough for a claim abandoned by a hung-up client to run out, with a margin for load.
 SETTLE_SECONDS = LEASE_SECONDS + 10.0
