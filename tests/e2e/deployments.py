@@ -96,4 +96,6 @@ def runs(counter: redis.Redis, key: str) -> int:
 def stored_body(counter: redis.Redis, key: str) -> bytes | None:
     """The body the (last) run for ``key`` produced, as the app returned it."""
     value = counter.get(f"matrix:body:{key}")
-    return None if value is None else bytes(value)
+    if value is None:
+        return None
+    return value if isinstance(value, bytes) else str(value).encode()

@@ -42,7 +42,7 @@ _counter: redis.Redis | None = None
 def _client() -> redis.Redis:
     # Built lazily, so a server that forks after importing the app gives every worker its own.
     global _counter
-    if _counter is None or _counter.connection_pool.pid != os.getpid():  # type: ignore[attr-defined]
+    if _counter is None or _counter.connection_pool.pid != os.getpid():
         _counter = redis.Redis.from_url(redis_url())
     return _counter
 
