@@ -12,9 +12,11 @@ import contextlib
 import ctypes
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -98,14 +100,115 @@ def gunicorn_command(target: str, port: int, workers: int) -> list[str]:
     return [*command, target]
 
 
-#: The log line each worker prints once it is serving.
+def hypercorn_command(target: str, port: int, workers: int, worker_class: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hypercorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        worker_class,
+        "--graceful-timeout",
+        "2",
+        target,
+    ]
+
+
+def granian_command(target: str, port: int, workers: int, interface: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        interface,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-ws",
+        target,
+    ]
+
+
+def daphne_command(target: str, port: int, workers: int) -> list[str]:
+    """One process (Daphne has no workers): the matrix starts two of them for two workers."""
+    if workers != 1:
+        raise ValueError("daphne serves from one process; start one server per worker")
+    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), target]
+
+
+def waitress_command(target: str, port: int, workers: int) -> list[str]:
+    """One process of 8 threads (Waitress has no workers): two servers make two workers."""
+    if workers != 1:
+        raise ValueError("waitress serves from one process; start one server per worker")
+    return [
+        sys.executable,
+        "-m",
+        "waitress",
+        f"--listen=127.0.0.1:{port}",
+        "--threads=8",
+        target,
+    ]
+
+
+def uwsgi_binary() -> str | None:
+    """The ``uwsgi`` executable installed next to this interpreter (pip builds it there)."""
+    beside = Path(sysconfig.get_path("scripts")) / "uwsgi"
+    return str(beside) if beside.exists() else shutil.which("uwsgi")
+
+
+def uwsgi_command(target: str, port: int, workers: int) -> list[str]:
+    """uWSGI as deployed: a master that imports the app, then forks its workers."""
+    module, _, callable_name = target.partition(":")
+    return [
+        uwsgi_binary() or "uwsgi",
+        "--http-socket",
+        f"127.0.0.1:{port}",
+        "--master",
+        "--processes",
+        str(workers),
+        "--threads",
+        "4",
+        "--module",
+        module,
+        "--callable",
+        callable_name,
+        "--need-app",
+        "--die-on-term",
+        "--disable-logging",
+        "--chdir",
+        str(REPO_ROOT),
+    ]
+
+
+#: The log line each worker prints once it is serving ("" when the server prints none we can
+#: count: readiness is then ``GET /healthz`` alone).
 READY_MARKERS = {
     "uvicorn": "Application startup complete.",
     "gunicorn": "Booting worker with pid",
+    "hypercorn": "",
+    "hypercorn-trio": "",
+    "granian-asgi": "",
+    "granian-wsgi": "",
+    "daphne": "",
+    "waitress": "",
+    "uwsgi": "",
 }
 COMMANDS: dict[str, Callable[[str, int, int], list[str]]] = {
     "uvicorn": uvicorn_command,
     "gunicorn": gunicorn_command,
+    "hypercorn": functools.partial(hypercorn_command, worker_class="asyncio"),
+    "hypercorn-trio": functools.partial(hypercorn_command, worker_class="trio"),
+    "granian-asgi": functools.partial(granian_command, interface="asgi"),
+    "granian-wsgi": functools.partial(granian_command, interface="wsgi"),
+    "daphne": daphne_command,
+    "waitress": waitress_command,
+    "uwsgi": uwsgi_command,
 }
 
 
@@ -216,13 +319,33 @@ def start_server(
     raise RuntimeError(f"{name} did not become ready: {last_error}")
 
 
+@dataclass(eq=False)
+class ServerGroup:
+    """Servers that share one store and stand for one deployment (e.g. two Daphne processes)."""
+
+    name: str
+    servers: list[Server]
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [server.base_url for server in self.servers]
+
+    @property
+    def ports(self) -> list[int]:
+        return [server.port for server in self.servers]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
 def _wait_ready(server: Server, marker: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
                 raise RuntimeError(f"exited with status {server.process.returncode}")
-            if server.log().count(marker) >= server.workers:
+            if not marker or server.log().count(marker) >= server.workers:
                 try:
                     if client.get("/healthz").status_code == 200:
                         return
@@ -284,6 +407,14 @@ def executions(client: redis.Redis) -> int:
     return int(client.get("examples:executions") or 0)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of this directory ``e2e`` (real servers): ``-m "not e2e"`` leaves them."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in item.path.resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -297,6 +428,8 @@ def pytest_runtest_makereport(
                 servers.append(value)
             elif isinstance(value, ServerPool):
                 servers.extend(value.servers.values())
+            elif isinstance(value, ServerGroup):
+                servers.extend(value.servers)
         for server in servers:
             report.sections.append((f"server log: {server.name}", server.log_tail()))
     return report

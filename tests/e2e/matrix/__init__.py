@@ -1,0 +1,1 @@
+"""One small app, written for ASGI (Starlette), WSGI (Flask) and Django, for the server matrix."""
