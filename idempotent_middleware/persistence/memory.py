@@ -84,6 +84,9 @@ class _RecordTable:
     def __getitem__(self, key: str) -> DataRecord:
         return self._records[key]
 
+    def values(self) -> Iterator[DataRecord]:
+        return iter(self._records.values())
+
     def __setitem__(self, key: str, record: DataRecord) -> None:
         self.pop(key)
         self._records[key] = record

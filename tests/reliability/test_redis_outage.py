@@ -46,7 +46,9 @@ from tests.reliability.conftest import Figures
 
 pytestmark = pytest.mark.redis  # needs a real redis-server (the suite starts it)
 
-HEALTHY, DOWN, UP = 0.5, 1.0, 1.5  # seconds of load in each phase
+HEALTHY, DOWN, UP = 0.5, 1.0, 3.0  # seconds of load in each phase
+#: UP outlasts three quarters of the 5 s lease after the claim: by the time the duplicate
+#: below is sent, the running handler's renewal has met the restarted server.
 WORKERS = 4
 LOAD_APPS = ("asgi-fail-closed", "asgi-fail-open", "wsgi-fail-closed")
 
@@ -245,11 +247,10 @@ def test_redis_outage_fail_closed_fail_open_and_recovery(
     assert held["claimed-then-completed"].status == 201
     assert marks["completed_retry"].status == 201
     assert apps.ran(app, "claimed-then-completed") == 1
-    # The restart forgot the in-flight claim: the duplicate was not a 409 but a second run,
-    # and the first owner's completion then met the second owner's record (fenced, logged).
-    assert marks["duplicate_status"] == 201
-    assert apps.ran(app, "claimed-then-duplicated") == 2
-    assert any("lease lost" in r.getMessage() for r in caplog.records)
+    # The restart forgot the in-flight claim; the running handler's next renewal took the
+    # key back (renewal of an absent key re-stores the claim), so the duplicate is a 409.
+    assert marks["duplicate_status"] == 409
+    assert apps.ran(app, "claimed-then-duplicated") == 1
     # The restart forgot the stored response: the retry of a completed key ran again.
     assert marks["completed_before_retry"].status == 201
     assert apps.ran(app, "completed-before") == 2
