@@ -62,3 +62,9 @@ class IdempotencyOwnershipError(IdempotencyError):
 
 class IdempotencyRequestTooLargeError(IdempotencyError):
     """A keyed request body exceeds ``max_request_body_bytes`` (HTTP 413)."""
+
+
+class IdempotencyConfigurationError(IdempotencyPersistenceLayerError, ValueError):
+    """The store was configured in a way that cannot work (e.g. a Redis client that decodes
+    responses: records are bytes). Raised at construction where possible, else at first use,
+    where the middlewares answer 503 like any store that refuses work."""

@@ -24,10 +24,11 @@ import weakref
 from collections.abc import Callable, Generator
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .._steps import run, run_async
 from ..exceptions import (
+    IdempotencyConfigurationError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
@@ -95,6 +96,39 @@ _NO_OPTIONS: dict[str, Any] = {}
 
 def _options(command: Command) -> dict[str, Any]:
     return _SET_GET if command[0] == "SET" else _NO_OPTIONS
+
+
+_NO_DECODING = "the Redis client must be created with decode_responses=False (records are bytes)"
+#: redis-py's URL parser reads these (any case) as False; any other value turns the option on.
+_FALSE_STRINGS = frozenset({"", "0", "f", "false", "n", "no"})
+
+
+def _url_decodes_responses(url: str) -> bool:
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if name == "decode_responses" and value.lower() not in _FALSE_STRINGS:
+            return True
+    return False
+
+
+def _client_decodes_responses(client: Any) -> bool:
+    """Whether a redis-py client (plain, Sentinel, Cluster, sync or asyncio) decodes replies."""
+    get_encoder = getattr(client, "get_encoder", None)
+    if callable(get_encoder):
+        try:
+            encoder = get_encoder()
+        except Exception:  # a client without an encoder yet: its pool still tells
+            encoder = None
+        if getattr(encoder, "decode_responses", False) is True:
+            return True
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    return isinstance(kwargs, dict) and kwargs.get("decode_responses") is True
+
+
+def _refuse_decoding(client: Any) -> Any:
+    if client is not None and _client_decodes_responses(client):
+        raise IdempotencyConfigurationError(_NO_DECODING)
+    return client
 
 
 def _is_cluster(client: Any) -> bool:
@@ -230,9 +264,9 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             else:
                 self._sync_client = client
         for given in (self._sync_client, self._async_client):
-            pool = getattr(given, "connection_pool", None)
-            if pool is not None and pool.connection_kwargs.get("decode_responses"):
-                raise ValueError("the Redis client must be created with decode_responses=False")
+            _refuse_decoding(given)
+        if url is not None and _url_decodes_responses(url):
+            raise IdempotencyConfigurationError(_NO_DECODING)
         self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Executor] = (
             weakref.WeakKeyDictionary()
         )
@@ -273,7 +307,8 @@ class RedisPersistenceLayer(BasePersistenceLayer):
     def _new_executor(self, loop: asyncio.AbstractEventLoop) -> _Executor:
         client = self._async_client
         if self._async_client_factory is not None:
-            client = self._async_client_factory()
+            # Checked per client: the factory may hand out anything (first use: 503, logged).
+            client = _refuse_decoding(self._async_client_factory())
             pipelining = self._auto_pipeline and not _is_cluster(client)
             return _AutoPipeline(client, loop) if pipelining else _Direct(client)
         if client is not None:

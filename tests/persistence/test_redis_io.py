@@ -275,3 +275,74 @@ def test_a_reply_of_the_wrong_kind_fails_the_connection_instead_of_misleading() 
         server.close()
 
     asyncio.run(main())
+
+
+# --- Item 16: clients that decode responses are a configuration error --------------------------
+def test_item16_decode_responses_is_refused_for_every_client() -> None:
+    import redis.asyncio
+
+    from idempotent_middleware import IdempotencyConfigurationError
+
+    dead = "redis://127.0.0.1:1/0"
+    for make in (
+        lambda: RedisPersistenceLayer(url=dead + "?decode_responses=true"),
+        lambda: RedisPersistenceLayer(url=dead + "?decode_responses=True&socket_timeout=1"),
+        lambda: RedisPersistenceLayer(client=redis.Redis.from_url(dead, decode_responses=True)),
+        lambda: RedisPersistenceLayer(
+            async_client=redis.asyncio.Redis.from_url(dead, decode_responses=True)
+        ),
+        lambda: RedisPersistenceLayer(
+            client=redis.asyncio.Redis.from_url(dead, decode_responses=True)
+        ),
+    ):
+        with pytest.raises(IdempotencyConfigurationError) as info:
+            make()
+        assert isinstance(info.value, ValueError)
+        assert isinstance(info.value, IdempotencyPersistenceLayerError)
+    RedisPersistenceLayer(url=dead + "?decode_responses=false")  # explicit "no" is fine
+
+
+def test_item16_factory_client_decoding_is_refused_at_first_use_and_answers_503() -> None:
+    import redis.asyncio
+
+    from idempotent_middleware import IdempotencyConfigurationError, IdempotencyMiddleware
+
+    layer = RedisPersistenceLayer(
+        async_client_factory=lambda: redis.asyncio.Redis.from_url(
+            "redis://127.0.0.1:1/0", decode_responses=True
+        )
+    )
+    record = layer.new_inprogress_record("s#k", "fp", 30, 60)
+    with pytest.raises(IdempotencyConfigurationError):
+        asyncio.run(layer._put_record_async(record))
+    ran: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = IdempotencyMiddleware(app, persistence_store=layer)
+    sent: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/x",
+            "query_string": b"",
+            "headers": [(b"idempotency-key", b"k1")],
+        }
+        inbox = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return inbox.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await middleware(scope, receive, send)
+
+    asyncio.run(main())
+    assert sent[0]["status"] == 503
+    assert ran == []
