@@ -131,6 +131,21 @@ def _refuse_decoding(client: Any) -> Any:
     return client
 
 
+def _no_retry(*, sync: bool) -> Any:
+    """A redis-py retry policy that never resends a command.
+
+    redis-py (v6+) retries commands that timed out; a resent claim can meet its own record,
+    and a resent script runs twice. The layer decides itself what a failure means.
+    """
+    from redis.backoff import NoBackoff
+
+    if sync:
+        from redis.retry import Retry
+    else:
+        from redis.asyncio.retry import Retry  # type: ignore[assignment]
+    return Retry(NoBackoff(), 0)
+
+
 def _is_cluster(client: Any) -> bool:
     if client is None or _redis is None:
         return False
@@ -283,7 +298,9 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         if self._sync_client is None:
             if self.url is None:
                 raise TypeError("this layer has only an async client; pass url= or a sync client")
-            self._sync_client = _redis.Redis.from_url(self.url, **self._client_kwargs)
+            self._sync_client = _redis.Redis.from_url(
+                self.url, retry=_no_retry(sync=True), **self._client_kwargs
+            )
         return self._sync_client
 
     def async_client(self) -> Any:
@@ -329,7 +346,9 @@ class RedisPersistenceLayer(BasePersistenceLayer):
                     socket_timeout=self._client_kwargs["socket_timeout"],
                     socket_connect_timeout=self._client_kwargs["socket_connect_timeout"],
                 )
-            client = _redis_asyncio.Redis.from_url(self.url, **self._client_kwargs)
+            client = _redis_asyncio.Redis.from_url(
+                self.url, retry=_no_retry(sync=False), **self._client_kwargs
+            )
         return _AutoPipeline(client, loop) if self._pipelining else _Direct(client)
 
     def _name(self, idempotency_key: str) -> str:
@@ -403,7 +422,13 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         if vanished:  # let the caller try again
             raise IdempotencyItemAlreadyExistsError(None)
         if raw is not None:
-            raise IdempotencyItemAlreadyExistsError(decode_record(record.idempotency_key, raw))
+            existing = decode_record(record.idempotency_key, raw)
+            if existing.owner == record.owner and existing.status == record.status:
+                # Our own claim: the client (redis-py retries timed-out commands) sent this SET
+                # twice and the first one landed. The owner token is 16 random bytes of this
+                # execution, so nobody else can hold it: the claim is won.
+                return
+            raise IdempotencyItemAlreadyExistsError(existing)
 
     def _ops_script(self, script: tuple[bytes, str], record: DataRecord, *args: Any) -> Ops:
         body, sha = script

@@ -346,3 +346,57 @@ def test_item16_factory_client_decoding_is_refused_at_first_use_and_answers_503(
     asyncio.run(main())
     assert sent[0]["status"] == 503
     assert ran == []
+
+
+# --- Item 7: a redis-py retry of a timed-out claim meets the claim's own record ------------------
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_item7_retried_claim_that_meets_its_own_record_is_won(
+    redis_server: RedisProcess, redis_url: str, mode: str
+) -> None:
+    import redis.asyncio
+    from redis.backoff import NoBackoff
+
+    from tests.reliability.tcp_proxy import Delay, TcpProxy
+
+    proxy = TcpProxy(redis_server.port)
+    try:
+        # redis-py's own retries on (its default for clients built from host/port in v6+).
+        options = {"socket_timeout": 0.3, "socket_connect_timeout": 2}
+        if mode == "sync":
+            retry = redis.retry.Retry(NoBackoff(), 3)
+            client: Any = redis.Redis(port=proxy.port, retry=retry, **options)
+        else:
+            retry = redis.asyncio.retry.Retry(NoBackoff(), 3)
+            client = redis.asyncio.Redis(port=proxy.port, retry=retry, **options)
+        layer = RedisPersistenceLayer(client=client)
+        record = claim(layer, "s#item7")
+
+        async def put_async() -> None:
+            await client.ping()  # connected first: the delayed chunk is the claim's reply
+            proxy.inject("down", Delay(0.8))
+            await layer._put_record_async(record)
+
+        if mode == "sync":
+            client.ping()
+            proxy.inject("down", Delay(0.8))  # the SET ... GET reply arrives after the timeout
+            layer._put_record(record)
+        else:
+            asyncio.run(put_async())
+        assert proxy.applied == 1
+        stored = RedisPersistenceLayer(url=redis_url)._get_record("s#item7")
+        assert stored.owner == record.owner
+    finally:
+        proxy.close()
+
+
+def test_item7_clients_the_layer_builds_never_resend_commands(redis_url: str) -> None:
+    url = redis_url + "?health_check_interval=30"  # an option only redis-py serves
+    layer = RedisPersistenceLayer(url=url)
+    connection = layer.sync_client().connection_pool.make_connection()
+    assert connection.retry.get_retries() == 0
+
+    async def async_retries() -> int:
+        client = layer.async_client()
+        return int(client.connection_pool.make_connection().retry.get_retries())
+
+    assert asyncio.run(async_retries()) == 0
