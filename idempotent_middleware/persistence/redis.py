@@ -18,6 +18,7 @@ Each Redis operation below is a small generator of commands, run by ``_run`` (sy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import weakref
@@ -231,6 +232,35 @@ class _AutoPipeline(TickBatcher):
 _Executor: TypeAlias = "_Direct | _AutoPipeline | PipelinedConnection"
 
 
+def _close_transport_socket(transport: Any) -> None:
+    """Close the socket under an asyncio transport whose loop is closed (no callbacks run)."""
+    if transport is None:
+        return
+    wrapped = transport.get_extra_info("socket")
+    sock = getattr(wrapped, "_sock", wrapped)  # asyncio hands out a TransportSocket wrapper
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _abandon(executor: Any) -> None:
+    """Release what a dead loop's executor holds: our own connection or a redis-py pool."""
+    protocol = getattr(executor, "protocol", None)
+    if protocol is not None:  # PipelinedConnection
+        executor.protocol = None
+        executor.waiters.clear()
+        executor.queue.clear()
+        _close_transport_socket(protocol.transport)
+    pool = getattr(getattr(executor, "client", None), "connection_pool", None)
+    connections = [
+        *getattr(pool, "_available_connections", ()),
+        *getattr(pool, "_in_use_connections", ()),
+    ]
+    for connection in connections:
+        writer = getattr(connection, "_writer", None)
+        _close_transport_socket(getattr(writer, "transport", None))
+
+
 class RedisPersistenceLayer(BasePersistenceLayer):
     """Records in Redis (standalone, Sentinel-managed master, or Cluster).
 
@@ -316,10 +346,27 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             return last[1]
         executor = self._loop_clients.get(loop)
         if executor is None:
+            self._forget_closed_loops()
             executor = self._new_executor(loop)
             self._loop_clients[loop] = executor
         self._last_executor = (loop, executor)
         return executor
+
+    def _forget_closed_loops(self) -> None:
+        """Drop the executors of closed loops and close their sockets (``asyncio.run`` per job).
+
+        An executor holds its loop strongly (futures, timers, transports), so the weak keys
+        alone never free anything: each ``asyncio.run`` would leak a loop, a connection and a
+        socket. A closed loop can run nothing any more, so its executor is dead; its sockets
+        are closed directly (the loop cannot schedule a transport close now).
+        """
+        last = self._last_executor
+        if last is not None and last[0].is_closed():
+            self._last_executor = None
+        for loop, executor in list(self._loop_clients.items()):
+            if loop.is_closed():
+                del self._loop_clients[loop]
+                _abandon(executor)
 
     def _new_executor(self, loop: asyncio.AbstractEventLoop) -> _Executor:
         client = self._async_client

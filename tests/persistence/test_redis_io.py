@@ -400,3 +400,34 @@ def test_item7_clients_the_layer_builds_never_resend_commands(redis_url: str) ->
         return int(client.connection_pool.make_connection().retry.get_retries())
 
     assert asyncio.run(async_retries()) == 0
+
+
+# --- Item 13: asyncio.run per job must not leak a loop, a connection and a socket each time -----
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _live_loops() -> int:
+    import gc
+
+    gc.collect()
+    return sum(isinstance(o, asyncio.AbstractEventLoop) for o in gc.get_objects())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts fds in /proc/self/fd")
+@pytest.mark.parametrize("client", ["lean", "redis-py"])
+def test_item13_loops_and_sockets_stay_bounded_over_200_asyncio_runs(
+    redis_url: str, client: str
+) -> None:
+    url = redis_url if client == "lean" else redis_url + "?health_check_interval=30"
+    layer = RedisPersistenceLayer(url=url)
+
+    async def job(index: int) -> None:
+        await layer._put_record_async(claim(layer, f"s#item13-{index}"))
+
+    asyncio.run(job(-1))
+    fds, loops = _open_fds(), _live_loops()
+    for index in range(200):
+        asyncio.run(job(index))
+    assert _open_fds() - fds < 10
+    assert _live_loops() - loops < 5
