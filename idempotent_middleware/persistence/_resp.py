@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
 import ssl
 import threading
@@ -227,6 +228,16 @@ class RedisAddress:
         return f"{self.host}:{self.port}"
 
 
+def _unsolicited(sock: socket.socket) -> bool:
+    """Bytes (or EOF) waiting before we sent anything: a duplicated or stray reply, or a
+    connection the server closed. Either way the socket must not serve the next command."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+        return True  # decrypted bytes already buffered inside the TLS layer
+    poller = select.poll()  # not select(): it fails on descriptors above 1023
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))  # readable: data or EOF, both unusable for a new command
+
+
 class BlockingConnection:
     """For sync callers: one blocking socket per thread, one command per round trip.
 
@@ -269,8 +280,13 @@ class BlockingConnection:
         issue 1128). The exception itself propagates unchanged.
         """
         try:
+            if _unsolicited(sock):
+                raise ConnectionResetError("Redis sent data nobody asked for; reconnecting")
             sock.sendall(pack(command))
-            return self._read(sock, reader)
+            reply = self._read(sock, reader)
+            if reader.gets() is not False:  # a second reply to one command: out of step
+                raise ConnectionResetError("Redis replies out of step; reconnecting")
+            return reply
         except BaseException:
             self.close()
             raise
