@@ -6,6 +6,7 @@ from .asgi import IdempotencyMiddleware
 from .config import IdempotencyConfig, RouteOptions
 from .exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyConfigurationError,
     IdempotencyCorruptRecordError,
     IdempotencyError,
     IdempotencyItemAlreadyExistsError,
@@ -33,6 +34,7 @@ __all__ = [
     "DataRecord",
     "IdempotencyAlreadyInProgressError",
     "IdempotencyConfig",
+    "IdempotencyConfigurationError",
     "IdempotencyCorruptRecordError",
     "IdempotencyError",
     "IdempotencyItemAlreadyExistsError",

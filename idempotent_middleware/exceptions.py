@@ -83,3 +83,9 @@ class IdempotencyOutcomeUnknownError(IdempotencyError):
 
 class IdempotencyNoTimeLeftError(IdempotencyError):
     """``remaining_time_in_millis`` was zero or negative: no time is left to run under a lease."""
+
+
+class IdempotencyConfigurationError(IdempotencyPersistenceLayerError, ValueError):
+    """The store was configured in a way that cannot work (e.g. a Redis client that decodes
+    responses: records are bytes). Raised at construction where possible, else at first use,
+    where the middlewares answer 503 like any store that refuses work."""

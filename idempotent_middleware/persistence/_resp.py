@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
 import ssl
 import threading
@@ -149,6 +150,8 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's are duck-typed
 
     def data_received(self, data: bytes) -> None:
+        if self.owner.protocol is not self:
+            return  # a replaced connection: its bytes answer nobody who waits now
         self.reader.feed(data)
         waiters = self.owner.waiters
         while True:
@@ -177,6 +180,8 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(error)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.owner.protocol is not self:
+            return  # already failed and replaced; the new connection's waiters are not ours
         self.owner.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
 
 
@@ -223,6 +228,16 @@ class RedisAddress:
         return f"{self.host}:{self.port}"
 
 
+def _unsolicited(sock: socket.socket) -> bool:
+    """Bytes (or EOF) waiting before we sent anything: a duplicated or stray reply, or a
+    connection the server closed. Either way the socket must not serve the next command."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+        return True  # decrypted bytes already buffered inside the TLS layer
+    poller = select.poll()  # not select(): it fails on descriptors above 1023
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))  # readable: data or EOF, both unusable for a new command
+
+
 class BlockingConnection:
     """For sync callers: one blocking socket per thread, one command per round trip.
 
@@ -265,8 +280,13 @@ class BlockingConnection:
         issue 1128). The exception itself propagates unchanged.
         """
         try:
+            if _unsolicited(sock):
+                raise ConnectionResetError("Redis sent data nobody asked for; reconnecting")
             sock.sendall(pack(command))
-            return self._read(sock, reader)
+            reply = self._read(sock, reader)
+            if reader.gets() is not False:  # a second reply to one command: out of step
+                raise ConnectionResetError("Redis replies out of step; reconnecting")
+            return reply
         except BaseException:
             self.close()
             raise
@@ -358,7 +378,17 @@ class PipelinedConnection(TickBatcher):
 
     def _flush(self) -> None:
         protocol = self.protocol
-        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
+        if (
+            protocol is not None
+            and protocol.transport is not None
+            and protocol.transport.is_closing()
+        ):
+            # Closing (a peer's FIN mid-write) before connection_lost ran: the commands in
+            # flight will never be answered here, and the next connection's replies must not
+            # reach them. Fail them now, then reconnect.
+            self.fail(RedisConnectionError("connection to Redis is closing"))
+            protocol = None
+        if protocol is None or protocol.transport is None:
             if self.connecting is None:
                 self.connecting = self.loop.create_task(self._connect())
             return  # _connect flushes once connected
@@ -397,7 +427,7 @@ class PipelinedConnection(TickBatcher):
                 assert protocol.transport is not None
                 protocol.transport.write(b"".join(pack(c) for c in hello))
                 await asyncio.wait_for(asyncio.gather(*futures), self.socket_connect_timeout)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: never leave ``connecting`` set for good
             self.connecting = None
             self._close_protocol()
             error = (
@@ -411,6 +441,8 @@ class PipelinedConnection(TickBatcher):
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
             return
         self.connecting = None
         self._flush()

@@ -18,16 +18,18 @@ Each Redis operation below is a small generator of commands, run by ``_run`` (sy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import weakref
 from collections.abc import Callable, Generator
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .._steps import run, run_async
 from ..exceptions import (
+    IdempotencyConfigurationError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
@@ -95,6 +97,54 @@ _NO_OPTIONS: dict[str, Any] = {}
 
 def _options(command: Command) -> dict[str, Any]:
     return _SET_GET if command[0] == "SET" else _NO_OPTIONS
+
+
+_NO_DECODING = "the Redis client must be created with decode_responses=False (records are bytes)"
+#: redis-py's URL parser reads these (any case) as False; any other value turns the option on.
+_FALSE_STRINGS = frozenset({"", "0", "f", "false", "n", "no"})
+
+
+def _url_decodes_responses(url: str) -> bool:
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if name == "decode_responses" and value.lower() not in _FALSE_STRINGS:
+            return True
+    return False
+
+
+def _client_decodes_responses(client: Any) -> bool:
+    """Whether a redis-py client (plain, Sentinel, Cluster, sync or asyncio) decodes replies."""
+    get_encoder = getattr(client, "get_encoder", None)
+    if callable(get_encoder):
+        try:
+            encoder = get_encoder()
+        except Exception:  # a client without an encoder yet: its pool still tells
+            encoder = None
+        if getattr(encoder, "decode_responses", False) is True:
+            return True
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    return isinstance(kwargs, dict) and kwargs.get("decode_responses") is True
+
+
+def _refuse_decoding(client: Any) -> Any:
+    if client is not None and _client_decodes_responses(client):
+        raise IdempotencyConfigurationError(_NO_DECODING)
+    return client
+
+
+def _no_retry(*, sync: bool) -> Any:
+    """A redis-py retry policy that never resends a command.
+
+    redis-py (v6+) retries commands that timed out; a resent claim can meet its own record,
+    and a resent script runs twice. The layer decides itself what a failure means.
+    """
+    from redis.backoff import NoBackoff
+
+    if sync:
+        from redis.retry import Retry
+    else:
+        from redis.asyncio.retry import Retry  # type: ignore[assignment]
+    return Retry(NoBackoff(), 0)
 
 
 def _is_cluster(client: Any) -> bool:
@@ -182,6 +232,35 @@ class _AutoPipeline(TickBatcher):
 _Executor: TypeAlias = "_Direct | _AutoPipeline | PipelinedConnection"
 
 
+def _close_transport_socket(transport: Any) -> None:
+    """Close the socket under an asyncio transport whose loop is closed (no callbacks run)."""
+    if transport is None:
+        return
+    wrapped = transport.get_extra_info("socket")
+    sock = getattr(wrapped, "_sock", wrapped)  # asyncio hands out a TransportSocket wrapper
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _abandon(executor: Any) -> None:
+    """Release what a dead loop's executor holds: our own connection or a redis-py pool."""
+    protocol = getattr(executor, "protocol", None)
+    if protocol is not None:  # PipelinedConnection
+        executor.protocol = None
+        executor.waiters.clear()
+        executor.queue.clear()
+        _close_transport_socket(protocol.transport)
+    pool = getattr(getattr(executor, "client", None), "connection_pool", None)
+    connections = [
+        *getattr(pool, "_available_connections", ()),
+        *getattr(pool, "_in_use_connections", ()),
+    ]
+    for connection in connections:
+        writer = getattr(connection, "_writer", None)
+        _close_transport_socket(getattr(writer, "transport", None))
+
+
 class RedisPersistenceLayer(BasePersistenceLayer):
     """Records in Redis (standalone, Sentinel-managed master, or Cluster).
 
@@ -230,9 +309,9 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             else:
                 self._sync_client = client
         for given in (self._sync_client, self._async_client):
-            pool = getattr(given, "connection_pool", None)
-            if pool is not None and pool.connection_kwargs.get("decode_responses"):
-                raise ValueError("the Redis client must be created with decode_responses=False")
+            _refuse_decoding(given)
+        if url is not None and _url_decodes_responses(url):
+            raise IdempotencyConfigurationError(_NO_DECODING)
         self._loop_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Executor] = (
             weakref.WeakKeyDictionary()
         )
@@ -249,7 +328,9 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         if self._sync_client is None:
             if self.url is None:
                 raise TypeError("this layer has only an async client; pass url= or a sync client")
-            self._sync_client = _redis.Redis.from_url(self.url, **self._client_kwargs)
+            self._sync_client = _redis.Redis.from_url(
+                self.url, retry=_no_retry(sync=True), **self._client_kwargs
+            )
         return self._sync_client
 
     def async_client(self) -> Any:
@@ -265,15 +346,33 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             return last[1]
         executor = self._loop_clients.get(loop)
         if executor is None:
+            self._forget_closed_loops()
             executor = self._new_executor(loop)
             self._loop_clients[loop] = executor
         self._last_executor = (loop, executor)
         return executor
 
+    def _forget_closed_loops(self) -> None:
+        """Drop the executors of closed loops and close their sockets (``asyncio.run`` per job).
+
+        An executor holds its loop strongly (futures, timers, transports), so the weak keys
+        alone never free anything: each ``asyncio.run`` would leak a loop, a connection and a
+        socket. A closed loop can run nothing any more, so its executor is dead; its sockets
+        are closed directly (the loop cannot schedule a transport close now).
+        """
+        last = self._last_executor
+        if last is not None and last[0].is_closed():
+            self._last_executor = None
+        for loop, executor in list(self._loop_clients.items()):
+            if loop.is_closed():
+                del self._loop_clients[loop]
+                _abandon(executor)
+
     def _new_executor(self, loop: asyncio.AbstractEventLoop) -> _Executor:
         client = self._async_client
         if self._async_client_factory is not None:
-            client = self._async_client_factory()
+            # Checked per client: the factory may hand out anything (first use: 503, logged).
+            client = _refuse_decoding(self._async_client_factory())
             pipelining = self._auto_pipeline and not _is_cluster(client)
             return _AutoPipeline(client, loop) if pipelining else _Direct(client)
         if client is not None:
@@ -294,7 +393,9 @@ class RedisPersistenceLayer(BasePersistenceLayer):
                     socket_timeout=self._client_kwargs["socket_timeout"],
                     socket_connect_timeout=self._client_kwargs["socket_connect_timeout"],
                 )
-            client = _redis_asyncio.Redis.from_url(self.url, **self._client_kwargs)
+            client = _redis_asyncio.Redis.from_url(
+                self.url, retry=_no_retry(sync=False), **self._client_kwargs
+            )
         return _AutoPipeline(client, loop) if self._pipelining else _Direct(client)
 
     def _name(self, idempotency_key: str) -> str:
@@ -368,7 +469,13 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         if vanished:  # let the caller try again
             raise IdempotencyItemAlreadyExistsError(None)
         if raw is not None:
-            raise IdempotencyItemAlreadyExistsError(decode_record(record.idempotency_key, raw))
+            existing = decode_record(record.idempotency_key, raw)
+            if existing.owner == record.owner and existing.status == record.status:
+                # Our own claim: the client (redis-py retries timed-out commands) sent this SET
+                # twice and the first one landed. The owner token is 16 random bytes of this
+                # execution, so nobody else can hold it: the claim is won.
+                return
+            raise IdempotencyItemAlreadyExistsError(existing)
 
     def _ops_script(self, script: tuple[bytes, str], record: DataRecord, *args: Any) -> Ops:
         body, sha = script

@@ -275,3 +275,159 @@ def test_a_reply_of_the_wrong_kind_fails_the_connection_instead_of_misleading() 
         server.close()
 
     asyncio.run(main())
+
+
+# --- Item 16: clients that decode responses are a configuration error --------------------------
+def test_item16_decode_responses_is_refused_for_every_client() -> None:
+    import redis.asyncio
+
+    from idempotent_middleware import IdempotencyConfigurationError
+
+    dead = "redis://127.0.0.1:1/0"
+    for make in (
+        lambda: RedisPersistenceLayer(url=dead + "?decode_responses=true"),
+        lambda: RedisPersistenceLayer(url=dead + "?decode_responses=True&socket_timeout=1"),
+        lambda: RedisPersistenceLayer(client=redis.Redis.from_url(dead, decode_responses=True)),
+        lambda: RedisPersistenceLayer(
+            async_client=redis.asyncio.Redis.from_url(dead, decode_responses=True)
+        ),
+        lambda: RedisPersistenceLayer(
+            client=redis.asyncio.Redis.from_url(dead, decode_responses=True)
+        ),
+    ):
+        with pytest.raises(IdempotencyConfigurationError) as info:
+            make()
+        assert isinstance(info.value, ValueError)
+        assert isinstance(info.value, IdempotencyPersistenceLayerError)
+    RedisPersistenceLayer(url=dead + "?decode_responses=false")  # explicit "no" is fine
+
+
+def test_item16_factory_client_decoding_is_refused_at_first_use_and_answers_503() -> None:
+    import redis.asyncio
+
+    from idempotent_middleware import IdempotencyConfigurationError, IdempotencyMiddleware
+
+    layer = RedisPersistenceLayer(
+        async_client_factory=lambda: redis.asyncio.Redis.from_url(
+            "redis://127.0.0.1:1/0", decode_responses=True
+        )
+    )
+    record = layer.new_inprogress_record("s#k", "fp", 30, 60)
+    with pytest.raises(IdempotencyConfigurationError):
+        asyncio.run(layer._put_record_async(record))
+    ran: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = IdempotencyMiddleware(app, persistence_store=layer)
+    sent: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/x",
+            "query_string": b"",
+            "headers": [(b"idempotency-key", b"k1")],
+        }
+        inbox = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return inbox.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await middleware(scope, receive, send)
+
+    asyncio.run(main())
+    assert sent[0]["status"] == 503
+    assert ran == []
+
+
+# --- Item 7: a redis-py retry of a timed-out claim meets the claim's own record ------------------
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_item7_retried_claim_that_meets_its_own_record_is_won(
+    redis_server: RedisProcess, redis_url: str, mode: str
+) -> None:
+    import redis.asyncio
+    from redis.backoff import NoBackoff
+
+    from tests.reliability.tcp_proxy import Delay, TcpProxy
+
+    proxy = TcpProxy(redis_server.port)
+    try:
+        # redis-py's own retries on (its default for clients built from host/port in v6+).
+        options = {"socket_timeout": 0.3, "socket_connect_timeout": 2}
+        if mode == "sync":
+            retry = redis.retry.Retry(NoBackoff(), 3)
+            client: Any = redis.Redis(port=proxy.port, retry=retry, **options)
+        else:
+            retry = redis.asyncio.retry.Retry(NoBackoff(), 3)
+            client = redis.asyncio.Redis(port=proxy.port, retry=retry, **options)
+        layer = RedisPersistenceLayer(client=client)
+        record = claim(layer, "s#item7")
+
+        async def put_async() -> None:
+            await client.ping()  # connected first: the delayed chunk is the claim's reply
+            proxy.inject("down", Delay(0.8))
+            await layer._put_record_async(record)
+
+        if mode == "sync":
+            client.ping()
+            proxy.inject("down", Delay(0.8))  # the SET ... GET reply arrives after the timeout
+            layer._put_record(record)
+        else:
+            asyncio.run(put_async())
+        assert proxy.applied == 1
+        stored = RedisPersistenceLayer(url=redis_url)._get_record("s#item7")
+        assert stored.owner == record.owner
+    finally:
+        proxy.close()
+
+
+def test_item7_clients_the_layer_builds_never_resend_commands(redis_url: str) -> None:
+    url = redis_url + "?health_check_interval=30"  # an option only redis-py serves
+    layer = RedisPersistenceLayer(url=url)
+    connection = layer.sync_client().connection_pool.make_connection()
+    assert connection.retry.get_retries() == 0
+
+    async def async_retries() -> int:
+        client = layer.async_client()
+        return int(client.connection_pool.make_connection().retry.get_retries())
+
+    assert asyncio.run(async_retries()) == 0
+
+
+# --- Item 13: asyncio.run per job must not leak a loop, a connection and a socket each time -----
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _live_loops() -> int:
+    import gc
+
+    gc.collect()
+    return sum(isinstance(o, asyncio.AbstractEventLoop) for o in gc.get_objects())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts fds in /proc/self/fd")
+@pytest.mark.parametrize("client", ["lean", "redis-py"])
+def test_item13_loops_and_sockets_stay_bounded_over_200_asyncio_runs(
+    redis_url: str, client: str
+) -> None:
+    url = redis_url if client == "lean" else redis_url + "?health_check_interval=30"
+    layer = RedisPersistenceLayer(url=url)
+
+    async def job(index: int) -> None:
+        await layer._put_record_async(claim(layer, f"s#item13-{index}"))
+
+    asyncio.run(job(-1))
+    fds, loops = _open_fds(), _live_loops()
+    for index in range(200):
+        asyncio.run(job(index))
+    assert _open_fds() - fds < 10
+    assert _live_loops() - loops < 5

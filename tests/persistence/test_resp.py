@@ -70,3 +70,41 @@ def test_item1_socket_errors_are_still_wrapped(redis_url: str) -> None:
     with pytest.raises(redis.exceptions.TimeoutError):
         connection.execute(("GET", "item1:x"))
     assert getattr(connection._local, "state", None) is None
+
+
+# --- Item 8: a closing transport must not hand the new connection's replies to old callers ------
+def test_item8_reconnect_while_old_callers_wait_never_crosses_replies(redis_url: str) -> None:
+    import asyncio
+
+    from idempotent_middleware.persistence._resp import PipelinedConnection
+
+    async def main() -> tuple[BaseException | bytes, BaseException | bytes]:
+        loop = asyncio.get_running_loop()
+        connection = PipelinedConnection(
+            redis_url, loop, socket_timeout=5, socket_connect_timeout=5
+        )
+        await connection.execute(("SET", "item8:a", "value-a"))
+        await connection.execute(("SET", "item8:b", "value-b"))
+        pause_server(redis_url, 300)  # GET a waits for its reply on the old connection
+        old = loop.create_task(_result(connection.execute(("GET", "item8:a"))))
+        await asyncio.sleep(0)  # let the tick's flush send GET a
+        await asyncio.sleep(0)
+        assert connection.protocol is not None and connection.protocol.transport is not None
+        # A peer's FIN during a write: the transport is closing, connection_lost has not run.
+        connection.protocol.transport.is_closing = lambda: True  # type: ignore[method-assign]
+        new = await _result(connection.execute(("GET", "item8:b")))
+        try:
+            return await old, new
+        finally:
+            connection.close()
+
+    old, new = asyncio.run(main())
+    assert new == b"value-b"
+    assert old == b"value-a" or isinstance(old, redis.exceptions.ConnectionError)
+
+
+async def _result(awaitable: object) -> BaseException | bytes:
+    try:
+        return await awaitable  # type: ignore[misc,no-any-return]
+    except Exception as exc:
+        return exc
