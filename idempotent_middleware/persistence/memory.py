@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import ItemsView, Iterator, ValuesView
 from dataclasses import replace
 
 from ..exceptions import (
@@ -81,6 +81,12 @@ class _RecordTable:
 
     def get(self, key: str) -> DataRecord | None:
         return self._records.get(key)
+
+    def values(self) -> ValuesView[DataRecord]:
+        return self._records.values()
+
+    def items(self) -> ItemsView[str, DataRecord]:
+        return self._records.items()
 
     def __getitem__(self, key: str) -> DataRecord:
         return self._records[key]
