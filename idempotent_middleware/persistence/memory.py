@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import ItemsView, Iterator, ValuesView
 
 from ..exceptions import (
     IdempotencyItemAlreadyExistsError,
@@ -81,11 +81,14 @@ class _RecordTable:
     def get(self, key: str) -> DataRecord | None:
         return self._records.get(key)
 
+    def values(self) -> ValuesView[DataRecord]:
+        return self._records.values()
+
+    def items(self) -> ItemsView[str, DataRecord]:
+        return self._records.items()
+
     def __getitem__(self, key: str) -> DataRecord:
         return self._records[key]
-
-    def values(self) -> Iterator[DataRecord]:
-        return iter(self._records.values())
 
     def __setitem__(self, key: str, record: DataRecord) -> None:
         self.pop(key)
