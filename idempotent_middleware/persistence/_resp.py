@@ -251,10 +251,16 @@ class BlockingConnection:
         self.socket_timeout = socket_timeout
         self.socket_connect_timeout = socket_connect_timeout
         self._local = threading.local()
+        #: Every thread's open socket, so that ``close_all`` can close the sockets of threads
+        #: that are gone or never call in again (the lease renewer's, a finished WSGI
+        #: thread's): left to the garbage collector, each would be an "unclosed socket".
+        self._open: dict[socket.socket, threading.Thread] = {}
+        self._open_lock = threading.Lock()
 
     def execute(self, command: Command) -> Any:
         state = getattr(self._local, "state", None)
-        if state is None or state[2] != os.getpid():  # none yet, or inherited across fork
+        # None yet, inherited across fork, or closed by close_all(): connect.
+        if state is None or state[2] != os.getpid() or state[0].fileno() < 0:
             state = self._connect()
         sock, reader, _ = state
         try:
@@ -327,6 +333,7 @@ class BlockingConnection:
         reader: Any = hiredis.Reader() if hiredis is not None else PythonReader()
         state = (sock, reader, os.getpid())
         self._local.state = state
+        self._track(sock)
         for command in address.hello():
             try:
                 error = _error(self._round_trip(sock, reader, command))
@@ -337,12 +344,34 @@ class BlockingConnection:
                 raise error
         return state
 
+    def _track(self, sock: socket.socket) -> None:
+        """Remember this thread's socket; close those of threads that have ended."""
+        with self._open_lock:
+            ended = [s for s, thread in self._open.items() if not thread.is_alive()]
+            for old in ended:
+                del self._open[old]
+            self._open[sock] = threading.current_thread()
+        for old in ended:
+            with contextlib.suppress(OSError):
+                old.close()
+
     def close(self) -> None:
+        """Close this thread's socket (the next command on this thread reconnects)."""
         state = getattr(self._local, "state", None)
         self._local.state = None
         if state is not None:
+            with self._open_lock:
+                self._open.pop(state[0], None)
             with contextlib.suppress(OSError):
                 state[0].close()
+
+    def close_all(self) -> None:
+        """Close every thread's socket (the layer's ``close()``); threads reconnect on use."""
+        with self._open_lock:
+            sockets, self._open = list(self._open), {}
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
 
 
 class PipelinedConnection(TickBatcher):

@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover - the package imports without the redis 
     NoScriptError = ResponseError = RedisError  # type: ignore[misc,assignment]
 
 if TYPE_CHECKING:
-    from ._resp import PipelinedConnection
+    from ._resp import BlockingConnection, PipelinedConnection
 
 Command = tuple[Any, ...]
 Ops = Generator[Command, Any, Any]
@@ -317,6 +317,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         )
         self._last_executor: tuple[asyncio.AbstractEventLoop, _Executor] | None = None
         self._sync_execute: Callable[[Command], Any] | None = None
+        self._blocking: BlockingConnection | None = None
         #: None until the first claim tells whether the server takes SET ... NX ... GET.
         self._set_nx_get: bool | None = None
         # Cluster clients route each command to its node; pipelining across slots is theirs.
@@ -412,11 +413,12 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             if self._sync_client is None and self.url and _lean_connection_can_serve(self.url):
                 from ._resp import BlockingConnection
 
-                executor = BlockingConnection(
+                self._blocking = BlockingConnection(
                     self.url,
                     socket_timeout=self._client_kwargs["socket_timeout"],
                     socket_connect_timeout=self._client_kwargs["socket_connect_timeout"],
-                ).execute
+                )
+                executor = self._blocking.execute
             else:
                 client = self.sync_client()
 
@@ -535,8 +537,11 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         await self._run_async(self._ops_renew(data_record))
 
     def close(self) -> None:
+        """Close the sync connections (every thread's); they reconnect if used again."""
         if self._sync_client is not None:
             self._sync_client.close()
+        if self._blocking is not None:
+            self._blocking.close_all()
 
 
 __all__ = ["RedisPersistenceLayer"]

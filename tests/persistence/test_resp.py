@@ -108,3 +108,29 @@ async def _result(awaitable: object) -> BaseException | bytes:
         return await awaitable  # type: ignore[misc,no-any-return]
     except Exception as exc:
         return exc
+
+
+def test_layer_close_closes_every_threads_socket(redis_url: str) -> None:
+    """The lease renewer's thread and finished WSGI threads each kept a socket that nothing
+    closed: collected later, each was an "unclosed socket" (a ResourceWarning)."""
+    import gc
+    import threading
+    import warnings
+
+    from idempotent_middleware import RedisPersistenceLayer
+    from idempotent_middleware.persistence.base import BasePersistenceLayer
+
+    layer = RedisPersistenceLayer(url=redis_url)
+    claim = BasePersistenceLayer.new_inprogress_record("close#k", "fp", 30, 60)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        worker = threading.Thread(target=layer._put_record, args=(claim,))
+        worker.start()
+        worker.join()
+        del worker
+        layer._get_record("close#k")  # this thread's own socket
+        layer.close()
+        gc.collect()
+    assert not [w for w in caught if "unclosed" in str(w.message)]
+    assert layer._get_record("close#k").owner == claim.owner  # reconnects after close()
+    layer.close()
