@@ -620,7 +620,11 @@ class HttpIdempotency:
                 yield from plan_release(self.store, action.claim)
                 return
             yield from plan_complete(
-                self.store, action.claim, outcome.encode(), action.expires_after_seconds
+                self.store,
+                action.claim,
+                outcome.encode(),
+                action.expires_after_seconds,
+                use_cache=self.config.use_local_cache,
             )
         except IdempotencyPersistenceLayerError as exc:
             # The client has its response; the claim expires with its lease.
