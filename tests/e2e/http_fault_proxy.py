@@ -45,7 +45,7 @@ class HttpFaultProxy(TcpProxy):
         self.plan = plan
         self.cut_after_bytes = cut_after_bytes
         self.abort_after = abort_after
-        self.faults: collections.Counter[str] = collections.Counter()
+        self.injected: collections.Counter[str] = collections.Counter()
         super().__init__(upstream_port)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -111,7 +111,7 @@ class HttpFaultProxy(TcpProxy):
         if fault == "abort" and writer.is_closing():
             return  # the abort timer already closed the connection
         if fault == "cut":
-            self.faults["cut"] += 1
+            self.injected["cut"] += 1
             seen = b""
             while data:
                 seen += data
@@ -126,7 +126,7 @@ class HttpFaultProxy(TcpProxy):
             up_writer.close()
             return
         if fault == "drop":
-            self.faults["drop"] += 1
+            self.injected["drop"] += 1
             while await up_reader.read(_READ):
                 pass  # the server sends its whole response; none of it goes on
             writer.close()
@@ -148,6 +148,6 @@ class HttpFaultProxy(TcpProxy):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(first_reply.wait(), self.abort_after)
             return  # the response came in time: no abort (and counted as none)
-        self.faults["abort"] += 1
+        self.injected["abort"] += 1
         for w in (writer, up_writer):
             w.close()

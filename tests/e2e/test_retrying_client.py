@@ -133,7 +133,7 @@ def test_retrying_client_through_lossy_network_runs_each_operation_once(
         fault for op in keys.values() for fault in FAULT_PLANS[op % len(FAULT_PLANS)]
     )
     attempts = {op: planner.attempts[key] for key, op in keys.items()}
-    assert proxy.faults == planned, f"planned faults not all injected; attempts: {attempts}"
+    assert proxy.injected == planned, f"planned faults not all injected; attempts: {attempts}"
     twice = {key: n for key, n in executions.items() if n != 1}
     assert not twice, f"operations that did not run exactly once: {twice}"
     assert sum(executions.values()) == OPERATIONS
