@@ -51,7 +51,7 @@ from idempotent_middleware._core import (
     plan_release,
     plan_renew,
 )
-from idempotent_middleware._steps import DELETE, drive
+from idempotent_middleware._steps import DELETE, UPDATE, drive
 from idempotent_middleware.exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyItemNotFoundError,
@@ -524,6 +524,8 @@ class ProtocolMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.background.pending)
     @rule()
     def run_background_release(self) -> None:
+        """A fenced step queued after a store error: a release (DELETE) of a claim, or the
+        second attempt at a completion (UPDATE) that ``plan_complete`` queues."""
         step = self.background.pending[0][1]
         claim: DataRecord = step.arg
         key = claim.idempotency_key
@@ -532,10 +534,20 @@ class ProtocolMachine(RuleBasedStateMachine):
         t1 = self.env.now()
         held = self.held[key]
         candidates: list[tuple[tuple[object, ...], object]] = []
+        completing = step.op is UPDATE
+        done = Held(claim.owner, claim.payload_hash, completed=True, response=claim.response_data)
         for live in self._liveness(held, t0, t1):
-            mine = held is not None and held.owner == claim.owner and not held.completed
-            candidates.append(((), None if mine or not live else held))
-        self._adopt(key, "background release", candidates, ())
+            mine = held is not None and held.owner == claim.owner
+            if completing:
+                # complete.lua's fence: stored unless another owner's record is there.
+                candidates.append(((), done if mine or held is None or not live else held))
+            else:
+                mine = mine and held is not None and not held.completed
+                candidates.append(((), None if mine or not live else held))
+        self._adopt(key, f"background {'completion' if completing else 'release'}", candidates, ())
+        if completing and self.held[key] == done:
+            first = self.first_response.setdefault(key, claim.response_data or b"")
+            assert first == claim.response_data, f"a second, different completion under {key}"
 
     # --- Invariants -------------------------------------------------------------------------
     @invariant()
