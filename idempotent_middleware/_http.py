@@ -130,6 +130,9 @@ class StoredResponse:
     complete: bool = True
     reason: str | None = None
     interrupted: bool = False
+    #: Not stored. False when the app stopped before its response ended (cut mid-body,
+    #: interrupted): it ran, so the status policy may not release the key (contract C3).
+    finished: bool = True
 
     #: status, flags, header count, body length (a cut or padded record is caught).
     _HEAD = struct.Struct(">HBHI")
@@ -295,9 +298,13 @@ class ResponseCapture:
         if self.status and (self.size or self.overflow):
             # Part of the body (or a body we could not copy) went out: executed, status N.
             self.give_up()
-            return self.result()
+            stopped = self.result()
+            stopped.finished = False
+            return stopped
         # No response, or none of its body: executed, outcome unknown.
-        return StoredResponse(self.status, [], b"", complete=False, interrupted=True)
+        return StoredResponse(
+            self.status, [], b"", complete=False, interrupted=True, finished=False
+        )
 
 
 def _nonstandard_reason(status: int, reason: str | None) -> str | None:
@@ -615,7 +622,7 @@ class HttpIdempotency:
                     "%s was interrupted after it started: recorded as executed, outcome unknown",
                     action.claim.idempotency_key,
                 )
-            elif outcome is None or not self.store_status(outcome.status):
+            elif outcome is None or (outcome.finished and not self.store_status(outcome.status)):
                 logger.debug("release %s", action.claim.idempotency_key)
                 yield from plan_release(self.store, action.claim)
                 return

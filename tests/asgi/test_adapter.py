@@ -374,3 +374,28 @@ def test_item24_receive_raising_mid_body_answers_400_and_claims_nothing() -> Non
     assert _problem_type(sent).endswith("/request-body-incomplete")
     assert runs == []
     assert not store._records
+
+
+@pytest.mark.parametrize("status", [500, 503, 404])
+def test_review_unstored_status_cut_mid_body_is_never_run_again(status: int) -> None:
+    """A status the policy does not store, cut mid-body by a cancellation (Daphne cancels the
+    app once its client left): executed, not replayable; never a second run (contract C3)."""
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        runs.append(1)
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise asyncio.CancelledError
+
+    async def main() -> list[Message]:
+        middleware = IdempotencyMiddleware(app, InMemoryPersistenceLayer())
+        with pytest.raises(asyncio.CancelledError):
+            await call(middleware, http_scope(), [body()])
+        return await call(middleware, http_scope(), [body()])
+
+    retry = asyncio.run(main())
+    assert len(runs) == 1
+    assert retry[0]["status"] == 409
+    assert b"not-replayable" in retry[1]["body"]

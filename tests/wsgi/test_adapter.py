@@ -447,3 +447,30 @@ def test_item25_response_stored_by_asgi_replays_through_wsgi_with_the_standard_p
     )
     assert status == "201 Created"
     assert b"".join(replay) == b"made"
+
+
+class _Interrupted(BaseException):
+    """Stands for KeyboardInterrupt or a signal handler's exception (pytest treats a real
+    KeyboardInterrupt as the user stopping the run)."""
+
+
+@pytest.mark.parametrize("status", ["503 Service Unavailable", "404 Not Found", "429 Too Many"])
+def test_review_unstored_status_cut_mid_body_is_never_run_again(status: str) -> None:
+    """A status the policy does not store (5xx, 404, 429 ...) whose body was cut by an
+    interruption: the handler ran and sent part of its answer, so the key is recorded as
+    executed (not replayable), never released for a second run (contract C3)."""
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        runs.append(1)
+        start_response(status, [("Content-Type", "text/plain")])
+        yield b"partial side effect done"
+        raise _Interrupted
+
+    middleware = WSGIIdempotencyMiddleware(app, persistence_store=InMemoryPersistenceLayer())
+    with pytest.raises(_Interrupted):
+        run_wsgi_app(middleware, keyed(), buffered=True)
+    app_iter, retry_status, _ = run_wsgi_app(middleware, keyed(), buffered=True)
+    assert len(runs) == 1
+    assert retry_status.startswith("409")
+    assert b"not-replayable" in b"".join(app_iter)
