@@ -54,6 +54,19 @@ def normalise_method(method: str) -> str:
     return method.upper()
 
 
+class _NumberLiteral(str):
+    """A JSON number (or NaN/Infinity) kept as written, for fingerprints only.
+
+    ``canonical_json`` writes it as a string behind a NUL, so it never equals the number's
+    float rounding; a JSON string equal to it would have to start with U+0000.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, text: str) -> _NumberLiteral:
+        return super().__new__(cls, "\x00" + text)
+
+
 class HttpRequest:
     """What the core sees of a request; ``raw`` is the ASGI scope or the WSGI environ."""
 
@@ -90,12 +103,22 @@ class HttpRequest:
     def header_values(self, name: bytes) -> list[bytes]:
         return [value for key, value in self.headers if key == name]
 
-    def json_body(self) -> Any:
-        """The parsed body for JSON content types, else None (invalid JSON is None too)."""
+    def json_body(self, *, literal_numbers: bool = False) -> Any:
+        """The parsed body for JSON content types, else None (invalid JSON is None too).
+
+        ``literal_numbers`` keeps every non-integer number as the text it was written in
+        (``_NumberLiteral``): parsed as floats, ``12345678901234567890.5`` and ``...0.6`` (or
+        ``1e400`` and ``2e999``) are one value, and an API that parses Decimals would see two
+        payloads share one fingerprint.
+        """
         content_type = (self.header(b"content-type") or b"").split(b";", 1)[0].strip().lower()
         if not (content_type == b"application/json" or content_type.endswith(b"+json")):
             return None
         try:
+            if literal_numbers:
+                return json.loads(
+                    self.body, parse_float=_NumberLiteral, parse_constant=_NumberLiteral
+                )
             return json.loads(self.body)
         except (ValueError, RecursionError):
             return None
@@ -497,7 +520,11 @@ class HttpIdempotency:
             tenant = None if found_tenant is None else str(found_tenant)
         if request.key is not None:
             # Header mode: hash the raw key bytes, after the tenant (NUL never occurs in either).
-            material = request.key if tenant is None else tenant.encode() + b"\x00" + request.key
+            material = (
+                request.key
+                if tenant is None
+                else tenant.encode("utf-8", "surrogatepass") + b"\x00" + request.key
+            )
             digest = self.scheme.generate_hash(material)
         else:
             try:
@@ -583,8 +610,9 @@ class HttpIdempotency:
         """Method, path, query and canonical body (IETF draft: same key, other payload: 422)."""
         if self.scheme.validation_expression is not None:
             return self.scheme.payload_hash(request.document())
-        parsed = request.json_body()
-        body = request.body if parsed is None else canonical_json(parsed)
+        parsed = request.json_body(literal_numbers=True)
+        # Tagged so that a raw body can never equal the canonical form of a parsed one.
+        body = b"R" + request.body if parsed is None else b"J" + canonical_json(parsed)
         head = f"{request.method} {request.path}?".encode("utf-8", "surrogatepass")
         return self.scheme.generate_hash(head + request.query + b"\n" + body)
 

@@ -399,3 +399,75 @@ def test_review_unstored_status_cut_mid_body_is_never_run_again(status: int) -> 
     assert len(runs) == 1
     assert retry[0]["status"] == 409
     assert b"not-replayable" in retry[1]["body"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (b'{"amount": 12345678901234567890.5}', b'{"amount": 12345678901234567890.6}'),
+        (b'{"amount": 1e400}', b'{"amount": 2e999}'),
+        (b'{"amount": 0.1000000000000000055511151231257827}', b'{"amount": 0.1}'),
+    ],
+)
+def test_review_numbers_that_round_alike_are_different_payloads(
+    first: bytes, second: bytes
+) -> None:
+    """Parsed as floats these pairs are equal; an API that parses Decimals sees two amounts.
+    The second request under the key must get 422, not the first one's replay."""
+    runs: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"charged"})
+
+    async def main() -> list[Message]:
+        middleware = IdempotencyMiddleware(app, InMemoryPersistenceLayer())
+        await call(middleware, http_scope(), [body(first)])
+        return await call(middleware, http_scope(), [body(second)])
+
+    retry = asyncio.run(main())
+    assert retry[0]["status"] == 422
+    assert runs == [first]
+
+
+def test_review_key_order_and_spacing_still_replay() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"charged"})
+
+    async def main() -> list[Message]:
+        middleware = IdempotencyMiddleware(app, InMemoryPersistenceLayer())
+        await call(middleware, http_scope(), [body(b'{"a": 1.50, "b": [1, 2.0]}')])
+        return await call(middleware, http_scope(), [body(b'{ "b":[1,2.0],"a":1.50 }')])
+
+    assert asyncio.run(main())[0]["status"] == 201
+
+
+def test_review_tenant_with_lone_surrogates_is_not_a_500() -> None:
+    """A scope hook that decodes a non-UTF-8 header with surrogateescape: still a key."""
+    from idempotent_middleware import IdempotencyConfig
+
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def tenant(request: Any) -> str:
+        return bytes(request.header(b"x-tenant")).decode("utf-8", "surrogateescape")
+
+    config = IdempotencyConfig(scope=tenant)
+    scope = http_scope()
+    scope["headers"].append((b"x-tenant", b"\xff"))
+
+    async def main() -> list[Message]:
+        middleware = IdempotencyMiddleware(app, InMemoryPersistenceLayer(), config)
+        await call(middleware, scope, [body()])
+        return await call(middleware, scope, [body()])
+
+    assert asyncio.run(main())[0]["status"] == 201
+    assert runs == [1]
