@@ -136,17 +136,19 @@ def plan_complete(
     expires_after: float,
     *,
     use_cache: bool = False,
+    background: bool = True,
 ) -> Plan[DataRecord | None]:
     """Store the result under the claim; a lost lease is logged and leaves the new owner be.
+
+    With ``background=False`` a store error is raised with the record to write as its
+    ``pending_record``: the HTTP adapters hand it to the lease, which keeps the claim alive and
+    retries the write (``plan_store``) instead of letting the key free for a second run.
 
     ``response_data`` None records "executed, outcome unknown" (an interrupted run). A store
     error is retried once in the background (fenced, so harmless if the key moved on), then
     raised: the claim is never left neither completed nor released for want of one attempt.
     """
-    if response_data is None:
-        record = layer.outcome_unknown_record(claim, expires_after)
-    else:
-        record = layer.completed_record(claim, response_data, expires_after)
+    record = completion_record(layer, claim, response_data, expires_after)
     try:
         yield Step(UPDATE, record)
     except IdempotencyOwnershipError:
@@ -155,12 +157,32 @@ def plan_complete(
             claim.idempotency_key,
         )
         return None
-    except IdempotencyPersistenceLayerError:
-        yield Step(BACKGROUND, Step(UPDATE, record))
+    except IdempotencyPersistenceLayerError as exc:
+        if background:
+            yield Step(BACKGROUND, Step(UPDATE, record))
+        exc.pending_record = record  # type: ignore[attr-defined]
         raise
     if use_cache:
         layer._save_to_cache(record)
     return record
+
+
+def completion_record(
+    layer: BasePersistenceLayer, claim: DataRecord, response_data: bytes | None, expires: float
+) -> DataRecord:
+    """The record that completes ``claim`` (``response_data`` None: outcome unknown)."""
+    if response_data is None:
+        return layer.outcome_unknown_record(claim, expires)
+    return layer.completed_record(claim, response_data, expires)
+
+
+def plan_store(record: DataRecord) -> Plan[bool]:
+    """Write a completion again (a lease retrying it); False when another owner has the key."""
+    try:
+        yield Step(UPDATE, record)
+    except IdempotencyOwnershipError:
+        return False
+    return True
 
 
 def plan_release(layer: BasePersistenceLayer, claim: DataRecord) -> Plan[None]:

@@ -637,34 +637,54 @@ class HttpIdempotency:
         return Respond(StoredResponse(stored.status, headers, stored.body, reason=stored.reason))
 
     # --- After the app ran --------------------------------------------------------------------
-    def finish(self, action: Execute, outcome: StoredResponse | None) -> Plan[None]:
-        """Store the outcome, or release the claim.
+    def releases(self, outcome: StoredResponse | None) -> bool:
+        """Whether ``finish`` gives the key back for this outcome (the adapters stop the lease
+        before a release, but only after a completion has been written)."""
+        return outcome is None or (
+            outcome.finished and not outcome.interrupted and not self.store_status(outcome.status)
+        )
+
+    def finish(self, action: Execute, outcome: StoredResponse | None) -> Plan[DataRecord | None]:
+        """Store the outcome, or release the claim; return a completion the store refused.
 
         ``outcome`` None: the app raised before responding (see ``ResponseCapture.outcome``).
         An interrupted execution is always stored, whatever its status: it may have had
-        side effects, so it must never run again under this key (contract C3).
+        side effects, so it must never run again under this key (contract C3). A completion
+        that fails to reach the store is returned: the adapter's lease keeps the claim alive
+        and writes it later (``_Hold.finish_later``), so a store blip never frees the key of
+        a handler that already ran.
         """
+        key = action.claim.idempotency_key
         try:
-            if outcome is not None and outcome.interrupted:
+            if self.releases(outcome):
+                logger.debug("release %s", key)
+                yield from plan_release(self.store, action.claim)
+                return None
+            assert outcome is not None
+            if outcome.interrupted:
                 logger.warning(
                     "%s was interrupted after it started: recorded as executed, outcome unknown",
-                    action.claim.idempotency_key,
+                    key,
                 )
-            elif outcome is None or (outcome.finished and not self.store_status(outcome.status)):
-                logger.debug("release %s", action.claim.idempotency_key)
-                yield from plan_release(self.store, action.claim)
-                return
             yield from plan_complete(
                 self.store,
                 action.claim,
                 outcome.encode(),
                 action.expires_after_seconds,
                 use_cache=self.config.use_local_cache,
+                background=False,
             )
         except IdempotencyPersistenceLayerError as exc:
-            # The client has its response; the claim expires with its lease.
-            logger.error("could not record %s: %s", action.claim.idempotency_key, exc)
+            pending: DataRecord | None = getattr(exc, "pending_record", None)
+            logger.error(
+                "could not record %s: %s%s",
+                key,
+                exc,
+                "; the lease keeps the key and retries" if pending is not None else "",
+            )
             _call_hook(self.config.on_store_error, exc)
+            return pending
+        return None
 
 
 def _call_hook(hook: Callable[..., None] | None, *args: Any) -> None:

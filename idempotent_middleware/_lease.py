@@ -21,7 +21,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ._core import plan_renew
+from ._core import plan_renew, plan_store
 from ._steps import drive, drive_async
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ class _Hold:
     __slots__ = (
         "book",
         "claim",
+        "closing",
         "due",
         "expires",
         "failures",
@@ -52,6 +53,7 @@ class _Hold:
         "layer",
         "lease",
         "lost",
+        "pending",
     )
 
     def __init__(
@@ -70,6 +72,31 @@ class _Hold:
         self.give_up_at = now + max_hold
         self.failures = 0
         self.lost = False
+        #: A completion the handler could not write (store error): the hold keeps the claim
+        #: and retries this write instead of renewing, until it lands or the hold cap.
+        self.pending: DataRecord | None = None
+        #: Set while the handler's own completion is being written: a renewal refused then
+        #: is refused because of that completion, not because another execution took over.
+        self.closing = False
+
+    def plan(self) -> Any:
+        """The periodic step: renew the claim, or write the completion still pending."""
+        if self.pending is not None:
+            return plan_store(self.pending)
+        return plan_renew(self.claim, self.lease)
+
+    def finish_later(self, record: DataRecord) -> None:
+        """The handler's completion failed to reach the store: keep holding the key (a
+        released lease would let a retry run the handler again) and write ``record`` soon."""
+        if id(self) not in self.book.held:
+            return
+        self.pending = record
+        self.failures = 1
+        self.due = time.monotonic() + max(self.lease * _RETRY_FIRST, 0.005)
+        self._look_soon()
+
+    def _look_soon(self) -> None:
+        """Make the renewer look by ``due`` (each renewer knows how)."""
 
     def attempt(self, now: float) -> bool:
         """Whether to renew now; False (and a warning, once) when the hold cap is reached."""
@@ -85,6 +112,10 @@ class _Hold:
         return False
 
     def succeeded(self, started: float) -> None:
+        if self.pending is not None:  # the completion is written: nothing left to hold
+            self.book.held.pop(id(self), None)
+            logger.info("%s recorded on a later attempt", self.claim.idempotency_key)
+            return
         if started >= self.expires:  # renewed (taken back) only after the lease had run out
             self._report_lapse("the renewal came late")
         self.failures = 0
@@ -104,8 +135,10 @@ class _Hold:
         """Another execution owns the key: stop for good (silently if the handler already
         finished: then the refusal is about its own completed record)."""
         if id(self) in self.book.held:
-            self.lost = True
             self.book.held.pop(id(self), None)
+            if self.closing and self.pending is None:
+                return  # our own completion landed first (plan_complete reports a real loss)
+            self.lost = True
             logger.warning("lease lost for %s while the handler ran", self.claim.idempotency_key)
 
     def _report_lapse(self, why: str) -> None:
@@ -225,7 +258,7 @@ class AsyncLease(_Hold):
     async def renew(self) -> None:
         started = time.monotonic()
         try:
-            ok = await drive_async(self.layer, plan_renew(self.claim, self.lease))
+            ok = await drive_async(self.layer, self.plan())
         except Exception as exc:  # store hiccup: retry soon
             self.failed(time.monotonic(), exc)
             if id(self) in self.book.held:
@@ -236,6 +269,13 @@ class AsyncLease(_Hold):
             self.succeeded(started)
         else:
             self.fenced()
+
+    def _look_soon(self) -> None:
+        loop = asyncio._get_running_loop()
+        if isinstance(self.book, _LoopLeases) and loop is not None:
+            self.book.look_by(self.due, loop)
+        elif isinstance(self.book, _SyncRenewer):
+            self.book.wake()
 
     def renewed(self, task: asyncio.Task[None]) -> None:
         # Drop the task (and through it the loop) as soon as it is done.
@@ -254,6 +294,10 @@ class _Renewal(_Hold):
     """A claim held by a sync handler (thread renewer)."""
 
     __slots__ = ()
+
+    def _look_soon(self) -> None:
+        assert isinstance(self.book, _SyncRenewer)
+        self.book.wake()
 
 
 class _SyncRenewer(_Book):
@@ -349,6 +393,10 @@ class _SyncRenewer(_Book):
             soonest = min((entry.due for entry in list(self.held.values())), default=now + wait)
             wait = max(min(wait, soonest - now), 0.005)
 
+    def wake(self) -> None:
+        """Look now (a hold has something due sooner than the next tick)."""
+        self._wake.set()
+
     def settle(self, hold: _Hold) -> None:
         # A renewal still in flight on another connection could land after the handler's
         # completion or release (and re-store a released claim): wait for it, bounded by the
@@ -363,7 +411,7 @@ class _SyncRenewer(_Book):
         if not entry.attempt(started):
             return
         try:
-            ok = drive(entry.layer, plan_renew(entry.claim, entry.lease))
+            ok = drive(entry.layer, entry.plan())
         except Exception as exc:  # store hiccup: retry soon
             entry.failed(time.monotonic(), exc)
             return

@@ -110,11 +110,25 @@ class IdempotencyMiddleware:
         recorded = False
         client_gone = False
 
+        async def settle(outcome: StoredResponse | None) -> None:
+            # A release stops the lease first (a renewal landing after it would take the key
+            # back); a completion keeps it until written, and a failed write is left to the
+            # lease to retry: the handler ran, so its key must never free for a second run.
+            if engine.releases(outcome):
+                lease.stop()
+                await drive_async(engine.store, engine.finish(action, outcome))
+                return
+            lease.closing = True
+            pending = await drive_async(engine.store, engine.finish(action, outcome))
+            if pending is None:
+                lease.stop()
+            else:
+                lease.finish_later(pending)
+
         async def record(outcome: StoredResponse | None) -> None:
             nonlocal recorded
             recorded = True
-            lease.stop()
-            await _to_the_end(drive_async(engine.store, engine.finish(action, outcome)))
+            await _to_the_end(settle(outcome))
 
         async def watching_receive() -> Message:
             nonlocal client_gone

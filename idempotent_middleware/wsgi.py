@@ -108,9 +108,19 @@ class IdempotencyMiddleware:
             if recorded:
                 return
             recorded = True
-            renewal.stop()
             outcome = capture.outcome(error, finished=finished)
-            drive(engine.store, engine.finish(action, outcome))
+            # As in the ASGI adapter: stop before a release, after a completion is written,
+            # and leave a completion the store refused to the lease to retry.
+            if engine.releases(outcome):
+                renewal.stop()
+                drive(engine.store, engine.finish(action, outcome))
+                return
+            renewal.closing = True
+            pending = drive(engine.store, engine.finish(action, outcome))
+            if pending is None:
+                renewal.stop()
+            else:
+                renewal.finish_later(pending)
 
         def capturing_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None

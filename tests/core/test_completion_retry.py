@@ -1,0 +1,103 @@
+"""A completion the store refuses (a blip) is kept by the lease and written later: the handler
+already ran, so the key must never free for a second run (review finding F2)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from werkzeug.test import create_environ, run_wsgi_app
+
+from idempotent_middleware import (
+    IdempotencyConfig,
+    IdempotencyMiddleware,
+    IdempotencyPersistenceLayerError,
+    InMemoryPersistenceLayer,
+    WSGIIdempotencyMiddleware,
+)
+from idempotent_middleware.persistence.base import DataRecord
+
+
+class Blip(InMemoryPersistenceLayer):
+    """Refuses the first ``fails`` completions, as a store that blinked would."""
+
+    def __init__(self, fails: int) -> None:
+        super().__init__()
+        self.fails = fails
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        if self.fails:
+            self.fails -= 1
+            raise IdempotencyPersistenceLayerError("blip")
+        super()._update_record(data_record)
+
+
+CONFIG = IdempotencyConfig(lease_seconds=1)
+
+
+def test_asgi_completion_refused_twice_is_written_by_the_lease() -> None:
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"paid"})
+
+    async def call(middleware: Any) -> list[dict[str, Any]]:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/pay",
+            "query_string": b"",
+            "headers": [(b"idempotency-key", b"k")],
+        }
+        inbox = [{"type": "http.request", "body": b"", "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return inbox.pop(0) if inbox else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await middleware(scope, receive, send)
+        return sent
+
+    async def main() -> list[list[dict[str, Any]]]:
+        middleware = IdempotencyMiddleware(app, Blip(fails=2), CONFIG)
+        first = await call(middleware)
+        await asyncio.sleep(1.6)  # past the lease: a released or abandoned claim is gone now
+        return [first, await call(middleware)]
+
+    first, retry = asyncio.run(main())
+    assert first[0]["status"] == 201
+    assert runs == [1]
+    assert retry[0]["status"] == 201
+    assert (b"idempotent-replayed", b"true") in retry[0]["headers"]
+    assert retry[1]["body"] == b"paid"
+
+
+def test_wsgi_completion_refused_twice_is_written_by_the_lease() -> None:
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        start_response("201 Created", [("Content-Length", "4")])
+        return [b"paid"]
+
+    middleware = WSGIIdempotencyMiddleware(app, persistence_store=Blip(fails=2), config=CONFIG)
+
+    def call() -> tuple[str, bytes, Any]:
+        environ = create_environ("/pay", method="POST", headers={"Idempotency-Key": "k"})
+        body, status, headers = run_wsgi_app(middleware, environ, buffered=True)
+        return status, b"".join(body), headers
+
+    assert call()[0].startswith("201")
+    time.sleep(1.6)
+    status, body, headers = call()
+    assert runs == [1]
+    assert status.startswith("201")
+    assert body == b"paid"
+    assert headers.get("Idempotent-Replayed") == "true"
