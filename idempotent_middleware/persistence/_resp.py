@@ -7,7 +7,8 @@ one connection, and replies are matched to callers in order (Redis answers a con
 commands in the order they were sent). When idle, a lone command leaves at the end of the
 current tick: no timer, no added latency.
 
-It speaks RESP2 for the five commands the layer uses (SET, GET, EVALSHA, EVAL, PING) plus
+It speaks RESP2 for the commands the layer uses (SET, GET, EVALSHA, EVAL, PING, and an ECHO
+closing each pipelined batch, see ``PipelinedConnection.settling``) plus
 AUTH and SELECT at connect; replies are parsed by hiredis when installed, else by a small
 parser below. Errors use redis-py's exception classes so that the layer handles both clients
 alike. Anything fancier (Cluster, Sentinel, Unix sockets, client-side caching) goes through
@@ -140,6 +141,12 @@ def _error(reply: Any) -> Exception | None:
     return ResponseError(message)
 
 
+#: Kinds of waiters: a bulk/status or an integer reply held until its batch's ECHO has
+#: checked the stream, a reply answered at once (the handshake). A ``bytes`` kind is a
+#: batch's closing ECHO, with the token it must echo.
+_BULK, _INT, _NOW = 0, 1, 2
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: PipelinedConnection) -> None:
         self.owner = owner
@@ -153,31 +160,47 @@ class _Protocol(asyncio.Protocol):
         if self.owner.protocol is not self:
             return  # a replaced connection: its bytes answer nobody who waits now
         self.reader.feed(data)
-        waiters = self.owner.waiters
+        owner = self.owner
+        waiters, settling = owner.waiters, owner.settling
         while True:
             reply = self.reader.gets()
             if reply is False:
                 return
             if not waiters:
-                self.owner.fail(RedisConnectionError("reply without a request"))
+                owner.fail(RedisConnectionError("reply without a request"))
                 return
-            future, _, wants_int = waiters.popleft()
+            future, _, kind = waiters.popleft()
+            if kind.__class__ is bytes:  # the batch's ECHO: are these replies its own?
+                if reply != kind:
+                    owner.fail(RedisConnectionError("Redis replies out of step; reconnecting"))
+                    return
+                owner.settling = []
+                for waiting, result, error in settling:
+                    if waiting.done():
+                        continue
+                    if error is None:
+                        waiting.set_result(result)
+                    else:
+                        waiting.set_exception(error)
+                settling = owner.settling
+                continue
             error = _error(reply)
-            if error is None and isinstance(reply, int) is not wants_int:
-                # Replies come back in order on a TCP stream; a reply of the wrong kind means
-                # a proxy lost something in between. Nothing on this connection can be
-                # trusted to belong to its caller any more.
+            assert future is not None
+            if error is None and isinstance(reply, int) is not (kind == _INT):
+                # A reply of the wrong kind: a proxy lost something in between.
                 desync = RedisConnectionError("Redis replies out of step; reconnecting")
                 if not future.done():
                     future.set_exception(desync)
-                self.owner.fail(desync)
+                owner.fail(desync)
                 return
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(reply)
+            if kind == _NOW:
+                if not future.done():
+                    if error is None:
+                        future.set_result(reply)
+                    else:
+                        future.set_exception(error)
             else:
-                future.set_exception(error)
+                settling.append((future, reply, error))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.owner.protocol is not self:
@@ -381,6 +404,8 @@ class PipelinedConnection(TickBatcher):
         "address",
         "connecting",
         "protocol",
+        "sequence",
+        "settling",
         "socket_connect_timeout",
         "socket_timeout",
         "waiters",
@@ -399,8 +424,13 @@ class PipelinedConnection(TickBatcher):
         self.address = RedisAddress(url)
         self.socket_timeout = socket_timeout
         self.socket_connect_timeout = socket_connect_timeout
-        #: Commands sent and awaiting replies, in order: (future, send time, integer reply?).
-        self.waiters: deque[tuple[asyncio.Future[Any], float, bool]] = deque()
+        #: Commands sent and awaiting replies, in order: (future, send time, kind).
+        self.waiters: deque[tuple[asyncio.Future[Any] | None, float, Any]] = deque()
+        #: Replies of the current batch, held until its ECHO comes back: Redis answers in
+        #: order, so a reply lost or duplicated on the way (a faulty proxy) shifts every later
+        #: one, and only a token at the end of each batch shows it before anyone is answered.
+        self.settling: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
+        self.sequence = 0
         self.protocol: _Protocol | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.watchdog: asyncio.TimerHandle | None = None
@@ -425,11 +455,19 @@ class PipelinedConnection(TickBatcher):
         if not batch:
             return
         now = time.monotonic()
-        self.waiters.extend((future, now, command[0] in _INT_REPLIES) for command, future in batch)
+        self.sequence += 1
+        token = b"%d" % self.sequence
+        waiters = self.waiters
+        waiters.extend(
+            (future, now, _INT if command[0] in _INT_REPLIES else _BULK)
+            for command, future in batch
+        )
+        waiters.append((None, now, token))
+        echo = b"*2\r\n$4\r\nECHO\r\n$%d\r\n%b\r\n" % (len(token), token)
         if len(batch) == 1:
-            protocol.transport.write(pack(batch[0][0]))
+            protocol.transport.write(pack(batch[0][0]) + echo)
         else:
-            protocol.transport.write(b"".join([pack(command) for command, _ in batch]))
+            protocol.transport.write(b"".join([pack(command) for command, _ in batch]) + echo)
         if self.watchdog is None:
             self.watchdog = self.loop.call_later(self.socket_timeout, self._check_timeout)
 
@@ -452,7 +490,7 @@ class PipelinedConnection(TickBatcher):
                 # Jump the queue: these must be the connection's first commands.
                 futures = [self.loop.create_future() for _ in hello]
                 now = time.monotonic()
-                self.waiters.extendleft((f, now, False) for f in reversed(futures))
+                self.waiters.extendleft((f, now, _NOW) for f in reversed(futures))
                 assert protocol.transport is not None
                 protocol.transport.write(b"".join(pack(c) for c in hello))
                 await asyncio.wait_for(asyncio.gather(*futures), self.socket_connect_timeout)
@@ -490,8 +528,9 @@ class PipelinedConnection(TickBatcher):
     def fail(self, error: Exception) -> None:
         """Fail every command in flight (the connection is unusable); the next reconnects."""
         waiters, self.waiters = self.waiters, deque()
-        for future, _, _ in waiters:
-            if not future.done():
+        settling, self.settling = self.settling, []
+        for future in [f for f, _, _ in settling] + [f for f, _, _ in waiters]:
+            if future is not None and not future.done():
                 future.set_exception(error)
         self._close_protocol()
 

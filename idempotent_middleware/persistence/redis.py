@@ -249,6 +249,7 @@ def _abandon(executor: Any) -> None:
     if protocol is not None:  # PipelinedConnection
         executor.protocol = None
         executor.waiters.clear()
+        executor.settling.clear()
         executor.queue.clear()
         _close_transport_socket(protocol.transport)
     pool = getattr(getattr(executor, "client", None), "connection_pool", None)

@@ -161,3 +161,35 @@ def test_lean_clients_never_hand_a_caller_a_foreign_reply(
     assert all(kind in ("ok", "typed") for kind in lean_seen), summary
     if reference_seen[-1] == "ok":
         assert lean_seen[-1] == "ok", summary
+
+
+@pytest.mark.parametrize("fault", [DUPLICATE, DROP], ids=["duplicate", "drop"])
+def test_review_pipelined_reply_shifted_into_the_next_batch_is_caught(
+    proxy: TcpProxy, fault: Fault
+) -> None:
+    """A reply duplicated (or lost) while a later batch is already in flight shifts every
+    reply after it: before each batch ended with its ECHO token, B's claim got A's nil reply
+    and was WON while B was running elsewhere (a double execution)."""
+    from idempotent_middleware.persistence.base import BasePersistenceLayer
+
+    new = BasePersistenceLayer.new_inprogress_record
+
+    async def main() -> tuple[object, object]:
+        layer = RedisPersistenceLayer(
+            url=f"redis://127.0.0.1:{proxy.port}", socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        await layer._put_record_async(new("review:B", "h", 30, 60))  # B runs elsewhere
+        proxy.configure(latency=0.2, directions=("down",))
+        proxy.inject("down", fault)
+        first = asyncio.ensure_future(layer._put_record_async(new("review:A", "h", 30, 60)))
+        await asyncio.sleep(0.05)  # a second batch while the first is still in flight
+        second = asyncio.ensure_future(layer._put_record_async(new("review:B", "h", 30, 60)))
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        return results[0], results[1]
+
+    claim_a, claim_b = asyncio.run(main())
+    # B is held by another execution: its claim must never be won.
+    assert isinstance(
+        claim_b, (IdempotencyItemAlreadyExistsError, IdempotencyPersistenceLayerError)
+    )
+    assert claim_a is None or isinstance(claim_a, IdempotencyPersistenceLayerError)

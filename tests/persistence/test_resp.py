@@ -122,6 +122,7 @@ def test_layer_close_closes_every_threads_socket(redis_url: str) -> None:
 
     layer = RedisPersistenceLayer(url=redis_url)
     claim = BasePersistenceLayer.new_inprogress_record("close#k", "fp", 30, 60)
+    gc.collect()  # what earlier tests left behind is theirs, not this layer's
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         worker = threading.Thread(target=layer._put_record, args=(claim,))
