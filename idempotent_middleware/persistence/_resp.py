@@ -171,17 +171,29 @@ class _Protocol(asyncio.Protocol):
                 return
             future, _, kind = waiters.popleft()
             if kind.__class__ is bytes:  # the batch's ECHO: are these replies its own?
-                if reply != kind:
+                refused = _error(reply)
+                if reply != kind and refused is None:
                     owner.fail(RedisConnectionError("Redis replies out of step; reconnecting"))
                     return
                 owner.settling = []
+                unchecked = None
+                if refused is not None:
+                    # Redis refused the ECHO itself (NOAUTH, NOPERM for a user whose ACL lacks
+                    # ECHO): the token is unchecked. Error replies still go to their callers
+                    # (an error never hands anyone another caller's record); data replies fail.
+                    unchecked = RedisConnectionError(
+                        f"Redis refused the ECHO that checks its replies ({refused}); "
+                        "allow ECHO for this user"
+                    )
                 for waiting, result, error in settling:
                     if waiting.done():
                         continue
-                    if error is None:
-                        waiting.set_result(result)
-                    else:
+                    if error is not None:
                         waiting.set_exception(error)
+                    elif unchecked is not None:
+                        waiting.set_exception(unchecked)
+                    else:
+                        waiting.set_result(result)
                 settling = owner.settling
                 continue
             error = _error(reply)
