@@ -270,7 +270,20 @@ def _unsolicited(sock: socket.socket) -> bool:
         return True  # decrypted bytes already buffered inside the TLS layer
     poller = select.poll()  # not select(): it fails on descriptors above 1023
     poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))  # readable: data or EOF, both unusable for a new command
+    if not poller.poll(0):
+        return False
+    if not isinstance(sock, ssl.SSLSocket):
+        return True  # readable: data or EOF, both unusable for a new command
+    # TLS 1.3 servers send session tickets after the handshake: the socket is readable with
+    # no application data. Only a real byte (or EOF) counts.
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) is not None  # a byte, or b"" at EOF: unusable either way
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+        return False
+    finally:
+        sock.settimeout(timeout)
 
 
 class BlockingConnection:
@@ -399,6 +412,12 @@ class BlockingConnection:
                 self._open.pop(state[0], None)
             with contextlib.suppress(OSError):
                 state[0].close()
+
+    def __del__(self) -> None:
+        # A layer dropped without close(): close its sockets rather than leave each to the
+        # collector as an "unclosed socket".
+        with contextlib.suppress(Exception):  # nothing to report from a finalizer
+            self.close_all()
 
     def close_all(self) -> None:
         """Close every thread's socket (the layer's ``close()``); threads reconnect on use."""
