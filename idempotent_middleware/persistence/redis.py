@@ -233,7 +233,13 @@ _Executor: TypeAlias = "_Direct | _AutoPipeline | PipelinedConnection"
 
 
 def _close_transport_socket(transport: Any) -> None:
-    """Close the socket under an asyncio transport whose loop is closed (no callbacks run)."""
+    """Close the socket under an asyncio transport whose loop is closed (no callbacks run).
+
+    ``transport.close()`` needs its loop to deliver ``connection_lost``, and a closed loop
+    refuses (after marking the transport closing, which quiets a stream writer's finaliser).
+    The socket is closed directly, and detached from an asyncio selector transport (its
+    ``_sock``) so the transport's own finaliser has nothing left to report as unclosed.
+    """
     if transport is None:
         return
     wrapped = transport.get_extra_info("socket")
@@ -241,6 +247,11 @@ def _close_transport_socket(transport: Any) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.close()
+    with contextlib.suppress(RuntimeError):  # "Event loop is closed", once it is marked
+        transport.close()
+    if getattr(transport, "_sock", None) is not None:
+        with contextlib.suppress(AttributeError):
+            transport._sock = None
 
 
 def _abandon(executor: Any) -> None:
@@ -260,6 +271,10 @@ def _abandon(executor: Any) -> None:
     for connection in connections:
         writer = getattr(connection, "_writer", None)
         _close_transport_socket(getattr(writer, "transport", None))
+        if writer is not None:
+            # Detached as redis-py's own _close() does, which needs a running loop.
+            with contextlib.suppress(AttributeError):
+                connection._writer = connection._reader = None
 
 
 class RedisPersistenceLayer(BasePersistenceLayer):
@@ -538,11 +553,33 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         await self._run_async(self._ops_renew(data_record))
 
     def close(self) -> None:
-        """Close the sync connections (every thread's); they reconnect if used again."""
+        """Close the sync connections (every thread's) and those of closed event loops.
+
+        They reconnect if used again. A connection of a loop that still runs belongs to it:
+        ``await aclose()`` there (for example at the end of an ``asyncio.run`` job).
+        """
         if self._sync_client is not None:
             self._sync_client.close()
         if self._blocking is not None:
             self._blocking.close_all()
+        self._forget_closed_loops()
+
+    async def aclose(self) -> None:
+        """Close this event loop's connection (it reconnects if used again) and the closed
+        loops' ones; call it before the loop ends, as ``redis.asyncio`` asks of its clients."""
+        self._forget_closed_loops()
+        loop = asyncio.get_running_loop()
+        executor = self._loop_clients.pop(loop, None)
+        if self._last_executor is not None and self._last_executor[0] is loop:
+            self._last_executor = None
+        if executor is None:
+            return
+        if isinstance(executor, (_Direct, _AutoPipeline)):
+            if executor.client is not self._async_client:  # ours (url= or the factory's)
+                await executor.client.aclose()
+            return
+        executor.close()
+        await asyncio.sleep(0)  # let the transport deliver connection_lost
 
 
 __all__ = ["RedisPersistenceLayer"]

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from idempotent_middleware import (
     IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
     IdempotencyPersistenceLayerError,
     RedisPersistenceLayer,
 )
@@ -434,3 +435,54 @@ def test_item13_loops_and_sockets_stay_bounded_over_200_asyncio_runs(
         asyncio.run(job(index))
     assert _open_fds() - fds < 10
     assert _live_loops() - loops < 5
+
+
+def _unclosed_after(job: Any) -> list[str]:
+    """Run ``job``, collect garbage, and return the ResourceWarnings raised meanwhile."""
+    import gc
+    import warnings
+
+    gc.collect()  # earlier tests' garbage is theirs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        job()
+        gc.collect()
+    return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_asyncio_run_per_job_then_close_leaves_no_open_transport(
+    redis_url: str, pipelining: bool
+) -> None:
+    # asyncio.run closes its loop without closing the transports on it; close() afterwards
+    # must still release that loop's connection (3.13 reported it as an unclosed transport
+    # when the garbage collector found it, in whatever test was running then).
+    def job() -> None:
+        store = RedisPersistenceLayer(url=redis_url, auto_pipeline=pipelining)
+
+        async def one() -> None:
+            with pytest.raises(IdempotencyItemNotFoundError):
+                await store._get_record_async("absent")  # opens this loop's connection
+
+        asyncio.run(one())
+        store.close()
+
+    assert _unclosed_after(job) == []
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_aclose_closes_this_loops_connection_and_it_reconnects(
+    redis_url: str, pipelining: bool
+) -> None:
+    def job() -> None:
+        store = RedisPersistenceLayer(url=redis_url, auto_pipeline=pipelining)
+
+        async def one() -> None:
+            for _ in range(2):  # reconnects after aclose()
+                with pytest.raises(IdempotencyItemNotFoundError):
+                    await store._get_record_async("absent")
+                await store.aclose()
+
+        asyncio.run(one())
+
+    assert _unclosed_after(job) == []
