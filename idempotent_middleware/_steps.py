@@ -1,6 +1,6 @@
 """The I/O steps the sans-IO core yields, and the two drivers that perform them.
 
-The decision logic (``_core.py``, ``_http.py`` and the template methods of
+The decision logic (``_core.py``, ``http/`` and the template methods of
 ``BasePersistenceLayer``) is written once as generators that ``yield`` a ``Step`` and receive
 its result (or have its exception thrown back in). ``drive`` performs the steps with the sync
 methods of a persistence layer, ``drive_async`` with the async ones; they are the only places
@@ -18,10 +18,11 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-if TYPE_CHECKING:
-    from .persistence.base import BasePersistenceLayer
+#: A persistence layer, seen only through the method names a step carries: the drivers sit
+#: below ``persistence`` in the import graph, so they name no layer class.
+Layer = object
 
 T = TypeVar("T")
 
@@ -59,13 +60,13 @@ BACKGROUND = Op("background", "background")
 #: a request arriving meanwhile is not queued behind it.
 BACKGROUND_DELAY = 1.0
 
-_background_queue: queue.SimpleQueue[tuple[float, BasePersistenceLayer, Step]] = queue.SimpleQueue()
+_background_queue: queue.SimpleQueue[tuple[float, Layer, Step]] = queue.SimpleQueue()
 _background_thread: threading.Thread | None = None
 _background_pid = os.getpid()
 _background_tasks: set[asyncio.Task[None]] = set()
 
 
-def _background_worker(jobs: queue.SimpleQueue[tuple[float, BasePersistenceLayer, Step]]) -> None:
+def _background_worker(jobs: queue.SimpleQueue[tuple[float, Layer, Step]]) -> None:
     while True:
         due, layer, step = jobs.get()
         time.sleep(max(0.0, due - time.monotonic()))
@@ -73,7 +74,7 @@ def _background_worker(jobs: queue.SimpleQueue[tuple[float, BasePersistenceLayer
             getattr(layer, step.op.sync)(step.arg)
 
 
-def _in_background(layer: BasePersistenceLayer, step: Step) -> None:
+def _in_background(layer: Layer, step: Step) -> None:
     global _background_thread
     if (
         _background_thread is None
@@ -102,7 +103,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-async def _quietly(layer: BasePersistenceLayer, step: Step) -> None:
+async def _quietly(layer: Layer, step: Step) -> None:
     await asyncio.sleep(BACKGROUND_DELAY)
     with contextlib.suppress(Exception):
         await getattr(layer, step.op.async_)(step.arg)
@@ -149,7 +150,7 @@ async def run_async(
             error = exc
 
 
-def perform_step(layer: BasePersistenceLayer, step: Step) -> Any:
+def perform_step(layer: Layer, step: Step) -> Any:
     """One step with the layer's blocking methods."""
     if step.op is SLEEP:
         return time.sleep(step.arg)
@@ -158,7 +159,7 @@ def perform_step(layer: BasePersistenceLayer, step: Step) -> Any:
     return getattr(layer, step.op.sync)(step.arg)
 
 
-async def perform_step_async(layer: BasePersistenceLayer, step: Step) -> Any:
+async def perform_step_async(layer: Layer, step: Step) -> Any:
     """One step with the layer's async methods, on the running loop.
 
     Under another async library than asyncio (trio), with the layer's blocking methods in a
@@ -176,7 +177,7 @@ async def perform_step_async(layer: BasePersistenceLayer, step: Step) -> Any:
     return await getattr(layer, step.op.async_)(step.arg)
 
 
-async def _perform_foreign(layer: BasePersistenceLayer, step: Step) -> Any:
+async def _perform_foreign(layer: Layer, step: Step) -> Any:
     """``perform_step_async`` for a non-asyncio library, found with sniffio (lazily: trio
     and anyio depend on it, asyncio users need neither)."""
     import sniffio
@@ -191,11 +192,11 @@ async def _perform_foreign(layer: BasePersistenceLayer, step: Step) -> Any:
     return await trio.to_thread.run_sync(perform_step, layer, step)
 
 
-def drive(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
+def drive(layer: Layer, plan: Plan[T]) -> T:
     """Run ``plan`` to its end with the layer's blocking methods."""
     return run(plan, functools.partial(perform_step, layer))
 
 
-async def drive_async(layer: BasePersistenceLayer, plan: Plan[T]) -> T:
+async def drive_async(layer: Layer, plan: Plan[T]) -> T:
     """Run ``plan`` to its end with the layer's async methods, on the running loop."""
     return await run_async(plan, functools.partial(perform_step_async, layer))

@@ -14,20 +14,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
-from ._http import (
-    INCOMPLETE,
-    PASS,
-    Execute,
-    HttpIdempotency,
-    HttpRequest,
-    Respond,
-    ResponseCapture,
-    StoredResponse,
-    _Incomplete,
-)
 from ._lease import AsyncLease
 from ._steps import drive_async
 from .config import IdempotencyConfig
+from .http.capture import ResponseCapture
+from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete, Respond
+from .http.request import HttpRequest
+from .http.response import StoredResponse
 from .persistence.base import BasePersistenceLayer
 
 Scope = MutableMapping[str, Any]
@@ -190,7 +183,7 @@ async def _to_the_end(awaitable: Coroutine[Any, Any, None]) -> None:
     await asyncio.shield(task)
 
 
-async def _read_body(receive: Receive, cap: int) -> bytes | _Incomplete | None:
+async def _read_body(receive: Receive, cap: int) -> bytes | Incomplete | None:
     """The whole request body, None past ``cap`` bytes (413), or INCOMPLETE if the client
     left before sending all of it (nothing may be decided on a partial body)."""
     chunks: list[bytes] = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from ._http import HttpRequest
+    from .http.request import HttpRequest
 
 #: Statuses never stored by default: the client should be able to retry and really run again.
 #: (Stripe stores 5xx too; we do not, on purpose: a 503 from a dependency is transient.)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .persistence.base import DataRecord
+    from .persistence.record import DataRecord
 
 
 class IdempotencyError(Exception):

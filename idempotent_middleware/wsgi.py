@@ -17,20 +17,13 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-from ._http import (
-    INCOMPLETE,
-    PASS,
-    Execute,
-    HttpIdempotency,
-    HttpRequest,
-    Respond,
-    ResponseCapture,
-    StoredResponse,
-    _Incomplete,
-)
 from ._lease import sync_renewer
 from ._steps import drive
 from .config import IdempotencyConfig
+from .http.capture import ResponseCapture
+from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete, Respond
+from .http.request import HttpRequest
+from .http.response import StoredResponse
 from .persistence.base import BasePersistenceLayer
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -261,7 +254,7 @@ class _LengthRequired:
 LENGTH_REQUIRED = _LengthRequired()
 
 
-def _read_body(environ: WSGIEnviron, cap: int) -> bytes | _Incomplete | _LengthRequired | None:
+def _read_body(environ: WSGIEnviron, cap: int) -> bytes | Incomplete | _LengthRequired | None:
     """The request body, None past ``cap`` bytes (413), INCOMPLETE when it is short or the
     read failed (a cut upload), LENGTH_REQUIRED when the server cannot deliver it."""
     stream = environ.get("wsgi.input")

@@ -25,7 +25,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jmespath
@@ -40,50 +40,11 @@ from ..exceptions import (
     IdempotencyNoTimeLeftError,
     IdempotencyValidationError,
 )
+from .record import STATUS_COMPLETED, STATUS_INPROGRESS, DataRecord
 
 logger = logging.getLogger("idempotent_middleware")
 
 _random_bits = random.getrandbits
-
-STATUS_INPROGRESS = "INPROGRESS"
-STATUS_COMPLETED = "COMPLETED"
-
-
-@dataclass(slots=True)
-class DataRecord:
-    """One idempotency record. Treat instances as values: layers never mutate them."""
-
-    idempotency_key: str
-    status: str = ""
-    #: Unix time (seconds, float) after which the record is gone.
-    expiry_timestamp: float | None = None
-    #: Unix time in milliseconds at which an in-progress lease runs out (the seed's unit).
-    in_progress_expiry_timestamp: int | None = None
-    response_data: bytes | None = None
-    payload_hash: str = ""
-    #: 16 random bytes naming the execution that claimed the key; the fence for writes.
-    owner: bytes = field(default=b"", repr=False)
-
-    @property
-    def is_expired(self) -> bool:
-        now = time.time()
-        if self.status == STATUS_INPROGRESS and self.in_progress_expiry_timestamp is not None:
-            return self.in_progress_expiry_timestamp < now * 1000
-        return self.expiry_timestamp is not None and self.expiry_timestamp < now
-
-    @property
-    def outcome_unknown(self) -> bool:
-        """Executed, outcome unknown: completed without any response (an interrupted run).
-
-        Every completion stores response bytes (``b"null"`` for a None result), so a COMPLETED
-        record without them can only be the marker ``outcome_unknown_record`` writes.
-        """
-        return self.status == STATUS_COMPLETED and self.response_data is None
-
-    def response_json_as_dict(self) -> Any:
-        """The stored result decoded as JSON (``idempotent_function`` stores JSON)."""
-        return None if self.response_data is None else json.loads(self.response_data)
-
 
 # --- Record encoding -----------------------------------------------------------------------
 # Bytes stay bytes: no base64, no JSON, no pickle. Layout (big endian):

@@ -247,7 +247,7 @@ def _close_transport_socket(transport: Any) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.close()
-    with contextlib.suppress(RuntimeError):  # "Event loop is closed", once it is marked
+    with contextlib.suppress(RuntimeError, AttributeError):  # loop closed, once it is marked
         transport.close()
     if getattr(transport, "_sock", None) is not None:
         with contextlib.suppress(AttributeError):

@@ -21,6 +21,7 @@ import pytest
 from idempotent_middleware import _core, _steps
 from idempotent_middleware.exceptions import IdempotencyPersistenceLayerError
 from idempotent_middleware.persistence import base as _base
+from idempotent_middleware.persistence import record as _record
 from idempotent_middleware.persistence import redis as _redis_layer
 from idempotent_middleware.persistence.base import BasePersistenceLayer, DataRecord
 
@@ -45,7 +46,7 @@ class FakeClock:
 
 
 def _clock_readers() -> list[ModuleType]:
-    modules: list[ModuleType] = [_base, _core, _redis_layer]
+    modules: list[ModuleType] = [_base, _record, _core, _redis_layer]
     try:
         from fakeredis._socket import _base as fakeredis_socket
     except ImportError:  # pragma: no cover - fakeredis is in the test extra

@@ -14,8 +14,9 @@ from idempotent_middleware import (
     InMemoryPersistenceLayer,
 )
 from idempotent_middleware._core import Claimed, Replay, plan_claim
-from idempotent_middleware._http import Execute, HttpIdempotency, HttpRequest, Respond
 from idempotent_middleware._steps import drive
+from idempotent_middleware.http.engine import Execute, HttpIdempotency, Respond
+from idempotent_middleware.http.request import HttpRequest
 from idempotent_middleware.persistence.base import DataRecord
 
 
@@ -106,7 +107,7 @@ def test_item18_http_engine_without_cache_never_reads_another_callers_cache() ->
     plain = HttpIdempotency(IdempotencyConfig(), store)
     action = _begin(cached, b"k")
     assert isinstance(action, Execute)
-    from idempotent_middleware._http import StoredResponse
+    from idempotent_middleware.http.response import StoredResponse
 
     drive(store, cached.finish(action, StoredResponse(201, [], b"made")))
     assert _begin(cached, b"k").response.status == 201  # a replay warms the cache

@@ -15,18 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from idempotent_middleware import IdempotencyConfig, InMemoryPersistenceLayer, RouteOptions
-from idempotent_middleware._http import (
-    Execute,
-    HttpIdempotency,
-    HttpRequest,
-    PassThrough,
-    Respond,
-    StoredResponse,
-    _parse_key,
-)
 from idempotent_middleware._steps import drive
 from idempotent_middleware.config import default_store_status
 from idempotent_middleware.exceptions import IdempotencyCorruptRecordError
+from idempotent_middleware.http.engine import Execute, HttpIdempotency, PassThrough, Respond
+from idempotent_middleware.http.keys import parse_key
+from idempotent_middleware.http.request import HttpRequest
+from idempotent_middleware.http.response import StoredResponse
 
 
 @pytest.mark.parametrize(
@@ -47,8 +42,8 @@ from idempotent_middleware.exceptions import IdempotencyCorruptRecordError
         (b'"a"b"', None),
     ],
 )
-def test_parse_key(raw: bytes, expected: str | None) -> None:
-    assert _parse_key(raw) == (None if expected is None else expected.encode())
+def testparse_key(raw: bytes, expected: str | None) -> None:
+    assert parse_key(raw) == (None if expected is None else expected.encode())
 
 
 @given(

@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from idempotent_middleware._http import StoredResponse
 from idempotent_middleware.exceptions import IdempotencyCorruptRecordError
+from idempotent_middleware.http.response import StoredResponse
 
 
 def _format1(status: int, flag: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:

@@ -1,0 +1,97 @@
+"""What the core sees of a request, whatever the framework: method, path, headers, body."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def normalise_method(method: str) -> str:
+    """The method as Werkzeug and Django route it (``post`` is POST); the ASGI spec asks
+    servers to upper-case it, but not every server does (h11-based ones pass it as sent)."""
+    return method.upper()
+
+
+class _NumberLiteral(str):
+    """A JSON number (or NaN/Infinity) kept as written, for fingerprints only.
+
+    ``canonical_json`` writes it as a string behind a NUL, so it never equals the number's
+    float rounding; a JSON string equal to it would have to start with U+0000.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, text: str) -> _NumberLiteral:
+        return super().__new__(cls, "\x00" + text)
+
+
+class HttpRequest:
+    """What the core sees of a request; ``raw`` is the ASGI scope or the WSGI environ."""
+
+    __slots__ = ("_document", "body", "headers", "key", "method", "path", "query", "raw")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: Headers,
+        raw: Any,
+        body: bytes = b"",
+    ) -> None:
+        #: Upper-cased: the key, the fingerprint and the JMESPath document see one spelling.
+        self.method = normalise_method(method)
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.raw = raw
+        self.body = body
+        #: The parsed header key (header mode), set by ``HttpIdempotency.precheck``.
+        self.key: bytes | None = None
+        self._document: dict[str, Any] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """The last value of a (lower-case) header, or None."""
+        found = None
+        for key, value in self.headers:
+            if key == name:
+                found = value
+        return found
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key == name]
+
+    def json_body(self, *, literal_numbers: bool = False) -> Any:
+        """The parsed body for JSON content types, else None (invalid JSON is None too).
+
+        ``literal_numbers`` keeps every non-integer number as the text it was written in
+        (``_NumberLiteral``): parsed as floats, ``12345678901234567890.5`` and ``...0.6`` (or
+        ``1e400`` and ``2e999``) are one value, and an API that parses Decimals would see two
+        payloads share one fingerprint.
+        """
+        content_type = (self.header(b"content-type") or b"").split(b";", 1)[0].strip().lower()
+        if not (content_type == b"application/json" or content_type.endswith(b"+json")):
+            return None
+        try:
+            if literal_numbers:
+                return json.loads(
+                    self.body, parse_float=_NumberLiteral, parse_constant=_NumberLiteral
+                )
+            return json.loads(self.body)
+        except (ValueError, RecursionError):
+            return None
+
+    def document(self) -> dict[str, Any]:
+        """The JMESPath document: method, path, query, headers and JSON body."""
+        if self._document is None:
+            self._document = {
+                "method": self.method,
+                "path": self.path,
+                "query": dict(parse_qsl(self.query.decode("latin-1"), keep_blank_values=True)),
+                "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers},
+                "body": self.json_body(),
+            }
+        return self._document
