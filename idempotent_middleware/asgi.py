@@ -10,15 +10,13 @@ stream to the client chunk by chunk while a bounded copy is kept; extension mess
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ._lease import AsyncLease
 from ._steps import drive_async
 from .config import IdempotencyConfig
-from .http.capture import ResponseCapture
 from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete, Respond
+from .http.execution import AsyncExecution
 from .http.request import HttpRequest
 from .http.response import StoredResponse
 from .persistence.base import BasePersistenceLayer
@@ -88,40 +86,9 @@ class IdempotencyMiddleware:
         await self._execute(action, scope, receive, send)
 
     async def _execute(self, action: Execute, scope: Scope, receive: Receive, send: Send) -> None:
-        engine = self.engine
-        capture = ResponseCapture(engine.config.max_response_body_bytes, engine.excluded)
-        try:
-            lease = AsyncLease(
-                engine.store,
-                action.claim,
-                engine.config.lease_seconds,
-                engine.config.max_lease_hold_seconds,
-            )
-        except BaseException:  # the app has not started: give the key back, never leak it
-            await drive_async(engine.store, engine.finish(action, None))
-            raise
-        recorded = False
+        execution = await AsyncExecution.start(self.engine, action)
+        capture = execution.capture
         client_gone = False
-
-        async def settle(outcome: StoredResponse | None) -> None:
-            # A release stops the lease first (a renewal landing after it would take the key
-            # back); a completion keeps it until written, and a failed write is left to the
-            # lease to retry: the handler ran, so its key must never free for a second run.
-            if engine.releases(outcome):
-                lease.stop()
-                await drive_async(engine.store, engine.finish(action, outcome))
-                return
-            lease.closing = True
-            pending = await drive_async(engine.store, engine.finish(action, outcome))
-            if pending is None:
-                lease.stop()
-            else:
-                lease.finish_later(pending)
-
-        async def record(outcome: StoredResponse | None) -> None:
-            nonlocal recorded
-            recorded = True
-            await _to_the_end(settle(outcome))
 
         async def watching_receive() -> Message:
             nonlocal client_gone
@@ -134,14 +101,14 @@ class IdempotencyMiddleware:
             kind = message["type"]
             if kind == "http.response.body":
                 capture.add(message.get("body", b""))
-                if not recorded and (
+                if not execution.recorded and (
                     capture.has_declared_length or not message.get("more_body", False)
                 ):
                     # Record before the client can have the whole body: at the chunk that
                     # completes Content-Length (a stream may end with an empty message
                     # later), else at the last message. Once the client has the response,
                     # a retry replays it even if this process dies right now.
-                    await record(capture.result())
+                    await execution.record(None, True)
             elif kind == "http.response.start":
                 capture.start(message["status"], list(message.get("headers", ())))
             else:  # pathsend, zerocopysend, trailers: forwarded, not copied
@@ -153,34 +120,11 @@ class IdempotencyMiddleware:
         except BaseException as exc:
             # Raised, cancelled (Daphne cancels the app once its client left), or send()
             # raised: only an application exception before any response releases (C3).
-            if not recorded:
-                await record(capture.outcome(exc, finished=False, client_gone=client_gone))
+            await execution.record(exc, False, client_gone)
             raise
-        if not recorded:
-            # Returned without a response (Django does when the client disconnects) or
-            # without the final body message: executed, never run again.
-            await record(capture.outcome(None, finished=False, client_gone=client_gone))
-
-
-#: Records being written while their request task was cancelled (kept referenced).
-_finishing: set[asyncio.Future[None]] = set()
-
-
-async def _to_the_end(awaitable: Coroutine[Any, Any, None]) -> None:
-    """Await a record to its end even if the request's task is cancelled meanwhile.
-
-    A cancellation in the middle of the store write would leave the claim to run out with
-    its lease, and the handler to run again: the write goes on in its own task.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # not on asyncio (trio): nothing to shield from here
-        await awaitable
-        return
-    task = asyncio.ensure_future(awaitable)
-    _finishing.add(task)
-    task.add_done_callback(_finishing.discard)
-    await asyncio.shield(task)
+        # Returned without a response (Django does when the client disconnects) or without
+        # the final body message: executed, never run again.
+        await execution.record(None, False, client_gone)
 
 
 async def _read_body(receive: Receive, cap: int) -> bytes | Incomplete | None:

@@ -10,18 +10,16 @@ after its first item; the app iterable's ``close()`` is always called (as Werkze
 from __future__ import annotations
 
 import io
-import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-from ._lease import sync_renewer
 from ._steps import drive
 from .config import IdempotencyConfig
-from .http.capture import ResponseCapture
 from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete, Respond
+from .http.execution import CapturingIterable, Execution
 from .http.request import HttpRequest
 from .http.response import StoredResponse
 from .persistence.base import BasePersistenceLayer
@@ -30,9 +28,6 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIEnviron = dict[str, Any]
 WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
-
-#: How long close() may spend copying the rest of a body the client did not read.
-_DRAIN_SECONDS = 5.0
 
 _SPECIAL_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
 
@@ -91,29 +86,9 @@ class IdempotencyMiddleware:
     def _execute(
         self, action: Execute, environ: WSGIEnviron, start_response: StartResponse
     ) -> Iterable[bytes]:
-        engine = self.engine
-        capture = ResponseCapture(engine.config.max_response_body_bytes, engine.excluded)
-        recorded = False
-
-        def record(error: BaseException | None, finished: bool) -> None:
-            """Record the outcome once: stored, not replayable, unknown, or released."""
-            nonlocal recorded
-            if recorded:
-                return
-            recorded = True
-            outcome = capture.outcome(error, finished=finished)
-            # As in the ASGI adapter: stop before a release, after a completion is written,
-            # and leave a completion the store refused to the lease to retry.
-            if engine.releases(outcome):
-                renewal.stop()
-                drive(engine.store, engine.finish(action, outcome))
-                return
-            renewal.closing = True
-            pending = drive(engine.store, engine.finish(action, outcome))
-            if pending is None:
-                renewal.stop()
-            else:
-                renewal.finish_later(pending)
+        execution = Execution(self.engine, action)
+        capture = execution.capture
+        record = execution.record
 
         def capturing_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -128,110 +103,23 @@ class IdempotencyMiddleware:
             def capturing_write(data: bytes) -> object:
                 capture.add(data)
                 if capture.has_declared_length:
-                    record(None, finished=True)  # before the bytes completing Content-Length
+                    record(None, True)  # before the bytes completing Content-Length
                 return write(data)
 
             return capturing_write
 
         try:
-            renewal = sync_renewer.start(
-                engine.store,
-                action.claim,
-                engine.config.lease_seconds,
-                engine.config.max_lease_hold_seconds,
-            )
-        except BaseException:  # the app has not started: give the key back, never leak it
-            drive(engine.store, engine.finish(action, None))
-            raise
-        try:
             iterable = self.app(environ, capturing_start_response)
         except BaseException as exc:
             # An Exception before start_response releases; anything else (after it, a
             # failed write(), KeyboardInterrupt, SystemExit) records the key as executed.
-            record(exc, finished=False)
+            record(exc, False)
             raise
-        result = _CapturingIterable(iterable, capture, record)
+        result = CapturingIterable(iterable, capture, record)
         # PEP 3333 makes the server call close(); an outer middleware that drops the iterable
         # without it must not keep the key renewed (answering 409) for the life of the process.
-        weakref.finalize(result, renewal.abandoned, "response iterable dropped without close()")
+        weakref.finalize(result, execution.abandoned, "response iterable dropped without close()")
         return result
-
-
-class _CapturingIterable:
-    """Streams the app's body through, copying it; records the outcome exactly once.
-
-    The outcome is recorded before the last chunk when Content-Length tells which one it is,
-    else as soon as the body is exhausted. If the app fails, it is recorded at once (see
-    ``ResponseCapture.outcome``). If the server closes early (client gone), the rest of the
-    body is drained into the copy first: the handler has run, so its response must be
-    recorded rather than released.
-    """
-
-    def __init__(
-        self,
-        iterable: Iterable[bytes],
-        capture: ResponseCapture,
-        record: Callable[[BaseException | None, bool], None],
-    ) -> None:
-        self._iterable = iterable
-        self._iterator: Iterator[bytes] | None = None
-        self._capture = capture
-        self._record = record
-        self._failed = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        iterator = self._iterator = iter(self._iterable)
-        while True:
-            try:
-                chunk = next(iterator)
-            except StopIteration:
-                break
-            except BaseException as exc:
-                self._fail(exc)
-                raise
-            self._capture.add(chunk)
-            if self._capture.has_declared_length:
-                # The last chunk by Content-Length: record before the server writes it,
-                # so a client that has the whole response always gets it replayed.
-                self._record(None, True)
-            # A server that stops consuming (client gone) closes us here with GeneratorExit:
-            # not the app's failure, and close() then drains and records.
-            yield chunk
-        self._record(None, True)  # the body is complete: record now, before close()
-
-    def _fail(self, exc: BaseException) -> None:
-        self._failed = True
-        self._record(exc, False)
-
-    def close(self) -> None:
-        try:
-            if not self._failed:
-                self._drain()
-        except BaseException as exc:
-            # The app failed while we drained (KeyboardInterrupt included): never store the
-            # part we copied as the whole response.
-            self._fail(exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            try:
-                close = getattr(self._iterable, "close", None)
-                if close is not None:
-                    close()
-            finally:
-                self._record(None, True)
-
-    def _drain(self) -> None:
-        """Copy what the client did not read, bounded by the size cap and by time."""
-        iterator = self._iterator if self._iterator is not None else iter(self._iterable)
-        deadline = time.monotonic() + _DRAIN_SECONDS
-        for chunk in iterator:
-            self._capture.add(chunk)
-            if self._capture.overflow:
-                break
-            if time.monotonic() > deadline:  # an endless stream: executed, not replayable
-                self._capture.give_up()
-                break
 
 
 def _headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:

@@ -1,0 +1,296 @@
+"""Running the handler under its claim and recording its outcome exactly once.
+
+Every adapter and integration does the same after ``HttpIdempotency.begin`` answered
+``Execute``: hold the claim with a lease while the handler runs, copy its response as it goes
+out, and record the outcome once (stored, not replayable, unknown, or released). That sequence
+lives here, once: ``Execution`` for threads (the process's renewer thread keeps the lease) and
+``AsyncExecution`` for an event loop (``AsyncLease``). The callers only feed the capture.
+
+The order rule both follow: stop the lease before a release (a renewal landing after it would
+take the key back), keep it until a completion is written, and leave a completion the store
+refused to the lease to retry (``finish_later``): the handler ran, so its key must never free
+for a second run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+)
+from typing import Any
+
+from .._lease import AsyncLease, sync_renewer
+from .._steps import drive, drive_async
+from .capture import ResponseCapture
+from .engine import Execute, HttpIdempotency
+from .response import StoredResponse
+
+#: How long closing a body early may spend copying the rest of it (the client left).
+DRAIN_SECONDS = 5.0
+
+Record = Callable[[BaseException | None, bool], None]
+AsyncRecord = Callable[[BaseException | None, bool], Awaitable[None]]
+
+
+class Execution:
+    """One claimed request whose handler runs in a thread."""
+
+    __slots__ = ("action", "capture", "engine", "lease", "recorded")
+
+    def __init__(self, engine: HttpIdempotency, action: Execute) -> None:
+        self.engine = engine
+        self.action = action
+        self.capture = ResponseCapture(engine.config.max_response_body_bytes, engine.excluded)
+        self.recorded = False
+        try:
+            self.lease = sync_renewer.start(
+                engine.store,
+                action.claim,
+                engine.config.lease_seconds,
+                engine.config.max_lease_hold_seconds,
+            )
+        except BaseException:  # the handler has not started: give the key back, never leak it
+            drive(engine.store, engine.finish(action, None))
+            raise
+
+    def record(
+        self, error: BaseException | None = None, finished: bool = True, client_gone: bool = False
+    ) -> None:
+        """Record the outcome once (see ``ResponseCapture.outcome``); later calls do nothing."""
+        if self.recorded:
+            return
+        self.recorded = True
+        engine, action, lease = self.engine, self.action, self.lease
+        outcome = self.capture.outcome(error, finished=finished, client_gone=client_gone)
+        if engine.releases(outcome):
+            lease.stop()
+            drive(engine.store, engine.finish(action, outcome))
+            return
+        lease.closing = True
+        pending = drive(engine.store, engine.finish(action, outcome))
+        if pending is None:
+            lease.stop()
+        else:
+            lease.finish_later(pending)
+
+    def record_response(self, response: StoredResponse) -> None:
+        """A response the handler returned whole (not streamed): copy and record it."""
+        self.capture.start(response.status, response.headers, response.reason)
+        self.capture.add(response.body)
+        self.record(None, True)
+
+    def abandoned(self, why: str) -> None:
+        """The response was dropped unfinished: stop renewing (safe from a finalizer)."""
+        if not self.recorded:
+            self.lease.abandoned(why)
+
+
+class AsyncExecution:
+    """One claimed request whose handler runs on an event loop (asyncio or trio)."""
+
+    __slots__ = ("action", "capture", "engine", "lease", "loop", "recorded")
+
+    def __init__(self, engine: HttpIdempotency, action: Execute, lease: AsyncLease) -> None:
+        self.engine = engine
+        self.action = action
+        self.lease = lease
+        self.capture = ResponseCapture(engine.config.max_response_body_bytes, engine.excluded)
+        self.recorded = False
+        self.loop = asyncio._get_running_loop()  # None under trio
+
+    @classmethod
+    async def start(cls, engine: HttpIdempotency, action: Execute) -> AsyncExecution:
+        try:
+            lease = AsyncLease(
+                engine.store,
+                action.claim,
+                engine.config.lease_seconds,
+                engine.config.max_lease_hold_seconds,
+            )
+        except BaseException:  # the handler has not started: give the key back
+            await drive_async(engine.store, engine.finish(action, None))
+            raise
+        return cls(engine, action, lease)
+
+    async def record(
+        self, error: BaseException | None = None, finished: bool = True, client_gone: bool = False
+    ) -> None:
+        """Record the outcome once, to its end even if the caller's task is cancelled."""
+        if self.recorded:
+            return
+        self.recorded = True
+        outcome = self.capture.outcome(error, finished=finished, client_gone=client_gone)
+        await _to_the_end(self._settle(outcome))
+
+    async def record_response(self, response: StoredResponse) -> None:
+        self.capture.start(response.status, response.headers, response.reason)
+        self.capture.add(response.body)
+        await self.record(None, True)
+
+    def record_soon(self, error: BaseException | None, client_gone: bool) -> None:
+        """Record an unfinished outcome from sync code (a response closed before its body
+        ended, maybe from another thread): scheduled on the execution's loop."""
+        if self.recorded or self.loop is None or self.loop.is_closed():
+            return
+        coroutine = self.record(error, False, client_gone)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            _keep(self.loop.create_task(coroutine))
+        else:
+            asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    async def _settle(self, outcome: StoredResponse | None) -> None:
+        engine, action, lease = self.engine, self.action, self.lease
+        if engine.releases(outcome):
+            lease.stop()
+            await drive_async(engine.store, engine.finish(action, outcome))
+            return
+        lease.closing = True
+        pending = await drive_async(engine.store, engine.finish(action, outcome))
+        if pending is None:
+            lease.stop()
+        else:
+            lease.finish_later(pending)
+
+
+#: Records being written while their request task was cancelled (kept referenced).
+_finishing: set[asyncio.Future[None]] = set()
+
+
+def _keep(task: asyncio.Future[None]) -> None:
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
+
+
+async def _to_the_end(awaitable: Coroutine[Any, Any, None]) -> None:
+    """Await a record to its end even if the request's task is cancelled meanwhile.
+
+    A cancellation in the middle of the store write would leave the claim to run out with
+    its lease, and the handler to run again: the write goes on in its own task.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not on asyncio (trio): nothing to shield from here
+        await awaitable
+        return
+    task = asyncio.ensure_future(awaitable)
+    _keep(task)
+    await asyncio.shield(task)
+
+
+class CapturingIterable:
+    """Streams a sync body through, copying it; records the outcome exactly once.
+
+    The outcome is recorded before the last chunk when Content-Length tells which one it is,
+    else as soon as the body is exhausted. If the body fails, it is recorded at once (see
+    ``ResponseCapture.outcome``). If the server closes early (client gone), the rest of the
+    body is drained into the copy first: the handler has run, so its response must be
+    recorded rather than released.
+    """
+
+    def __init__(self, iterable: Iterable[bytes], capture: ResponseCapture, record: Record) -> None:
+        self._iterable = iterable
+        self._iterator: Iterator[bytes] | None = None
+        self._capture = capture
+        self._record = record
+        self._failed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        iterator = self._iterator = iter(self._iterable)
+        while True:
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                break
+            except BaseException as exc:
+                self._fail(exc)
+                raise
+            self._capture.add(chunk)
+            if self._capture.has_declared_length:
+                # The last chunk by Content-Length: record before the server writes it,
+                # so a client that has the whole response always gets it replayed.
+                self._record(None, True)
+            # A server that stops consuming (client gone) closes us here with GeneratorExit:
+            # not the app's failure, and close() then drains and records.
+            yield chunk
+        self._record(None, True)  # the body is complete: record now, before close()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failed = True
+        self._record(exc, False)
+
+    def close(self) -> None:
+        try:
+            if not self._failed:
+                self._drain()
+        except BaseException as exc:
+            # The app failed while we drained (KeyboardInterrupt included): never store the
+            # part we copied as the whole response.
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            try:
+                close = getattr(self._iterable, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._record(None, True)
+
+    def _drain(self) -> None:
+        """Copy what the client did not read, bounded by the size cap and by time."""
+        iterator = self._iterator if self._iterator is not None else iter(self._iterable)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        for chunk in iterator:
+            self._capture.add(chunk)
+            if self._capture.overflow:
+                break
+            if time.monotonic() > deadline:  # an endless stream: executed, not replayable
+                self._capture.give_up()
+                break
+
+
+class AsyncCapturingIterable:
+    """The async twin for async bodies (Django's async ``StreamingHttpResponse``).
+
+    Records at the declared length or the end; a body that fails or is closed before its
+    end (the client left, the server cancelled the send) is recorded as executed, unfinished.
+    No ``close`` attribute on purpose: the integration decides when a close means "gone".
+    """
+
+    def __init__(
+        self, iterable: AsyncIterable[bytes], capture: ResponseCapture, record: AsyncRecord
+    ) -> None:
+        self._iterable = iterable
+        self._capture = capture
+        self._record = record
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            async for chunk in self._iterable:
+                self._capture.add(chunk)
+                if self._capture.has_declared_length:
+                    await self._record(None, True)
+                yield chunk
+            finished = True
+            await self._record(None, True)
+        except BaseException as exc:
+            if not finished:
+                gone = isinstance(exc, GeneratorExit | asyncio.CancelledError)
+                await self._record(None if gone else exc, False)
+            raise
