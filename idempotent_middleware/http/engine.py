@@ -14,7 +14,7 @@ from typing import Any
 
 from .._core import Claimed, Replay, plan_claim, plan_complete, plan_release
 from .._steps import Plan
-from ..config import IdempotencyConfig
+from ..config import IdempotencyConfig, RouteOptions
 from ..exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyCorruptRecordError,
@@ -104,6 +104,16 @@ class HttpIdempotency:
         if not self.has_path_rules:
             return self.default_rule
         return routes.rule(method, path)
+
+    def view_rule(self, method: str, path: str, options: RouteOptions | None) -> Rule | None:
+        """The rule for a request whose view may carry its own options (``@idempotent``,
+        ``@idempotent_exempt`` in the framework integrations): a view's options decide over
+        the path rules; without them the path rules apply as in ``rule``."""
+        if options is None:
+            return self.rule(method, path)
+        if not self.routes.takes(options, normalise_method(method)):
+            return None
+        return self.routes.for_options(self.config, options)
 
     # --- Before the body is read ---------------------------------------------------------------
     def precheck(self, request: HttpRequest, rule: Rule) -> Respond | PassThrough | None:

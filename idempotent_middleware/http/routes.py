@@ -56,6 +56,18 @@ class RouteTable:
                 return rule if method in methods else None
         return self.default if method in self.methods else None
 
+    def for_options(self, config: IdempotencyConfig, options: RouteOptions) -> Rule | None:
+        """The rule of a view that carries its own options (a framework decorator)."""
+        return self._route_rule(config, options)[0]
+
+    def takes(self, options: RouteOptions, method: str) -> bool:
+        """Whether a view with ``options`` covers ``method`` (normalised)."""
+        if not options.enabled:
+            return False
+        if options.methods is None:
+            return method in self.methods
+        return method in frozenset(normalise_method(m) for m in options.methods)
+
     def routable(self, method: str) -> bool:
         """Whether any path takes ``method`` (normalised): a GET never costs a path match."""
         return method in self._routable_methods

@@ -53,6 +53,7 @@ class Request:
 class Driver:
     name = ""
     counter: Counter
+    extra_headers: tuple[tuple[str, str], ...] = ()
 
     def send(self, request: Request) -> Reply:
         raise NotImplementedError
@@ -66,12 +67,13 @@ class AsgiDriver(Driver):
 
     def __init__(self, store: BasePersistenceLayer, config: IdempotencyConfig) -> None:
         self.counter = Counter()
-        self.app = IdempotencyMiddleware(
-            asgi_app(self.counter), persistence_store=store, config=config
-        )
+        self.app = self.build(store, config)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+
+    def build(self, store: BasePersistenceLayer, config: IdempotencyConfig) -> Any:
+        return IdempotencyMiddleware(asgi_app(self.counter), persistence_store=store, config=config)
 
     def send(self, request: Request) -> Reply:
         future = asyncio.run_coroutine_threadsafe(self._call(request), self.loop)
@@ -90,7 +92,8 @@ class AsgiDriver(Driver):
             "query_string": query.encode(),
             "root_path": "",
             "headers": [
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in [*request.headers, *self.extra_headers]
             ],
             "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 80),
@@ -142,7 +145,11 @@ class WsgiDriver(Driver):
 
     def send(self, request: Request) -> Reply:
         client = Client(self.app)
-        headers = [(k, v) for k, v in request.headers if k.lower() != "content-type"]
+        headers = [
+            (k, v)
+            for k, v in [*request.headers, *self.extra_headers]
+            if k.lower() != "content-type"
+        ]
         content_type = next((v for k, v in request.headers if k.lower() == "content-type"), None)
         response = client.open(
             request.path,
@@ -155,9 +162,65 @@ class WsgiDriver(Driver):
         return Reply(response.status_code, response.headers.to_wsgi_list(), response.get_data())
 
 
+class FlaskDriver(WsgiDriver):
+    """The Flask extension (``idempotent_middleware.flask.Idempotency``) on the Flask app."""
+
+    name = "flask"
+
+    def __init__(self, store: BasePersistenceLayer, config: IdempotencyConfig) -> None:
+        from idempotent_middleware.flask import Idempotency
+
+        self.counter = Counter()
+        flask_app = wsgi_app(self.counter)
+        Idempotency(flask_app, persistence_store=store, config=config)
+        flask_app.wsgi_app = LintMiddleware(flask_app.wsgi_app)  # type: ignore[method-assign]
+        self.app = flask_app
+
+
+class DjangoWsgiDriver(WsgiDriver):
+    """Django's WSGI handler with ``idempotent_middleware.django.IdempotencyMiddleware``."""
+
+    name = "django-wsgi"
+    kind = "wsgi"
+
+    def __init__(self, store: BasePersistenceLayer, config: IdempotencyConfig) -> None:
+        self.counter = Counter()
+        self.app = LintMiddleware(_django_handler(self, store, config))
+
+
+class DjangoAsgiDriver(AsgiDriver):
+    """Django's ASGI handler with the same middleware (async mode: no thread hop)."""
+
+    name = "django-asgi"
+
+    def build(self, store: BasePersistenceLayer, config: IdempotencyConfig) -> Any:
+        return _django_handler(self, store, config, "asgi")
+
+
+def _django_handler(
+    driver: Driver, store: BasePersistenceLayer, config: IdempotencyConfig, kind: str = "wsgi"
+) -> Any:
+    from tests.django_env import build_handler
+
+    from .django_app import COUNTERS
+
+    name = f"{driver.name}-{id(driver)}"
+    COUNTERS[name] = driver.counter
+    driver.extra_headers = (("X-Driver", name),)
+    return build_handler(
+        kind,
+        "tests.scenarios.django_app",
+        ["idempotent_middleware.django.IdempotencyMiddleware"],
+        {"STORE": store, "CONFIG": config},
+    )
+
+
 DRIVERS: dict[str, Callable[[BasePersistenceLayer, IdempotencyConfig], Driver]] = {
     "asgi": AsgiDriver,
     "wsgi": WsgiDriver,
+    "flask": FlaskDriver,
+    "django-wsgi": DjangoWsgiDriver,
+    "django-asgi": DjangoAsgiDriver,
 }
 
 
