@@ -121,7 +121,6 @@ class IdempotencyMiddleware:
         problem = _read_body(engine, request, http_request)
         if problem is not None:
             return Respond(problem)
-        setattr(request, USER_ATTRIBUTE, _user(request, view_func))
         request._idempotency_rule = rule
         return http_request
 
@@ -131,6 +130,7 @@ class IdempotencyMiddleware:
         prepared = self._prepare(request, view_func)
         if not isinstance(prepared, HttpRequest):
             return None if prepared is None else to_django(prepared.response)
+        setattr(request, USER_ATTRIBUTE, _user(request, view_func))
         engine = self.engine
         action = drive(engine.store, engine.begin(prepared, _rule(request)))
         if isinstance(action, Respond):
@@ -145,6 +145,7 @@ class IdempotencyMiddleware:
         prepared = self._prepare(request, view_func)
         if not isinstance(prepared, HttpRequest):
             return None if prepared is None else to_django(prepared.response)
+        setattr(request, USER_ATTRIBUTE, await _auser(request, view_func))
         engine = self.engine
         action = await drive_async(engine.store, engine.begin(prepared, _rule(request)))
         if isinstance(action, Respond):
@@ -267,6 +268,25 @@ def _user(request: Any, view_func: Any) -> Any:
     user = getattr(request, "user", None)
     if user is not None and getattr(user, "is_authenticated", False):
         return user
+    return _drf_user(request, view_func, user)
+
+
+async def _auser(request: Any, view_func: Any) -> Any:
+    """The same on the event loop: ``request.auser()`` (Django 5) loads the session's user
+    without blocking; DRF's authenticators are sync-only, so they run in a thread."""
+    auser = getattr(request, "auser", None)
+    if auser is not None:
+        user = await auser()
+    else:
+        user = await sync_to_async(getattr)(request, "user", None)
+    if user is not None and getattr(user, "is_authenticated", False):
+        return user
+    if getattr(view_func, "cls", None) is None:
+        return user
+    return await sync_to_async(_drf_user)(request, view_func, user)
+
+
+def _drf_user(request: Any, view_func: Any, user: Any) -> Any:
     cls = getattr(view_func, "cls", None)
     if cls is None or not hasattr(cls, "get_authenticators"):
         return user

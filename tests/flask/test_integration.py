@@ -247,6 +247,8 @@ def test_missing_framework_names_the_extra(
 ) -> None:
     import importlib
 
+    for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, module, None)
     monkeypatch.delitem(sys.modules, f"idempotent_middleware.{module}", raising=False)
     with pytest.raises(ImportError, match=rf"idempotent-middleware\[{extra}\]"):
