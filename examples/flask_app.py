@@ -1,4 +1,4 @@
-"""Flask with the WSGI middleware (same endpoints as ``fastapi_app.py``).
+"""Flask with the ``Idempotency`` extension (same endpoints as ``fastapi_app.py``).
 
 Run:  flask --app examples.flask_app run --port 8000          (in-memory store, one process)
       REDIS_URL=redis://127.0.0.1:6379/0 gunicorn -w 4 -k gthread --threads 8 \
@@ -6,8 +6,9 @@ Run:  flask --app examples.flask_app run --port 8000          (in-memory store, 
 Try:  curl -i -X POST localhost:8000/orders -H 'Idempotency-Key: k1' \
            -H 'content-type: application/json' -d '{"sku": "abc", "qty": 1}'
 
-The middleware wraps ``flask_app.wsgi_app`` (not the Flask object), so Flask's own error
-handlers, ``before_request`` hooks and extensions all run inside it, once per key.
+The extension runs inside Flask: after the ``before_request`` handlers (a login extension has
+loaded the user: with Flask-Login, keys are scoped by ``current_user``), around the view only;
+options come from ``app.config`` (``IDEMPOTENCY_*``) and per view from its decorators.
 """
 
 from __future__ import annotations
@@ -19,25 +20,15 @@ from typing import Any
 from flask import Flask, request
 
 from examples._store import count_execution, make_store
-from idempotent_middleware import IdempotencyConfig, RouteOptions, WSGIIdempotencyMiddleware
+from idempotent_middleware.flask import Idempotency
 
 store = make_store()
 _runs: list[int] = []
 
 flask_app = Flask(__name__)
-flask_app.wsgi_app = WSGIIdempotencyMiddleware(  # type: ignore[method-assign]
-    flask_app.wsgi_app,
-    persistence_store=store,
-    config=IdempotencyConfig(
-        lease_seconds=10,
-        # Per route: payments must carry a key, and their records live a week.
-        routes={
-            "/payments": RouteOptions(
-                raise_on_no_idempotency_key=True, expires_after_seconds=7 * 86400
-            )
-        },
-    ),
-)
+flask_app.config["IDEMPOTENCY_LEASE_SECONDS"] = 10  # any IdempotencyConfig option, by name
+# IDEMPOTENCY_STORE may name the store ("redis://..."); here the examples' shared one.
+idempotency = Idempotency(flask_app, persistence_store=store)
 #: What servers import (``gunicorn examples.flask_app:app``, ``flask --app ...``).
 app = flask_app
 
@@ -65,6 +56,7 @@ def create_order() -> Any:
 
 
 @flask_app.post("/payments")
+@idempotency.idempotent(required=True, expires_after_seconds=7 * 86400)  # a key is a must
 def pay() -> Any:
     order, error = _order()
     if order is None:

@@ -33,13 +33,13 @@ from .http.routes import Rule
 from .http.settings import engine_from
 from .http.views import exempt as idempotent_exempt
 from .http.views import idempotent, options_of
+from .wsgi import LENGTH_REQUIRED
+from .wsgi import _read_body as read_wsgi_body
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
     from django.conf import settings
-    from django.core.exceptions import RequestDataTooBig
     from django.http import HttpResponse
-    from django.http.request import RawPostDataException
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "idempotent_middleware.django needs Django: pip install 'idempotent-middleware[django]'"
@@ -278,7 +278,7 @@ async def _auser(request: Any, view_func: Any) -> Any:
     if auser is not None:
         user = await auser()
     else:
-        user = await sync_to_async(getattr)(request, "user", None)
+        user = await sync_to_async(lambda: getattr(request, "user", None))()
     if user is not None and getattr(user, "is_authenticated", False):
         return user
     if getattr(view_func, "cls", None) is None:
@@ -319,39 +319,33 @@ def _headers(meta: dict[str, Any]) -> Headers:
 
 def _read_body(engine: HttpIdempotency, request: Any, http_request: HttpRequest) -> Any:
     """Read the body as the adapters do: 413 past the cap, 400 when cut short or unreadable,
-    411 when a WSGI request has no length (Django's WSGI request reads no body without one;
-    under ASGI the server frames the body and Django has received all of it)."""
+    411 when it has no length and the server does not end it. Under WSGI the adapter's own
+    reader runs on the environ (a chunked upload that gunicorn ends is read, where Django's
+    request alone would see no body); under ASGI Django has received the whole body."""
     if engine.content_length_too_large(http_request):
         return engine.too_large(http_request)
     cap = engine.config.max_request_body_bytes
-    asgi = "wsgi.input" not in request.META
-    declared = (http_request.header(b"content-length") or b"").strip()
-    try:
-        if "_body" in request.__dict__:  # read by earlier code (request.body)
-            body: bytes = request.body
-        elif asgi:
+    if "_body" in request.__dict__:  # read by earlier code (request.body)
+        body: Any = request._body
+    elif "wsgi.input" in request.META:
+        body = read_wsgi_body(request.META, cap)
+        if body is LENGTH_REQUIRED:
+            return engine.length_required(http_request)
+    else:
+        try:
             body = request.read(cap + 1)
-            if len(body) > cap:
-                return engine.too_large(http_request)
-            # As Django's own ``body`` property leaves it, so the view reads the same bytes.
-            request._body = body
-            request._stream = io.BytesIO(body)
-        elif not declared:
-            if request.META.get("HTTP_TRANSFER_ENCODING", "").strip():
-                return engine.length_required(http_request)
-            body = b""
-        else:
-            body = request.body
-            if len(body) != int(declared):  # the client left mid-body
-                return engine.incomplete(http_request)
-    except RequestDataTooBig:  # over DATA_UPLOAD_MAX_MEMORY_SIZE
+        except Exception:  # the server's body file failed
+            return engine.incomplete(http_request)
+        if len(body) > cap:
+            body = None
+    if body is None:
         return engine.too_large(http_request)
-    except RawPostDataException:  # read by earlier code as a stream: nothing to fingerprint
+    if not isinstance(body, bytes):
         return engine.incomplete(http_request)
-    except Exception:  # a cut upload (UnreadablePostError), a malformed length
-        return engine.incomplete(http_request)
-    if len(body) > cap:
-        return engine.too_large(http_request)
+    # As Django's own ``body`` property leaves it, so the view reads these same bytes.
+    request._body = body
+    request._stream = io.BytesIO(body)
+    request.META["CONTENT_LENGTH"] = str(len(body))  # form parsers read it
     http_request.body = body
     return None
 

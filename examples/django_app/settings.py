@@ -8,17 +8,30 @@ from __future__ import annotations
 
 import os
 
+from examples.django_app.idempotency import store
+
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-a-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG") == "1"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "testserver"]
 
 # A JSON API without sessions or cookies: nothing needs CSRF protection or a database.
 INSTALLED_APPS: list[str] = []
-MIDDLEWARE: list[str] = []
 DATABASES: dict[str, dict[str, str]] = {}
 
+# In a project with users, the middleware goes after AuthenticationMiddleware: keys are then
+# scoped by ``request.user`` (two users never share a record).
+MIDDLEWARE = [
+    # "django.contrib.sessions.middleware.SessionMiddleware",
+    # "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "idempotent_middleware.django.IdempotencyMiddleware",
+]
+
+# The store (a store object, or a URL such as "redis://127.0.0.1:6379/0") and any
+# IdempotencyConfig option by name. Per-view options are on the views (``@idempotent``).
+IDEMPOTENCY = {"STORE": store, "LEASE_SECONDS": 10}
+
 ROOT_URLCONF = "examples.django_app.urls"
-# ``runserver`` serves this too, so the dev server runs behind the idempotency middleware.
 WSGI_APPLICATION = "examples.django_app.wsgi.application"
+ASGI_APPLICATION = "examples.django_app.asgi.application"
 
 USE_TZ = True

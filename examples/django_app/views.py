@@ -11,6 +11,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
 from examples._store import count_execution
+from idempotent_middleware.django import idempotent
 
 from .idempotency import store
 
@@ -50,6 +51,7 @@ def create_order(request: HttpRequest) -> JsonResponse:
 
 
 @require_POST
+@idempotent(required=True, expires_after_seconds=7 * 86400)  # a key is a must; kept a week
 def pay(request: HttpRequest) -> JsonResponse:
     order = _order(request)
     if order is None:

@@ -1,13 +1,13 @@
-"""Django behind the WSGI middleware: ``application`` is what WSGI servers import.
+"""Django's own WSGI application: the idempotency middleware is in ``settings.MIDDLEWARE``.
 
 Run:  python examples/django_app/manage.py runserver 8000        (in-memory store, one process)
-      REDIS_URL=redis://127.0.0.1:6379/0 gunicorn -w 4 -k gthread --threads 8 \
+      REDIS_URL=redis://127.0.0.1:6379/0 gunicorn -w 4 -k gthread --threads 8 \\
            -b 127.0.0.1:8000 examples.django_app.wsgi:application
-Try:  curl -i -X POST localhost:8000/orders -H 'Idempotency-Key: k1' \
+      REDIS_URL=redis://127.0.0.1:6379/0 uvicorn --workers 4 examples.django_app.asgi:application
+Try:  curl -i -X POST localhost:8000/orders -H 'Idempotency-Key: k1' \\
            -H 'content-type: application/json' -d '{"sku": "abc", "qty": 1}'
 
-The middleware wraps Django's whole WSGI handler, so Django's own middleware and views run
-inside it, once per key. Settings: ``examples/django_app/settings.py`` (the only one).
+Settings: ``examples/django_app/settings.py`` (the only one).
 """
 
 from __future__ import annotations
@@ -16,14 +16,5 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
-from idempotent_middleware import WSGIIdempotencyMiddleware
-
-from .idempotency import config, store
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
-django_application = get_wsgi_application()
-application = WSGIIdempotencyMiddleware(
-    django_application,
-    persistence_store=store,
-    config=config,
-)
+application = get_wsgi_application()

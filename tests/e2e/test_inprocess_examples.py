@@ -115,7 +115,22 @@ def test_litestar_in_flight_duplicate_gets_409(litestar_example: ModuleType) -> 
 # --- Django -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def django_example() -> ModuleType:
-    return import_in_memory("examples.django_app.wsgi", "examples.django_app.idempotency")
+    """The example's WSGI application, built with the example's settings. Django's settings
+    are process-wide: when another test configured them first, the example's middleware and
+    IDEMPOTENCY are put in place while its handler is built (it keeps them)."""
+    from django.conf import settings
+
+    example = import_in_memory("examples.django_app.settings", "examples.django_app.idempotency")
+    if not settings.configured or example.__name__ == settings.SETTINGS_MODULE:
+        return import_in_memory("examples.django_app.wsgi", "examples.django_app.idempotency")
+    from django.test import override_settings
+
+    with override_settings(
+        MIDDLEWARE=example.MIDDLEWARE,
+        IDEMPOTENCY=example.IDEMPOTENCY,
+        ROOT_URLCONF=example.ROOT_URLCONF,
+    ):
+        return import_in_memory("examples.django_app.wsgi", "examples.django_app.idempotency")
 
 
 def django_client(example: ModuleType) -> Client:
