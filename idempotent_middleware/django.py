@@ -33,8 +33,8 @@ from .http.routes import Rule
 from .http.settings import engine_from
 from .http.views import exempt as idempotent_exempt
 from .http.views import idempotent, options_of
-from .wsgi import LENGTH_REQUIRED
-from .wsgi import _read_body as read_wsgi_body
+from .wsgi import LENGTH_REQUIRED, environ_headers
+from .wsgi import read_body as read_wsgi_body
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
@@ -110,7 +110,7 @@ class IdempotencyMiddleware:
             request.method,
             request.path,
             request.META.get("QUERY_STRING", "").encode("latin-1"),
-            _headers(request.META),
+            environ_headers(request.META),
             request,
         )
         early = engine.precheck(http_request, rule)
@@ -298,23 +298,6 @@ def _drf_user(request: Any, view_func: Any, user: Any) -> Any:
     except Exception:  # bad credentials: the view itself will refuse them
         return user
     return drf_user
-
-
-_META_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
-
-
-def _headers(meta: dict[str, Any]) -> Headers:
-    headers = []
-    for name, value in meta.items():
-        if name.startswith("HTTP_"):
-            key = name[5:].replace("_", "-").lower().encode("latin-1")
-        elif name in _META_HEADERS:
-            key = _META_HEADERS[name]
-        else:
-            continue
-        if isinstance(value, str):
-            headers.append((key, value.encode("latin-1")))
-    return headers
 
 
 def _read_body(engine: HttpIdempotency, request: Any, http_request: HttpRequest) -> Any:

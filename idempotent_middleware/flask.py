@@ -32,7 +32,7 @@ from .http.response import StoredResponse
 from .http.settings import engine_from
 from .http.views import exempt, idempotent, options_of
 from .persistence.base import BasePersistenceLayer
-from .wsgi import LENGTH_REQUIRED, _headers, _read_body
+from .wsgi import LENGTH_REQUIRED, environ_headers, read_body
 
 try:
     from flask import Flask, Response, current_app
@@ -156,7 +156,11 @@ def _dispatch(engine: HttpIdempotency, dispatch: Callable[[], Any]) -> Any:
     if rule is None:
         return dispatch()
     request = HttpRequest(
-        req.method, path, environ.get("QUERY_STRING", "").encode("latin-1"), _headers(environ), req
+        req.method,
+        path,
+        environ.get("QUERY_STRING", "").encode("latin-1"),
+        environ_headers(environ),
+        req,
     )
     early = engine.precheck(request, rule)
     if early is PASS:
@@ -199,7 +203,7 @@ def _body(engine: HttpIdempotency, request: HttpRequest) -> StoredResponse | Non
         return engine.too_large(request)
     cached = getattr(req, "_cached_data", None)
     if cached is None:
-        body = _read_body(req.environ, engine.config.max_request_body_bytes)
+        body = read_body(req.environ, engine.config.max_request_body_bytes)
         if body is LENGTH_REQUIRED:
             return engine.length_required(request)
         if body is None:

@@ -55,7 +55,7 @@ class IdempotencyMiddleware:
             method,
             path,
             environ.get("QUERY_STRING", "").encode("latin-1"),
-            _headers(environ),
+            environ_headers(environ),
             environ,
         )
         early = engine.precheck(request, rule)
@@ -65,7 +65,7 @@ class IdempotencyMiddleware:
             return _respond(start_response, early.response)
         if engine.content_length_too_large(request):
             return _respond(start_response, engine.too_large(request))
-        body = _read_body(environ, engine.config.max_request_body_bytes)
+        body = read_body(environ, engine.config.max_request_body_bytes)
         if body is INCOMPLETE:
             return _respond(start_response, engine.incomplete(request))
         if body is LENGTH_REQUIRED:
@@ -122,7 +122,7 @@ class IdempotencyMiddleware:
         return result
 
 
-def _headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:
+def environ_headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:
     headers = []
     for name, value in environ.items():
         if name.startswith("HTTP_"):
@@ -142,7 +142,7 @@ class _LengthRequired:
 LENGTH_REQUIRED = _LengthRequired()
 
 
-def _read_body(environ: WSGIEnviron, cap: int) -> bytes | Incomplete | _LengthRequired | None:
+def read_body(environ: WSGIEnviron, cap: int) -> bytes | Incomplete | _LengthRequired | None:
     """The request body, None past ``cap`` bytes (413), INCOMPLETE when it is short or the
     read failed (a cut upload), LENGTH_REQUIRED when the server cannot deliver it."""
     stream = environ.get("wsgi.input")

@@ -253,3 +253,16 @@ def test_missing_framework_names_the_extra(
     monkeypatch.delitem(sys.modules, f"idempotent_middleware.{module}", raising=False)
     with pytest.raises(ImportError, match=rf"idempotent-middleware\[{extra}\]"):
         importlib.import_module(f"idempotent_middleware.{module}")
+
+
+def test_form_consumed_before_us_is_400_not_an_empty_fingerprint() -> None:
+    app, runs = make_app()
+
+    @app.before_request
+    def read_form() -> None:
+        request.form  # noqa: B018 - consumes the stream, as some extensions do
+
+    client, key = app.test_client(), _key()
+    reply = client.post("/form", data={"name": "x"}, headers=key)
+    assert reply.status_code == 400
+    assert runs["form"] == 0
