@@ -91,12 +91,14 @@ class Idempotency:
             store = self.persistence_store
         if self.config is not None:
             options.setdefault("config", self.config)
-        engine = engine_from(store, options, login_scope)
-        app.extensions["idempotency"] = engine
+        wrapped = "idempotency" in app.extensions
+        app.extensions["idempotency"] = engine_from(store, options, login_scope)
+        if wrapped:  # init_app again: new settings, never a second claim per request
+            return
         dispatch = app.dispatch_request
 
         def idempotent_dispatch() -> Any:
-            return _dispatch(engine, dispatch)
+            return _dispatch(app.extensions["idempotency"], dispatch)
 
         # Flask calls dispatch_request after the before_request handlers (full_dispatch_request)
         app.dispatch_request = idempotent_dispatch  # type: ignore[method-assign]

@@ -266,3 +266,21 @@ def test_form_consumed_before_us_is_400_not_an_empty_fingerprint() -> None:
     reply = client.post("/form", data={"name": "x"}, headers=key)
     assert reply.status_code == 400
     assert runs["form"] == 0
+
+
+def test_init_app_twice_claims_once() -> None:
+    store = InMemoryPersistenceLayer()
+    app = Flask("twice")
+    runs: list[int] = []
+
+    @app.post("/orders")
+    def orders() -> Any:
+        runs.append(1)
+        return {"run": len(runs)}, 201
+
+    Idempotency(app, persistence_store=store)
+    Idempotency(app, persistence_store=store)  # again: one claim per request, not two (409)
+    client, key = app.test_client(), _key()
+    assert client.post("/orders", json=ORDER, headers=key).status_code == 201
+    assert client.post("/orders", json=ORDER, headers=key).headers["Idempotent-Replayed"]
+    assert runs == [1]
