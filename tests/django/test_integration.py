@@ -319,3 +319,23 @@ def test_settings_from_a_config_object(django_settings: dict[str, Any]) -> None:
     _post(client, "/plain", key)
     _post(client, "/plain", key)
     assert RUNS["plain"] == 1
+
+
+def test_async_stream_left_early_is_recorded_executed_never_run_again() -> None:
+    # Under ASGI the client leaves after one chunk: the handler ran, so the key is recorded
+    # (executed, not replayable) when Django closes the response; a retry never runs it again.
+    async def main() -> tuple[int, int]:
+        client = AsyncClient()
+        key = {"headers": {"Idempotency-Key": f"k-{uuid.uuid4()}"}}
+        stream = await client.post("/streamed-async", ORDER, content_type=JSON, **key)
+        content = stream.streaming_content
+        await content.__anext__()  # one chunk, then the client is gone
+        await content.aclose()
+        stream.close()
+        await asyncio.sleep(0.05)  # the record scheduled from close() runs on this loop
+        retry = await client.post("/streamed-async", ORDER, content_type=JSON, **key)
+        return retry.status_code, RUNS["streamed_async"]
+
+    status, runs = asyncio.run(main())
+    assert runs == 1
+    assert status != 201  # not replayable (a problem), and not a second execution

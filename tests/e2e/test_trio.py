@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-import idempotent_middleware.asgi
+import idempotent_middleware.http.execution
 import tests.e2e.trio_app as trio_app
 from idempotent_middleware import InMemoryPersistenceLayer, RedisPersistenceLayer
 from idempotent_middleware.persistence.base import BasePersistenceLayer
@@ -119,7 +119,7 @@ def test_item22_failing_lease_setup_gives_the_key_back(monkeypatch: pytest.Monke
         raise RuntimeError("no lease today")
 
     key = f"trio-broken-{time.monotonic_ns()}"
-    monkeypatch.setattr(idempotent_middleware.asgi, "AsyncLease", broken)
+    monkeypatch.setattr(idempotent_middleware.http.execution, "AsyncLease", broken)
     with pytest.raises(RuntimeError, match="no lease today"):
         trio.run(_post, app, key)
     monkeypatch.undo()

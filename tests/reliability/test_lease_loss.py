@@ -1,6 +1,6 @@
 """Scenario 3: a handler outlives its lease because renewal cannot keep up.
 
-Renewal is switched off in-process (the adapters' ``AsyncLease`` / ``sync_renewer`` replaced by
+Renewal is switched off in-process (``http/execution``'s ``AsyncLease`` / ``sync_renewer`` replaced by
 a no-op), the lease is 0.5 s, and handler A is held past it. Request B with the same key then
 takes the key over and runs. When A finishes, its completion is refused by the owner fence and
 logged ("lease lost"); B's stored response survives and is what every retry gets.
@@ -27,8 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from werkzeug.test import Client
 
-import idempotent_middleware.asgi
-import idempotent_middleware.wsgi
+import idempotent_middleware.http.execution
 from idempotent_middleware import (
     IdempotencyConfig,
     IdempotencyMiddleware,
@@ -87,7 +86,7 @@ def test_asgi_stale_owner_is_fenced(
     caplog: pytest.LogCaptureFixture,
     figures: Figures,
 ) -> None:
-    monkeypatch.setattr(idempotent_middleware.asgi, "AsyncLease", _NoRenewal)
+    monkeypatch.setattr(idempotent_middleware.http.execution, "AsyncLease", _NoRenewal)
     caplog.set_level(logging.WARNING, logger="idempotent_middleware")
     runs: list[int] = []
     gates: dict[int, asyncio.Event] = {}
@@ -166,7 +165,7 @@ def test_wsgi_stale_owner_is_fenced(
     caplog: pytest.LogCaptureFixture,
     figures: Figures,
 ) -> None:
-    monkeypatch.setattr(idempotent_middleware.wsgi, "sync_renewer", _NoSyncRenewer())
+    monkeypatch.setattr(idempotent_middleware.http.execution, "sync_renewer", _NoSyncRenewer())
     caplog.set_level(logging.WARNING, logger="idempotent_middleware")
     runs: list[int] = []
     lock = threading.Lock()
