@@ -2,8 +2,9 @@
 
 Renewal is switched off in-process (``http/execution``'s ``AsyncLease`` / ``sync_renewer``
 replaced by a no-op), the lease is 0.5 s, and handler A is held past it. Request B with the
-same key then takes the key over and runs. When A finishes, its completion is refused by the owner fence and
-logged ("lease lost"); B's stored response survives and is what every retry gets.
+same key then takes the key over and runs. When A finishes, its completion is refused by the
+owner fence and logged ("lease lost"); B's stored response survives and is what every retry
+gets.
 Both orders are covered: A finishes after B completed, and A finishes while B still runs.
 """
 
