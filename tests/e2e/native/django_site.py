@@ -11,6 +11,7 @@ tokens (printed as JSON) before the servers start.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -60,7 +61,7 @@ if not settings.configured:
     django.setup()
 
 from django.contrib.auth import authenticate, login
-from django.http import HttpResponse, JsonResponse
+from django.http import FileResponse, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.http import require_GET, require_POST
 from rest_framework.authentication import TokenAuthentication
@@ -121,6 +122,13 @@ class ApiOrders(APIView):
         return Response(_run("api", request), status=201)
 
 
+@require_POST
+def file(request: Any) -> FileResponse:
+    """A FileResponse (sendfile under gunicorn when not covered): 64 KiB, streamed."""
+    body = json.dumps(_run("file", request)).encode().ljust(64 * 1024, b" ")
+    return FileResponse(io.BytesIO(body), content_type="application/octet-stream", status=201)
+
+
 @require_GET
 def healthz(request: Any) -> HttpResponse:
     return HttpResponse(b'{"ok": true}', content_type="application/json")
@@ -132,6 +140,7 @@ urlpatterns = [
     path("required", required),
     path("exempt", exempt),
     path("api/orders", ApiOrders.as_view()),
+    path("file", file),
     path("healthz", healthz),
 ]
 

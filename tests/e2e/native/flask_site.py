@@ -7,14 +7,16 @@ per view, key and user.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import flask_login
 import redis
-from flask import Flask, request
+from flask import Flask, Response, request, stream_with_context
 
 from idempotent_middleware.flask import Idempotency
 
@@ -77,6 +79,18 @@ def required() -> Any:
 @idempotency.exempt
 def exempt() -> Any:
     return _run("exempt"), 201
+
+
+@app.post("/file")
+def file() -> Any:
+    """A streamed body (a generator in the request context), 64 KiB."""
+    body = json.dumps(_run("file")).encode().ljust(64 * 1024, b" ")
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    return Response(stream_with_context(chunks()), 201, mimetype="application/octet-stream")
 
 
 @app.get("/healthz")
