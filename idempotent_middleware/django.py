@@ -6,7 +6,8 @@ view and its ``@idempotent`` / ``@idempotent_exempt`` options are known, ``reque
 set) and records the response in ``__call__`` once the view returned. One class serves both
 of Django's modes (``sync_capable`` and ``async_capable``): under ASGI with async middleware
 around it, the claim, the lease and the record run on the event loop; under WSGI, in the
-request's thread; neither path hops threads (Django's "Asynchronous support" rules).
+request's thread; neither path hops threads (Django's "Asynchronous support" rules), except
+to ask a DRF view's sync-only authenticators under ASGI (see ``_auser``).
 
 Settings: ``IDEMPOTENCY = {"STORE": "redis://...", "EXPIRES_AFTER_SECONDS": 3600, ...}``: the
 store (a URL or a store object) and any ``IdempotencyConfig`` option by name. Without it: the
