@@ -6,9 +6,11 @@ from .asgi import IdempotencyMiddleware
 from .config import IdempotencyConfig, RouteOptions
 from .exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyCachedError,
     IdempotencyConfigurationError,
     IdempotencyCorruptRecordError,
     IdempotencyError,
+    IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyKeyError,
@@ -20,7 +22,12 @@ from .exceptions import (
     IdempotencyStoreFullError,
     IdempotencyValidationError,
 )
-from .function import idempotent_function
+from .function import (
+    DataclassSerializer,
+    PydanticSerializer,
+    idempotent,
+    idempotent_function,
+)
 from .persistence import (
     BasePersistenceLayer,
     DataRecord,
@@ -32,11 +39,14 @@ from .wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
 __all__ = [
     "BasePersistenceLayer",
     "DataRecord",
+    "DataclassSerializer",
     "IdempotencyAlreadyInProgressError",
+    "IdempotencyCachedError",
     "IdempotencyConfig",
     "IdempotencyConfigurationError",
     "IdempotencyCorruptRecordError",
     "IdempotencyError",
+    "IdempotencyInvalidStatusError",
     "IdempotencyItemAlreadyExistsError",
     "IdempotencyItemNotFoundError",
     "IdempotencyKeyError",
@@ -49,8 +59,10 @@ __all__ = [
     "IdempotencyStoreFullError",
     "IdempotencyValidationError",
     "InMemoryPersistenceLayer",
+    "PydanticSerializer",
     "RedisPersistenceLayer",
     "RouteOptions",
     "WSGIIdempotencyMiddleware",
+    "idempotent",
     "idempotent_function",
 ]

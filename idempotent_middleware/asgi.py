@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
 
+from ._disabled import idempotency_disabled
 from ._lease import AsyncLease
 from ._steps import drive_async
 from .config import IdempotencyConfig
@@ -42,7 +43,7 @@ class IdempotencyMiddleware:
         self.engine = HttpIdempotency.for_middleware(persistence_store, config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or idempotency_disabled():
             await self.app(scope, receive, send)
             return
         engine = self.engine

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._error_base import IdempotencyError as IdempotencyError
+from ._error_base import IdempotencyInvalidStatusError as IdempotencyInvalidStatusError
+
 if TYPE_CHECKING:
     from .persistence.record import DataRecord
 
 
-class IdempotencyError(Exception):
-    """Base class of every error this package raises on purpose."""
+class IdempotencyCachedError(IdempotencyError):
+    """Replay of an exception stored by ``cache_exceptions`` whose class cannot be rebuilt.
+
+    ``type_name`` is the original's ``module.QualName``, ``message`` its ``str()``.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
 
 
 class IdempotencyKeyError(IdempotencyError):

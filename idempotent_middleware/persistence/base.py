@@ -31,10 +31,12 @@ from typing import Any
 import jmespath
 import jmespath.parser
 
+from .._jmespath_functions import jmespath_options
 from .._steps import DELETE, GET, PUT, UPDATE, Plan, Step, drive, drive_async
 from ..config import IdempotencyConfig
 from ..exceptions import (
     IdempotencyCorruptRecordError,
+    IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyKeyError,
     IdempotencyNoTimeLeftError,
@@ -62,9 +64,12 @@ _HAS_RESPONSE = 1
 def encode_record(record: DataRecord) -> bytes:
     """Serialise a record for a byte store (Redis)."""
     payload_hash = record.payload_hash.encode("ascii")
+    status = _STATUS_CODES.get(record.status)
+    if status is None:  # a record whose status was assigned after construction
+        raise IdempotencyInvalidStatusError(f"unknown idempotency record status {record.status!r}")
     head = _HEADER.pack(
         FORMAT_VERSION,
-        _STATUS_CODES[record.status],
+        status,
         record.owner,
         record.expiry_timestamp or 0.0,
         record.in_progress_expiry_timestamp or 0,
@@ -151,9 +156,7 @@ class KeyScheme:
         cls, config: IdempotencyConfig, scope: str, key_jmespath: str | None = None
     ) -> KeyScheme:
         key_expr = config.event_key_jmespath if key_jmespath is None else key_jmespath
-        options = (
-            jmespath.Options(**dict(config.jmespath_options)) if config.jmespath_options else None
-        )
+        options = jmespath_options(config.jmespath_options)
         name = config.hash_function
         return cls(
             scope=scope,
@@ -189,10 +192,15 @@ class KeyScheme:
     is_missing = staticmethod(is_missing_idempotency_key)
 
     def payload_hash(self, data: Any) -> str:
-        """The fingerprint stored on every record (the whole payload unless configured)."""
-        if self.validation_expression is not None:
-            data = self.validation_expression.search(data, options=self.options)
-        return self.generate_hash(data)
+        """The fingerprint of the fields ``payload_validation_jmespath`` selects; ``""`` (no
+        validation) when it is not configured, as the seed's ``_get_hashed_payload``: a
+        redelivered event whose other fields changed (a timestamp) replays.
+
+        The HTTP engine fingerprints method, path and body itself when it is not configured.
+        """
+        if self.validation_expression is None:
+            return ""
+        return self.generate_hash(self.validation_expression.search(data, options=self.options))
 
 
 # --- Local cache -----------------------------------------------------------------------------
@@ -317,8 +325,13 @@ class BasePersistenceLayer(ABC):
     is_missing_idempotency_key = staticmethod(is_missing_idempotency_key)
 
     def _validate_payload(self, payload_hash: str, stored_data_record: DataRecord) -> None:
-        """Raise 422's error when the stored fingerprint differs from this request's."""
-        if stored_data_record.payload_hash != payload_hash:
+        """Raise 422's error when the stored fingerprint differs from this request's.
+
+        ``""`` is "this caller does not validate" (the seed's ``payload_validation_enabled``
+        off): nothing to compare, whatever the record holds. A caller that validates compares
+        even with a record written without validation, as the seed does.
+        """
+        if payload_hash and stored_data_record.payload_hash != payload_hash:
             raise IdempotencyValidationError(
                 "the idempotency key was used with a different payload"
             )

@@ -11,8 +11,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._error_base import IdempotencyInvalidStatusError
+
 STATUS_INPROGRESS = "INPROGRESS"
 STATUS_COMPLETED = "COMPLETED"
+_KNOWN_STATUSES = frozenset({STATUS_INPROGRESS, STATUS_COMPLETED})
 
 
 @dataclass(slots=True)
@@ -29,6 +32,15 @@ class DataRecord:
     payload_hash: str = ""
     #: 16 random bytes naming the execution that claimed the key; the fence for writes.
     owner: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        # Every layer and the record encoding know these two states only; anything else (a
+        # Powertools "EXPIRED", a typo) is refused here, typed, not deep inside a write.
+        if self.status not in _KNOWN_STATUSES:
+            raise IdempotencyInvalidStatusError(
+                f"unknown idempotency record status {self.status!r}: "
+                f"expected one of {sorted(_KNOWN_STATUSES)}"
+            )
 
     @property
     def is_expired(self) -> bool:
