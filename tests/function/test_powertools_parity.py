@@ -15,6 +15,7 @@ import jmespath.functions
 import pydantic
 import pytest
 
+import idempotent_middleware._disabled as _disabled
 from idempotent_middleware import (
     BasePersistenceLayer,
     DataclassSerializer,
@@ -32,7 +33,7 @@ def _unique() -> str:
     return uuid.uuid4().hex  # keys must not collide across parametrised runs on one redis
 
 
-# --- 1. validation only when configured ------------------------------------------------------
+# --- 1. validation only when configured ----------------------------------------------------------
 def test_redelivered_event_with_changed_fields_replays(store: BasePersistenceLayer) -> None:
     calls = []
     config = IdempotencyConfig(event_key_jmespath="order_id")
@@ -77,7 +78,7 @@ def test_a_record_fingerprinted_by_an_older_version_replays(store: BasePersisten
     assert store.get_record({**event, "sent_at": 2}, scheme=scheme).response_data == b'"old"'
 
 
-# --- 2. Powertools' JMESPath functions ---------------------------------------------------------
+# --- 2. Powertools' JMESPath functions -----------------------------------------------------------
 def test_powertools_json_in_the_key_expression(store: BasePersistenceLayer) -> None:
     calls = []
     config = IdempotencyConfig(event_key_jmespath="powertools_json(body).order_id")
@@ -215,7 +216,7 @@ def test_key_prefix_survives_renaming(store: BasePersistenceLayer) -> None:
     assert calls == ["old"]
 
 
-# --- 5. response_hook -----------------------------------------------------------------------------
+# --- 5. response_hook ----------------------------------------------------------------------------
 def test_response_hook_runs_on_every_replay(store: BasePersistenceLayer) -> None:
     seen: list[tuple[Any, DataRecord]] = []
 
@@ -237,7 +238,7 @@ def test_response_hook_runs_on_every_replay(store: BasePersistenceLayer) -> None
     assert all(record.status == "COMPLETED" for _, record in seen)
 
 
-# --- 6. the disable switch -------------------------------------------------------------------------
+# --- 6. the disable switch -----------------------------------------------------------------------
 @pytest.mark.parametrize("variable", ["IDEMPOTENCY_DISABLED", "POWERTOOLS_IDEMPOTENCY_DISABLED"])
 def test_disabled_by_the_environment_at_call_time(
     store: BasePersistenceLayer,
@@ -270,7 +271,7 @@ def test_disabled_by_the_environment_at_call_time(
     assert charge(order=order) == charge(order=order) == 3
 
 
-# --- 7. cached exceptions ----------------------------------------------------------------------------
+# --- 7. cached exceptions ------------------------------------------------------------------------
 class CardDeclined(Exception):
     pass
 
