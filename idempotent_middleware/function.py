@@ -9,6 +9,9 @@ Results are stored as JSON and must come back equal and of the same types: a res
 would alter (``Decimal``, ``datetime``, tuples, non-string dict keys, subclasses of the JSON
 types) raises ``TypeError`` and releases the key, unless an ``output_serializer`` handles it.
 
+Payload validation happens only when ``payload_validation_jmespath`` is set (Powertools' rule:
+a redelivered event whose other fields changed replays).
+
 ``idempotent`` is the same decorator for Lambda-style ``handler(event, context)``: the event is
 the data, and the claim's lease ends with the invocation (``get_remaining_time_in_millis``).
 """

@@ -50,8 +50,13 @@ def test_redelivered_event_with_changed_fields_replays(store: BasePersistenceLay
     assert len(calls) == 1
 
 
-def test_records_written_with_validation_keep_validating(store: BasePersistenceLayer) -> None:
-    config = IdempotencyConfig(event_key_jmespath="order_id", payload_validation_jmespath="amount")
+@pytest.mark.parametrize("cached", [False, True])
+def test_records_written_with_validation_keep_validating(
+    store: BasePersistenceLayer, cached: bool
+) -> None:
+    config = IdempotencyConfig(
+        event_key_jmespath="order_id", payload_validation_jmespath="amount", use_local_cache=cached
+    )
 
     @idempotent_function(data_keyword_argument="event", persistence_store=store, config=config)
     def handle(event: dict[str, Any]) -> int:
