@@ -529,15 +529,16 @@ def _return_model(func: Callable[..., Any]) -> type[Any]:
 def _resolve_serializer(
     spec: OutputSerializer | type[Any] | None, func: Callable[..., Any]
 ) -> OutputSerializer | None:
-    """An instance as is; a serializer class with ``instantiate`` gets the return annotation's
-    model (deduced); a pydantic model or a dataclass gets its serializer."""
+    """An instance as is; a pydantic model or a dataclass gets its serializer; a serializer
+    class with ``instantiate`` gets the return annotation's model (deduced). Models first: a
+    model with its own ``instantiate`` method is still a model."""
     if spec is None or not isinstance(spec, type):
         return spec
-    instantiate = getattr(spec, "instantiate", None)
-    if callable(instantiate):
-        return cast(OutputSerializer, instantiate(_return_model(func)))
     if hasattr(spec, "model_validate"):
         return PydanticSerializer(spec)
     if dataclasses.is_dataclass(spec):
         return DataclassSerializer(spec)
+    instantiate = getattr(spec, "instantiate", None)
+    if callable(instantiate):
+        return cast(OutputSerializer, instantiate(_return_model(func)))
     raise TypeError(f"no serializer for {spec!r}: pass an object with to_dict/from_dict")
