@@ -149,3 +149,51 @@ def test_registered_context_reaches_idempotent_function(store: BasePersistenceLa
     assert isinstance(result[0], IdempotencyNoTimeLeftError)
     assert config.lambda_context is None  # registered in that thread only
     assert process(record=_event()) == "done"
+
+
+def test_async_handler_with_keyword_arguments_and_no_time_left(
+    store: BasePersistenceLayer,
+) -> None:
+    calls = []
+
+    @idempotent(persistence_store=store, config=IdempotencyConfig(event_key_jmespath="order_id"))
+    async def handler(event: dict[str, Any], context: Any) -> str:
+        calls.append(1)
+        return "ok"
+
+    event = _event()
+
+    async def main() -> str:
+        with pytest.raises(IdempotencyNoTimeLeftError):
+            await handler(event=event, context=Context(0))
+        await handler(event=event, context=Context(60_000))
+        return await handler(event=event, context=Context(60_000))
+
+    assert asyncio.run(main()) == "ok"
+    assert calls == [1]
+
+
+def test_concurrent_invocations_sharing_a_config_keep_their_own_context(
+    store: BasePersistenceLayer,
+) -> None:
+    config = IdempotencyConfig(event_key_jmespath="order_id")
+
+    @idempotent_function(data_keyword_argument="record", persistence_store=store, config=config)
+    async def process(record: dict[str, Any]) -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    async def invocation(context: Context) -> Any:
+        config.register_lambda_context(context)
+        await asyncio.sleep(0)  # let the other task register its own meanwhile
+        try:
+            return await process(record=_event())
+        except IdempotencyNoTimeLeftError as exc:
+            return exc
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(invocation(Context(0)), invocation(Context(60_000))))
+
+    expired, alive = asyncio.run(main())
+    assert isinstance(expired, IdempotencyNoTimeLeftError)
+    assert alive == "done"
