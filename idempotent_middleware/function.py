@@ -77,6 +77,8 @@ class DataclassSerializer:
     def instantiate(cls, model: type[Any]) -> DataclassSerializer:
         """The "deduced" form: ``output_serializer=DataclassSerializer``, model from the
         function's return annotation (Powertools' name for the hook)."""
+        if not dataclasses.is_dataclass(model):
+            raise TypeError(f"DataclassSerializer needs a dataclass, not {model!r}")
         return cls(model)
 
     def to_dict(self, value: Any) -> Any:
@@ -92,6 +94,8 @@ class PydanticSerializer:
 
     @classmethod
     def instantiate(cls, model: type[Any]) -> PydanticSerializer:
+        if not hasattr(model, "model_validate"):
+            raise TypeError(f"PydanticSerializer needs a pydantic model, not {model!r}")
         return cls(model)
 
     def to_dict(self, value: Any) -> Any:

@@ -201,6 +201,18 @@ def test_deduced_serializer_without_annotation_is_a_typed_error(
             return None
 
 
+def test_deduced_serializer_refuses_a_foreign_model(store: BasePersistenceLayer) -> None:
+    with pytest.raises(TypeError, match="pydantic model"):
+
+        @idempotent_function(
+            data_keyword_argument="order",
+            persistence_store=store,
+            output_serializer=PydanticSerializer,
+        )
+        def charge(order: str) -> Receipt:
+            return Receipt(order, 1)
+
+
 # --- 4. key_prefix -------------------------------------------------------------------------------
 def test_key_prefix_survives_renaming(store: BasePersistenceLayer) -> None:
     prefix = "orders-" + _unique()
