@@ -24,7 +24,6 @@ from idempotent_middleware import (
     IdempotencyConfig,
     IdempotencyValidationError,
     PydanticSerializer,
-    _disabled,
     idempotent_function,
 )
 
