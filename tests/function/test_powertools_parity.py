@@ -388,7 +388,7 @@ def test_cached_exception_with_a_user_serializer(store: BasePersistenceLayer) ->
 
 
 def test_cache_exceptions_refuses_interruptions(store: BasePersistenceLayer) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="Exception subclasses"):
         idempotent_function(
             data_keyword_argument="order",
             persistence_store=store,
