@@ -98,7 +98,14 @@ def cells(with_peers: bool) -> list[Cell]:
                 python = VENVS_DIR / peer / "bin" / "python"
                 if python.exists():
                     out.append(
-                        Cell("asgi-app", "asgi", f"module:peer_{peer}", peer, path, python=str(python))
+                        Cell(
+                            "asgi-app",
+                            "asgi",
+                            f"module:peer_{peer}",
+                            peer,
+                            path,
+                            python=str(python),
+                        )
                     )
     return out
 
