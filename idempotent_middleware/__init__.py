@@ -33,6 +33,7 @@ from .persistence import (
     DataRecord,
     InMemoryPersistenceLayer,
     RedisPersistenceLayer,
+    SQLitePersistenceLayer,
 )
 from .wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
 
@@ -62,6 +63,7 @@ __all__ = [
     "PydanticSerializer",
     "RedisPersistenceLayer",
     "RouteOptions",
+    "SQLitePersistenceLayer",
     "WSGIIdempotencyMiddleware",
     "idempotent",
     "idempotent_function",

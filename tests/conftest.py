@@ -12,6 +12,7 @@ from idempotent_middleware import (
     BasePersistenceLayer,
     InMemoryPersistenceLayer,
     RedisPersistenceLayer,
+    SQLitePersistenceLayer,
 )
 from tests.redis_servers import RedisProcess, redis_binary, start_redis
 from tests.redis_topologies import (
@@ -96,10 +97,13 @@ def make_layer(kind: str, request: pytest.FixtureRequest) -> BasePersistenceLaye
         sentinel: SentinelTopology = request.getfixturevalue("redis_sentinel")
         sentinel.flushall()
         return sentinel_layer(sentinel)
+    if kind == "sqlite":
+        tmp_path = request.getfixturevalue("tmp_path")
+        return SQLitePersistenceLayer(tmp_path / "idempotency.sqlite3")
     raise ValueError(kind)
 
 
-LAYER_KINDS = ["memory", "fakeredis", "redis", "cluster", "sentinel"]
+LAYER_KINDS = ["memory", "fakeredis", "redis", "cluster", "sentinel", "sqlite"]
 
 
 @pytest.fixture(params=LAYER_KINDS)
@@ -107,5 +111,5 @@ def layer(request: pytest.FixtureRequest) -> Iterator[Any]:
     """Every persistence layer the suite must pass on."""
     store = make_layer(request.param, request)
     yield store
-    if isinstance(store, RedisPersistenceLayer):
+    if isinstance(store, (RedisPersistenceLayer, SQLitePersistenceLayer)):
         store.close()
