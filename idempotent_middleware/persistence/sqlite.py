@@ -72,7 +72,9 @@ CREATE TABLE IF NOT EXISTS "{table}" (
 CREATE INDEX IF NOT EXISTS "{table}_live_until" ON "{table}" (live_until);
 """
 
-_COLUMNS = "idempotency_key, status, owner, payload_hash, expiry, lease_expiry, live_until, response"
+_COLUMNS = (
+    "idempotency_key, status, owner, payload_hash, expiry, lease_expiry, live_until, response"
+)
 _UPSERT = (
     'INSERT INTO "{table}" (' + _COLUMNS + ") "
     "VALUES (:key, :status, :owner, :hash, :expiry, :lease, :live, :response) "
@@ -276,9 +278,7 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
             except BaseException:
                 self._discard(conn)
                 raise
-            raise IdempotencyPersistenceLayerError(
-                f"SQLite: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise IdempotencyPersistenceLayerError(f"SQLite: {type(exc).__name__}: {exc}") from exc
         except IdempotencyError:  # our own verdicts (a corrupt row): the connection is fine
             raise
         except BaseException:

@@ -1,6 +1,6 @@
-"""One scenario table, every row run through both adapters on the in-memory store and on a
-real redis-server. Each row is a list of calls with what each must answer and how many times
-the handler has run by then."""
+"""One scenario table, every row run through both adapters on the in-memory store, on a
+real redis-server and on an SQLite file. Each row is a list of calls with what each must
+answer and how many times the handler has run by then."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from idempotent_middleware import (
     InMemoryPersistenceLayer,
     RedisPersistenceLayer,
     RouteOptions,
+    SQLitePersistenceLayer,
 )
 
 from .drivers import DRIVERS, Driver, Reply, Request
@@ -405,10 +406,12 @@ def _store(kind: str, scenario: Scenario, request: pytest.FixtureRequest) -> Bas
         return RedisPersistenceLayer(url="redis://127.0.0.1:9/0", socket_connect_timeout=0.5)
     if kind == "memory":
         return InMemoryPersistenceLayer()
+    if kind == "sqlite":
+        return SQLitePersistenceLayer(request.getfixturevalue("tmp_path") / "scenario.sqlite3")
     return RedisPersistenceLayer(url=request.getfixturevalue("redis_url"))
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "sqlite"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
