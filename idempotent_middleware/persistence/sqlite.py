@@ -28,6 +28,8 @@ through ``Connection.close()``); an interruption at that moment would block ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import re
 import sqlite3
@@ -256,10 +258,8 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
             entry = self._connections.get(threading.current_thread())
             if entry is not None and entry[1] is conn:
                 del self._connections[threading.current_thread()]
-        try:
+        with contextlib.suppress(Exception):  # closing a broken connection
             conn.close()
-        except Exception:  # pragma: no cover - closing a broken connection
-            pass
 
     def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``operation`` on this thread's connection; SQLite errors become typed ones.
@@ -317,10 +317,9 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         if existing is not None:
             raise IdempotencyItemAlreadyExistsError(existing)
         if self._claims_since_purge():
-            try:
+            # Housekeeping: if it fails, the claim stands all the same.
+            with contextlib.suppress(IdempotencyPersistenceLayerError):
                 self.purge_expired(self.purge_batch, max_batches=1)
-            except IdempotencyPersistenceLayerError:  # housekeeping: the claim stands
-                pass
         # Written only when no live record held the key.
         return None
 
@@ -366,11 +365,12 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         transaction, so other processes' claims slip in between); return how many went."""
         if batch < 1:
             raise ValueError("batch must be at least 1")
+        sql = self._sql["purge"]
         removed = 0
         done = 0
         while max_batches is None or done < max_batches:
             params = {"now": time.time(), "batch": batch}
-            gone = self._run(lambda conn: self._changes(conn, self._sql["purge"], params))
+            gone = self._run(functools.partial(self._changes, sql=sql, params=params))
             removed += gone
             done += 1
             if gone < batch:
@@ -392,7 +392,7 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
                     self._executors_pid = pid
         return self._executors[hash(key) % len(self._executors)]
 
-    async def _in_thread(self, key: str, function: Callable[[DataRecord], None], arg: Any) -> Any:
+    async def _in_thread(self, key: str, function: Callable[[Any], Any], arg: Any) -> Any:
         """Run ``function(arg)`` on ``key``'s worker thread without blocking the event loop.
 
         One thread per shard keeps the operations on one key in order: a renewal asked for
@@ -415,10 +415,9 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
             raise
 
     def _release_quietly(self, record: DataRecord) -> None:
-        try:
+        # Fenced; if it fails, the claim runs out with its lease.
+        with contextlib.suppress(Exception):
             self._delete_record(record)
-        except Exception:  # fenced: if it fails, the claim runs out with its lease
-            pass
 
     async def _get_record_async(self, idempotency_key: str) -> DataRecord:
         return await self._in_thread(  # type: ignore[no-any-return]

@@ -149,7 +149,7 @@ def test_50_threads_with_their_own_layers_one_key_one_winner(db: Path) -> None:
         except IdempotencyItemAlreadyExistsError as exc:
             if exc.old_data_record is not None:
                 seen.append(exc.old_data_record.owner)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=contend, args=(store,)) for store in layers]
@@ -444,7 +444,7 @@ def _child_after_fork(layer: SQLitePersistenceLayer, inherited: sqlite3.Connecti
 
         asyncio.run(asyncio.wait_for(claim_async(), 20))
         q.put(("ok", fresh))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+    except BaseException as exc:
         q.put(("error", repr(exc)))
 
 
