@@ -41,6 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..exceptions import (
+    IdempotencyConfigurationError,
     IdempotencyCorruptRecordError,
     IdempotencyError,
     IdempotencyItemAlreadyExistsError,
@@ -174,6 +175,11 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         purge_batch: int = 500,
     ) -> None:
         super().__init__()
+        if sqlite3.sqlite_version_info < (3, 24, 0):  # pragma: no cover - a 2018 library
+            raise IdempotencyConfigurationError(
+                f"SQLitePersistenceLayer needs SQLite >= 3.24 (upsert), "
+                f"not {sqlite3.sqlite_version}"
+            )
         self.path = os.fspath(path)
         if self.path in ("", ":memory:") or self.path.startswith("file:"):
             raise ValueError(
