@@ -57,6 +57,9 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _STATUSES = (STATUS_INPROGRESS, STATUS_COMPLETED)
 
+#: Every layer of this process, so that a forked child gives each a fresh lock.
+_layers: weakref.WeakSet[SQLitePersistenceLayer] = weakref.WeakSet()
+
 #: Connections inherited through ``fork``: parked, never used or closed in the child (SQLite
 #: forbids carrying a connection across a fork; closing it could touch the parent's locks).
 _inherited: list[sqlite3.Connection] = []
@@ -212,6 +215,7 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         self._executors: list[ThreadPoolExecutor] = []
         self._executors_pid = 0
         self._claims = 0
+        _layers.add(self)
 
     # --- Connections ------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -459,6 +463,17 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
                 conn.close()
             else:
                 _inherited.append(conn)
+
+
+def _after_fork_in_child() -> None:
+    """A lock held by one of the parent's threads at fork time would never be released in
+    the child; the connections and worker threads are replaced on first use (pid check)."""
+    for layer in list(_layers):
+        layer._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def _settled(future: Future[Any]) -> None:

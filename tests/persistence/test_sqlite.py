@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from idempotent_middleware import (
+    IdempotencyCorruptRecordError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
@@ -472,3 +473,17 @@ def test_forked_child_never_uses_the_parents_connection_or_threads(
     assert layer._get_record("scope#child2").status == STATUS_INPROGRESS
     assert layer._connection() is inherited  # the parent's own goes on
     assert layer._get_record(KEY).status == STATUS_INPROGRESS
+
+
+def test_a_row_that_is_not_a_record_is_a_typed_error(
+    layer: SQLitePersistenceLayer, db: Path
+) -> None:
+    layer._put_record(new_claim(layer))
+    raw = sqlite3.connect(db, isolation_level=None)
+    raw.execute("UPDATE idempotency_records SET status = 'BOGUS', owner = x'00'")
+    raw.close()
+    with pytest.raises(IdempotencyCorruptRecordError):
+        layer._get_record(KEY)
+    with pytest.raises(IdempotencyCorruptRecordError):
+        layer._put_record(new_claim(layer))  # the lost claim reads what holds the key
+    assert not layer._connection().in_transaction
