@@ -39,7 +39,6 @@ def _executions(log: Path) -> Counter[str]:
     return Counter(line.split()[0] for line in log.read_text().splitlines() if line)
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("server_name", list(SERVERS))
 def test_300_requests_over_100_keys_run_100_times(server_name: str, tmp_path: Path) -> None:
