@@ -49,7 +49,8 @@ from ..exceptions import (
     IdempotencyOwnershipError,
     IdempotencyPersistenceLayerError,
 )
-from .base import STATUS_COMPLETED, STATUS_INPROGRESS, BasePersistenceLayer, DataRecord
+from .base import BasePersistenceLayer
+from .record import STATUS_COMPLETED, STATUS_INPROGRESS, DataRecord
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ from idempotent_middleware import (
     IdempotencyPersistenceLayerError,
     SQLitePersistenceLayer,
 )
-from idempotent_middleware.persistence.base import STATUS_INPROGRESS, DataRecord
+from idempotent_middleware.persistence.record import STATUS_INPROGRESS, DataRecord
 from tests.faults.signals import Interrupted
 
 KEY = "scope#one"
