@@ -393,15 +393,17 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         """The single worker thread of ``key``'s shard (new ones after a fork: the parent's
         threads do not exist in the child)."""
         pid = os.getpid()
-        if self._executors_pid != pid:
+        executors = self._executors
+        if self._executors_pid != pid or not executors:
             with self._lock:
-                if self._executors_pid != pid:
+                if self._executors_pid != pid or not self._executors:
                     self._executors = [
                         ThreadPoolExecutor(1, thread_name_prefix="idempotency-sqlite")
                         for _ in range(self._async_threads)
                     ]
                     self._executors_pid = pid
-        return self._executors[hash(key) % len(self._executors)]
+                executors = self._executors
+        return executors[hash(key) % len(executors)]
 
     async def _in_thread(self, key: str, function: Callable[[Any], Any], arg: Any) -> Any:
         """Run ``function(arg)`` on ``key``'s worker thread without blocking the event loop.
@@ -467,10 +469,14 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
 
 
 def _after_fork_in_child() -> None:
-    """A lock held by one of the parent's threads at fork time would never be released in
-    the child; the connections and worker threads are replaced on first use (pid check)."""
+    """In a forked child: a fresh lock (one held by a parent thread at fork time would never
+    be released here), and the parent's connections parked, so that neither use nor garbage
+    collection (when their threads' objects go) ever runs SQLite on them in the child. The
+    worker threads are replaced on first use (pid check)."""
     for layer in list(_layers):
         layer._lock = threading.Lock()
+        _inherited.extend(conn for _, conn in list(layer._connections.values()))
+        layer._connections = weakref.WeakKeyDictionary()
 
 
 if hasattr(os, "register_at_fork"):

@@ -27,6 +27,10 @@ from idempotent_middleware import (
 )
 
 store = SQLitePersistenceLayer(os.environ["IDEM_SQLITE_PATH"])
+if os.environ.get("IDEM_TOUCH_AT_IMPORT") == "1":
+    # With ``gunicorn --preload`` this runs in the master: it opens a connection there, which
+    # every forked worker inherits and must never use.
+    store.purge_expired()
 _LOG = os.environ["IDEM_EXEC_LOG"]
 _CONFIG = IdempotencyConfig(lease_seconds=10)
 #: The handler takes a moment, so that duplicates meet the claim in flight too.

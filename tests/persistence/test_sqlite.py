@@ -436,8 +436,11 @@ def test_cancelled_renewal_cannot_land_after_the_release(
 # --- Fork --------------------------------------------------------------------------------------
 def _child_after_fork(layer: SQLitePersistenceLayer, inherited: sqlite3.Connection, q: Any) -> None:
     try:
+        from idempotent_middleware.persistence import sqlite as sqlite_module
+
+        parked = any(conn is inherited for conn in sqlite_module._inherited)
         mine = layer._connection()
-        fresh = mine is not inherited
+        fresh = mine is not inherited and parked
         layer._put_record(layer.new_inprogress_record("scope#child", "fp", 30, 60))
 
         async def claim_async() -> None:
