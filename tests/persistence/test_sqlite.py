@@ -61,6 +61,19 @@ def write_lock_held(db: Path) -> Iterator[sqlite3.Connection]:
         other.close()
 
 
+def entered(layer: SQLitePersistenceLayer, name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An event set once a worker thread has started the layer's ``name`` operation."""
+    started = threading.Event()
+    original = getattr(layer, name)
+
+    def wrapper(record: DataRecord) -> None:
+        started.set()
+        original(record)
+
+    monkeypatch.setattr(layer, name, wrapper)
+    return started
+
+
 def lock_is_free(db: Path) -> bool:
     probe = sqlite3.connect(db, isolation_level=None, timeout=0)
     try:
@@ -381,7 +394,7 @@ def test_async_claim_does_not_block_the_event_loop(layer: SQLitePersistenceLayer
 
 
 def test_cancelled_claim_whose_insert_committed_is_given_back(
-    layer: SQLitePersistenceLayer, db: Path
+    layer: SQLitePersistenceLayer, db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The task is cancelled while its claim waits for the lock; the claim then commits in
     the worker thread. The caller gets CancelledError only once the statement has ended,
@@ -389,9 +402,12 @@ def test_cancelled_claim_whose_insert_committed_is_given_back(
     with contextlib.suppress(IdempotencyItemNotFoundError):
         layer._get_record(KEY)
 
+    started = entered(layer, "_put_record", monkeypatch)
+
     async def main() -> None:
         task = asyncio.ensure_future(layer._put_record_async(new_claim(layer)))
-        await asyncio.sleep(0.2)  # the worker thread is inside the INSERT, waiting
+        assert await asyncio.to_thread(started.wait, 10)
+        await asyncio.sleep(0.05)  # the worker thread is inside the INSERT, waiting
         task.cancel()
         threading.Timer(0.2, lambda: holder.__exit__(None, None, None)).start()
         with pytest.raises(asyncio.CancelledError):
@@ -407,7 +423,7 @@ def test_cancelled_claim_whose_insert_committed_is_given_back(
 
 
 def test_cancelled_renewal_cannot_land_after_the_release(
-    layer: SQLitePersistenceLayer, db: Path
+    layer: SQLitePersistenceLayer, db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A lease stops by cancelling its renewal task, then the key is released: the renewal
     (contract C1 takes an absent key back) must not re-store the claim after the release."""
@@ -415,9 +431,12 @@ def test_cancelled_renewal_cannot_land_after_the_release(
     layer._put_record(claim)
     renewed = replace(claim, in_progress_expiry_timestamp=int((time.time() + 30) * 1000))
 
+    started = entered(layer, "_renew_lease", monkeypatch)
+
     async def main() -> None:
         renewal = asyncio.ensure_future(layer._renew_lease_async(renewed))
-        await asyncio.sleep(0.2)  # waiting for the lock in its worker thread
+        assert await asyncio.to_thread(started.wait, 10)
+        await asyncio.sleep(0.05)  # waiting for the lock in its worker thread
         renewal.cancel()
         release = asyncio.ensure_future(layer._delete_record_async(claim))
         await asyncio.sleep(0.1)
