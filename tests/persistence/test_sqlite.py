@@ -509,3 +509,28 @@ def test_a_row_that_is_not_a_record_is_a_typed_error(
     with pytest.raises(IdempotencyCorruptRecordError):
         layer._put_record(new_claim(layer))  # the lost claim reads what holds the key
     assert not layer._connection().in_transaction
+
+
+def _die_holding_the_write_lock(path: str, key: str) -> None:
+    store = SQLitePersistenceLayer(path)
+    store._put_record(store.new_inprogress_record(key, "fp", 30, 60))
+    conn = store._connection()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("DELETE FROM idempotency_records")  # uncommitted, in the WAL at most
+    os.kill(os.getpid(), 9)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_killed_inside_a_write_blocks_nobody_and_loses_nothing(db: Path) -> None:
+    """SIGKILL while holding the write lock mid-transaction: the kernel drops the lock, the
+    uncommitted write is never seen, the committed claim stays."""
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(target=_die_holding_the_write_lock, args=(str(db), KEY))
+    child.start()
+    child.join(30)
+    assert child.exitcode == -9
+    store = SQLitePersistenceLayer(db, busy_timeout=1.0)
+    assert store._get_record(KEY).status == STATUS_INPROGRESS
+    store._put_record(new_claim(store, "scope#after-kill"))
+    assert lock_is_free(db)
+    store.close()
