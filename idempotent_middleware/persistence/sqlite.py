@@ -152,6 +152,32 @@ def _decode(key: str, row: tuple[Any, ...]) -> DataRecord:
     )
 
 
+class _Slot:
+    """One thread's connection, held in a ``threading.local``: when its thread ends, the slot
+    goes and closes the connection (no connection outlives its thread). In a forked child
+    (another pid) it parks the connection instead of closing it."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn: sqlite3.Connection | None = conn
+        self.pid = os.getpid()
+
+    def release(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        if self.pid == os.getpid():
+            with contextlib.suppress(Exception):
+                conn.close()
+        else:
+            _inherited.append(conn)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # also at interpreter exit
+            self.release()
+
+
 class SQLitePersistenceLayer(BasePersistenceLayer):
     """Records in one SQLite database file (WAL mode), shared by the processes of one host.
 
@@ -207,10 +233,9 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         self.purge_batch = purge_batch
         self._sql = {name: sql.format(table=table) for name, sql in _STATEMENTS.items()}
         self._schema = _SCHEMA.format(table=table)
-        #: Each thread's own connection, with the pid that opened it (fork check).
-        self._connections: weakref.WeakKeyDictionary[
-            threading.Thread, tuple[int, sqlite3.Connection]
-        ] = weakref.WeakKeyDictionary()
+        #: Each thread's own connection (``slot``), and every slot, for ``close()``.
+        self._local = threading.local()
+        self._slots: weakref.WeakSet[_Slot] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._async_threads = async_threads
         self._executors: list[ThreadPoolExecutor] = []
@@ -221,16 +246,15 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
     # --- Connections ------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection; a new one in a forked child (never the parent's)."""
-        thread = threading.current_thread()
-        entry = self._connections.get(thread)
-        pid = os.getpid()
-        if entry is not None:
-            if entry[0] == pid:
-                return entry[1]
-            _inherited.append(entry[1])
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is not None:
+            if slot.conn is not None and slot.pid == os.getpid():
+                return slot.conn
+            slot.release()  # closed by close(), or the parent's: parked
         conn = self._connect()
+        slot = self._local.slot = _Slot(conn)
         with self._lock:
-            self._connections[thread] = (pid, conn)
+            self._slots.add(slot)
         return conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -264,13 +288,13 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         return conn
 
     def _discard(self, conn: sqlite3.Connection) -> None:
-        """Forget this thread's connection after an interruption; the next use opens anew."""
-        with self._lock:
-            entry = self._connections.get(threading.current_thread())
-            if entry is not None and entry[1] is conn:
-                del self._connections[threading.current_thread()]
-        with contextlib.suppress(Exception):  # closing a broken connection
-            conn.close()
+        """Close this thread's connection after an interruption; the next use opens anew."""
+        slot: _Slot | None = getattr(self._local, "slot", None)
+        if slot is not None and slot.conn is conn:
+            slot.release()
+        else:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``operation`` on this thread's connection; SQLite errors become typed ones.
@@ -456,16 +480,11 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         """
         with self._lock:
             executors, self._executors, self._executors_pid = self._executors, [], 0
-            entries = list(self._connections.items())
-            self._connections = weakref.WeakKeyDictionary()
+            slots = list(self._slots)
         for executor in executors:
             executor.shutdown(wait=True)
-        pid = os.getpid()
-        for _, (owner_pid, conn) in entries:
-            if owner_pid == pid:
-                conn.close()
-            else:
-                _inherited.append(conn)
+        for slot in slots:
+            slot.release()
 
 
 def _after_fork_in_child() -> None:
@@ -475,8 +494,8 @@ def _after_fork_in_child() -> None:
     worker threads are replaced on first use (pid check)."""
     for layer in list(_layers):
         layer._lock = threading.Lock()
-        _inherited.extend(conn for _, conn in list(layer._connections.values()))
-        layer._connections = weakref.WeakKeyDictionary()
+        for slot in list(layer._slots):
+            slot.release()  # another pid now: parked, not closed
 
 
 if hasattr(os, "register_at_fork"):

@@ -534,3 +534,39 @@ def test_a_worker_killed_inside_a_write_blocks_nobody_and_loses_nothing(db: Path
     store._put_record(new_claim(store, "scope#after-kill"))
     assert lock_is_free(db)
     store.close()
+
+
+def test_a_threads_connection_is_closed_when_the_thread_ends(layer: SQLitePersistenceLayer) -> None:
+    """Thread-per-request servers: no connection outlives its thread (3.13 warns otherwise)."""
+    opened: list[sqlite3.Connection] = []
+
+    def work() -> None:
+        layer._put_record(new_claim(layer, "scope#thread"))
+        opened.append(layer._connection())
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    with pytest.raises(sqlite3.ProgrammingError):
+        opened[0].execute("SELECT 1")  # closed with its thread
+    assert layer._get_record("scope#thread").status == STATUS_INPROGRESS
+
+
+def test_close_closes_every_threads_connection_and_the_layer_reopens(
+    layer: SQLitePersistenceLayer,
+) -> None:
+    async def claim_async() -> None:
+        await layer._put_record_async(new_claim(layer, "scope#async"))
+
+    asyncio.run(claim_async())
+    mine = layer._connection()
+    layer.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        mine.execute("SELECT 1")
+    assert layer._get_record("scope#async").status == STATUS_INPROGRESS
+    asyncio.run(claim_async_again(layer))
+
+
+async def claim_async_again(layer: SQLitePersistenceLayer) -> None:
+    with pytest.raises(IdempotencyItemAlreadyExistsError):
+        await layer._put_record_async(new_claim(layer, "scope#async"))
