@@ -110,6 +110,14 @@ _STATEMENTS = {
 }
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (primary codes 5 and 6; the message before 3.11)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _live_until(record: DataRecord) -> float | None:
     """When the record stops being live: the rule of ``DataRecord.is_expired``."""
     if record.status == STATUS_INPROGRESS and record.in_progress_expiry_timestamp is not None:
@@ -270,14 +278,7 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
                 f"SQLite: cannot open {self.path!r}: {exc}"
             ) from exc
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
-            if str(mode).lower() != "wal":
-                raise IdempotencyPersistenceLayerError(
-                    f"SQLite: {self.path!r} cannot use WAL (journal_mode is {mode!r})"
-                )
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            # Idempotent; concurrent first uses serialise on the write lock.
-            conn.executescript(self._schema)
+            self._prepare(conn)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -286,6 +287,32 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
                 ) from exc
             raise
         return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """WAL mode, durability, and the table (idempotent; every worker may be first).
+
+        Retried until ``busy_timeout``: while another process turns a new file to WAL or
+        recovers its WAL, SQLite answers "database is locked" at once, without waiting.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+                if str(mode).lower() != "wal":
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0][0]
+                if str(mode).lower() != "wal":
+                    raise IdempotencyPersistenceLayerError(
+                        f"SQLite: {self.path!r} cannot use WAL (journal_mode is {mode!r})"
+                    )
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                conn.executescript(self._schema)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                if conn.in_transaction:
+                    conn.rollback()
+                time.sleep(0.005)
 
     def _discard(self, conn: sqlite3.Connection) -> None:
         """Close this thread's connection after an interruption; the next use opens anew."""

@@ -194,7 +194,7 @@ def _claim_in_process(path: str, keys: list[str], barrier: Any, results: Any) ->
         store.close()
         results.put((os.getpid(), won))
     except BaseException as exc:
-        results.put((os.getpid(), repr(exc)))  # reported by the parent, not a timeout
+        results.put((os.getpid(), f"{type(exc).__name__}: {exc}"))  # for the parent to report
 
 
 @pytest.mark.timeout(120)
@@ -219,7 +219,9 @@ def test_4_processes_on_one_file_one_winner_per_key(db: Path, start_method: str)
     for process in processes:
         process.join(30)
         assert process.exitcode == 0
-    assert all(isinstance(won, list) for _, won in outcomes), outcomes
+    assert all(isinstance(won, list) for _, won in outcomes), [
+        won for _, won in outcomes if not isinstance(won, list)
+    ]
     winners: dict[str, list[bytes]] = {}
     for _, won in outcomes:
         for key, owner in won:
