@@ -456,25 +456,31 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
                 executors = self._executors
         return executors[hash(key) % len(executors)]
 
-    async def _in_thread(self, key: str, function: Callable[[Any], Any], arg: Any) -> Any:
+    async def _in_thread(
+        self, key: str, function: Callable[[Any], Any], arg: Any, *, droppable: bool = False
+    ) -> Any:
         """Run ``function(arg)`` on ``key``'s worker thread without blocking the event loop.
 
         One thread per shard keeps the operations on one key in order: a renewal asked for
         before a release cannot land after it. A cancellation never abandons a statement
-        half way: if it has not started it never will; if it has, the caller waits for it
-        to finish (or fail) and then gets the ``CancelledError``.
+        half way: the caller waits for it to finish (or fail), then gets the
+        ``CancelledError``. Writes run even if their caller is cancelled before the thread
+        took them (a dropped completion would let a retry run the handler again, once the
+        lease is out); only a claim (or a read) that has not started yet is dropped, as
+        nothing has happened then. A claim that committed for a cancelled caller is given
+        back: nothing will run under it, and it would block the key for a lease.
         """
         future: Future[Any] = self._executor(key).submit(function, arg)
         try:
-            return await asyncio.wrap_future(future)
+            # wrap_future cancels a job not started yet when its caller is cancelled; the
+            # shield keeps that from happening to the writes that must land.
+            wrapped = asyncio.wrap_future(future)
+            return await (wrapped if droppable else asyncio.shield(wrapped))
         except asyncio.CancelledError:
-            # ``wrap_future`` has asked the job to cancel: that works only if not started.
             if not future.cancelled():
                 await _settled(future)
                 if function == self._put_record and future.exception() is None:
-                    # The claim was written but its caller is gone, so nothing will run
-                    # under it: give it back (fenced by its owner) rather than block the key
-                    # for a lease. Queued behind it on the same thread, not awaited.
+                    # Queued behind it on the same thread, not awaited.
                     self._executor(key).submit(self._release_quietly, arg)
             raise
 
@@ -485,11 +491,13 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
 
     async def _get_record_async(self, idempotency_key: str) -> DataRecord:
         return await self._in_thread(  # type: ignore[no-any-return]
-            idempotency_key, self._get_record, idempotency_key
+            idempotency_key, self._get_record, idempotency_key, droppable=True
         )
 
     async def _put_record_async(self, data_record: DataRecord) -> None:
-        await self._in_thread(data_record.idempotency_key, self._put_record, data_record)
+        await self._in_thread(
+            data_record.idempotency_key, self._put_record, data_record, droppable=True
+        )
 
     async def _update_record_async(self, data_record: DataRecord) -> None:
         await self._in_thread(data_record.idempotency_key, self._update_record, data_record)

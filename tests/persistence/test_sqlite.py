@@ -577,3 +577,34 @@ def test_close_closes_every_threads_connection_and_the_layer_reopens(
 async def claim_async_again(layer: SQLitePersistenceLayer) -> None:
     with pytest.raises(IdempotencyItemAlreadyExistsError):
         await layer._put_record_async(new_claim(layer, "scope#async"))
+
+
+def test_cancelled_completion_still_lands_even_before_its_thread_took_it(db: Path) -> None:
+    """A completion queued behind a statement waiting for the lock, its task cancelled
+    before the worker thread takes it: it is written all the same (the handler ran; a
+    completion dropped here would let a retry run it again once the lease is out)."""
+    store = SQLitePersistenceLayer(db, async_threads=1)
+    busy, done = new_claim(store, "scope#busy"), new_claim(store, "scope#done")
+    store._put_record(busy)
+    store._put_record(done)
+    renewed = replace(busy, in_progress_expiry_timestamp=int((time.time() + 30) * 1000))
+
+    async def main() -> None:
+        blocker = asyncio.ensure_future(store._renew_lease_async(renewed))
+        await asyncio.sleep(0.2)  # the only worker thread waits for the lock
+        completion = asyncio.ensure_future(
+            store._update_record_async(store.completed_record(done, b"result", 60))
+        )
+        await asyncio.sleep(0.05)
+        completion.cancel()
+        await asyncio.sleep(0.05)
+        holder.__exit__(None, None, None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await completion
+        await blocker
+
+    holder = write_lock_held(db)
+    holder.__enter__()
+    asyncio.run(main())
+    assert store._get_record("scope#done").response_data == b"result"
+    store.close()
