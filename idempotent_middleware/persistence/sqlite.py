@@ -44,6 +44,7 @@ from ..exceptions import (
     IdempotencyConfigurationError,
     IdempotencyCorruptRecordError,
     IdempotencyError,
+    IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
@@ -126,6 +127,8 @@ def _live_until(record: DataRecord) -> float | None:
 
 
 def _params(record: DataRecord) -> dict[str, Any]:
+    if record.status not in _STATUSES:  # assigned after construction: never stored
+        raise IdempotencyInvalidStatusError(f"unknown idempotency record status {record.status!r}")
     return {
         "key": record.idempotency_key,
         "status": record.status,

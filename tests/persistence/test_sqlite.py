@@ -20,6 +20,7 @@ import pytest
 
 from idempotent_middleware import (
     IdempotencyCorruptRecordError,
+    IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
@@ -608,3 +609,15 @@ def test_cancelled_completion_still_lands_even_before_its_thread_took_it(db: Pat
     asyncio.run(main())
     assert store._get_record("scope#done").response_data == b"result"
     store.close()
+
+
+def test_a_status_assigned_after_construction_is_never_stored(
+    layer: SQLitePersistenceLayer,
+) -> None:
+    record = new_claim(layer)
+    record.status = "EXPIRED"
+    for write in (layer._put_record, layer._update_record, layer._renew_lease):
+        with pytest.raises(IdempotencyInvalidStatusError):
+            write(record)
+    with pytest.raises(IdempotencyItemNotFoundError):
+        layer._get_record(KEY)
