@@ -1,0 +1,118 @@
+"""The Litestar integration in process (Litestar's ``TestClient``): options from ``opt``,
+inherited from a router, exempt by ``skip_idempotency``, and the bearer user's scope."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from litestar import Litestar, post
+from litestar.testing import TestClient
+
+from idempotent_middleware import InMemoryPersistenceLayer
+from idempotent_middleware.litestar import IdempotencyPlugin
+from tests.integrations.litestar_apps import build
+
+pytestmark = pytest.mark.timeout(60)
+
+ALICE = {"Authorization": "Bearer token-alice"}
+BOB = {"Authorization": "Bearer token-bob"}
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient[Litestar]]:
+    with TestClient(app=build(InMemoryPersistenceLayer())) as c:
+        yield c
+
+
+def runs(client: TestClient[Litestar]) -> int:
+    return int(client.app.state.runs.value)
+
+
+def problem(response: Any, status: int, slug: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"].endswith("/" + slug)
+
+
+def test_two_users_same_key_same_body_each_get_their_own(client: TestClient[Litestar]) -> None:
+    key = {"Idempotency-Key": "shared-key"}
+    alice = client.post("/transfers", json={"amount": 5}, headers={**ALICE, **key})
+    bob = client.post("/transfers", json={"amount": 5}, headers={**BOB, **key})
+    assert alice.json() == {"user": "alice", "amount": 5, "run": 1}
+    assert bob.json() == {"user": "bob", "amount": 5, "run": 2}
+    again = client.post("/transfers", json={"amount": 5}, headers={**ALICE, **key})
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == alice.content
+    assert runs(client) == 2
+
+
+def test_options_from_opt(client: TestClient[Litestar]) -> None:
+    body = {"amount": 1}
+    problem(client.post("/payments", json=body, headers=ALICE), 400, "idempotency-key-missing")
+    # Inherited from the router's opt.
+    problem(client.post("/v1/refunds", json=body), 400, "idempotency-key-missing")
+    key = {"Idempotency-Key": "refund-1"}
+    first = client.post("/v1/refunds", json=body, headers=key)
+    retry = client.post("/v1/refunds", json=body, headers=key)
+    assert first.status_code == 201 and retry.headers["idempotent-replayed"] == "true"
+    problem(
+        client.post("/v1/refunds", json={"amount": 2}, headers=key), 422, "idempotency-key-reused"
+    )
+    # Nothing declared: the configuration's methods, key optional.
+    plain = [client.post("/transfers", json=body, headers=ALICE) for _ in range(2)]
+    assert [r.json()["run"] for r in plain] == [2, 3]
+    # opt={"idempotency": {}} on a PUT handler covers PUT.
+    put = [client.put("/accounts/a", json=body, headers={"Idempotency-Key": "p"}) for _ in range(2)]
+    assert put[1].headers["idempotent-replayed"] == "true"
+    assert runs(client) == 4
+
+
+def test_exempt_and_get(client: TestClient[Litestar]) -> None:
+    key = {"Idempotency-Key": "hook-1"}
+    hooks = [client.post("/webhooks", json={"amount": 1}, headers=key) for _ in range(2)]
+    assert [r.json()["run"] for r in hooks] == [1, 2]
+    gets = [client.get("/healthz", headers=key) for _ in range(2)]
+    assert all("idempotent-replayed" not in r.headers for r in [*hooks, *gets])
+
+
+def test_handler_error_releases_the_key() -> None:
+    calls: list[int] = []
+
+    @post("/boom")
+    async def boom() -> None:
+        calls.append(1)
+        raise RuntimeError("handler failed")
+
+    app = Litestar(route_handlers=[boom], plugins=[IdempotencyPlugin()])
+    with TestClient(app=app, raise_server_exceptions=False) as c:
+        answers = [c.post("/boom", headers={"Idempotency-Key": "b"}) for _ in range(2)]
+    assert [a.status_code for a in answers] == [500, 500]
+    assert len(calls) == 2  # a 500 is never stored: the retry ran again
+
+
+def test_middleware_on_one_router_only() -> None:
+    from litestar import Router
+
+    calls: list[int] = []
+
+    @post("/a", status_code=201)
+    async def a() -> int:
+        calls.append(1)
+        return len(calls)
+
+    @post("/b", status_code=201)
+    async def b() -> int:
+        calls.append(1)
+        return len(calls)
+
+    plugin = IdempotencyPlugin()
+    app = Litestar(
+        route_handlers=[Router("/in", route_handlers=[a], middleware=[plugin.middleware]), b]
+    )
+    key = {"Idempotency-Key": "k"}
+    with TestClient(app=app) as c:
+        inside = [c.post("/in/a", headers=key).text for _ in range(2)]
+        outside = [c.post("/b", headers=key).text for _ in range(2)]
+    assert inside == ["1", "1"] and outside == ["2", "3"]
