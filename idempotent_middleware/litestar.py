@@ -23,7 +23,6 @@ except ImportError as exc:  # pragma: no cover - exercised without litestar inst
     ) from exc
 
 from ._routed import RoutedIdempotency, route_options, run_route
-from .asgi import Receive, Scope, Send
 from .config import IdempotencyConfig
 from .persistence.base import BasePersistenceLayer
 
@@ -74,7 +73,8 @@ class LitestarIdempotencyMiddleware:
         self.app = app
         self.plugin = plugin
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    # Litestar's own scope types are TypedDicts; the adapter takes any ASGI mapping.
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         handler = scope.get("route_handler")
         if scope["type"] != "http" or handler is None:
             await self.app(scope, receive, send)
