@@ -50,8 +50,10 @@ class RoutedIdempotency:
             return None
         if options.methods is not None:
             methods = frozenset(normalise_method(m) for m in options.methods)
-        else:
+        elif route_methods:
             methods = frozenset(normalise_method(m) for m in route_methods) - SAFE_METHODS
+        else:  # a route that takes any method (Litestar's @asgi): the configuration's
+            methods = self.base.routes.methods
         key = (options.raise_on_no_idempotency_key, options.expires_after_seconds, methods)
         engine = self._engines.get(key)
         if engine is None:

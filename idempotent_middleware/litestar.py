@@ -85,6 +85,8 @@ class LitestarIdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         engine = plugin.routed.engine_for(
-            route_options(opt.get(plugin.opt_key)), handler.http_methods
+            # ``@asgi`` handlers declare no methods: the configuration's then apply.
+            route_options(opt.get(plugin.opt_key)),
+            getattr(handler, "http_methods", ()),
         )
         await run_route(engine, self.app, scope, receive, send)

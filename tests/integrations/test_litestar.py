@@ -116,3 +116,22 @@ def test_middleware_on_one_router_only() -> None:
         inside = [c.post("/in/a", headers=key).text for _ in range(2)]
         outside = [c.post("/b", headers=key).text for _ in range(2)]
     assert inside == ["1", "1"] and outside == ["2", "3"]
+
+
+def test_asgi_route_handler_is_covered_like_any_route() -> None:
+    """``@asgi`` handlers have no ``http_methods``: the configuration's methods apply."""
+    from litestar import asgi
+
+    calls: list[int] = []
+
+    @asgi("/raw")
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        calls.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": str(len(calls)).encode()})
+
+    app = Litestar(route_handlers=[raw], plugins=[IdempotencyPlugin()])
+    with TestClient(app=app) as c:
+        answers = [c.post("/raw", headers={"Idempotency-Key": "r"}) for _ in range(2)]
+    assert [a.text for a in answers] == ["1", "1"]
+    assert answers[1].headers["idempotent-replayed"] == "true"
