@@ -131,6 +131,10 @@ def test_exactly_once_under_concurrent_duplicates(
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["type"].endswith("/idempotency-key-in-progress")
     assert runs(redis_client, server, "slow") == 1
+    print(
+        f"{server.name} ({server.workers} workers): {DUPLICATES} duplicates -> "
+        f"executed={len(executed)} replayed={len(replayed)} in_progress_409={len(in_progress)}"
+    )
     after = httpx.post(
         server.base_url + "/slow",
         json={"amount": 1},
