@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 try:
-    from fastapi import FastAPI
+    from fastapi import APIRouter, FastAPI
     from fastapi.routing import APIRoute
 except ImportError as exc:  # pragma: no cover - exercised without fastapi installed
     raise ImportError(
@@ -34,7 +35,13 @@ from .http.keys import MAX_KEY_LENGTH
 from .http.response import StoredResponse
 from .persistence.base import BasePersistenceLayer
 
-__all__ = ["Idempotency", "IdempotentRoute", "idempotent", "idempotent_exempt"]
+__all__ = [
+    "Idempotency",
+    "IdempotentRoute",
+    "UnprotectedRoutesWarning",
+    "idempotent",
+    "idempotent_exempt",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,6 +84,10 @@ def idempotent_exempt(endpoint: F) -> F:
     """Never handle this route's requests, whatever the configuration's methods and paths."""
     setattr(endpoint, _OPTIONS_ATTRIBUTE, RouteOptions(enabled=False))
     return endpoint
+
+
+class UnprotectedRoutesWarning(UserWarning):
+    """Routes included into a protected app that the middleware will not see."""
 
 
 class IdempotentRoute(APIRoute):
@@ -155,6 +166,26 @@ class Idempotency:
                 "APIRouter(route_class=IdempotentRoute) for included routers"
             )
         setattr(app.state, _STATE_ATTRIBUTE, self)
+        include = app.include_router
+
+        def include_router(router: APIRouter, *args: Any, **kwargs: Any) -> None:
+            # A router made without route_class=IdempotentRoute would be served unprotected,
+            # silently: say so where it is included.
+            plain = [
+                route.path
+                for route in router.routes
+                if isinstance(route, APIRoute) and not isinstance(route, IdempotentRoute)
+            ]
+            if plain:
+                warnings.warn(
+                    f"routes of an APIRouter without route_class=IdempotentRoute are not "
+                    f"protected by idempotency: {', '.join(plain)}",
+                    UnprotectedRoutesWarning,
+                    stacklevel=2,
+                )
+            include(router, *args, **kwargs)
+
+        app.include_router = include_router  # type: ignore[method-assign]
         generate = app.openapi
         documented: list[dict[str, Any]] = []
 

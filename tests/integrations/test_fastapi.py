@@ -4,6 +4,7 @@ included routers, the bearer user's scope, set-up errors, and the OpenAPI contra
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,12 @@ from fastapi import APIRouter, FastAPI
 from openapi_spec_validator import validate
 
 from idempotent_middleware import IdempotencyConfig, InMemoryPersistenceLayer
-from idempotent_middleware.fastapi import Idempotency, IdempotentRoute, idempotent
+from idempotent_middleware.fastapi import (
+    Idempotency,
+    IdempotentRoute,
+    UnprotectedRoutesWarning,
+    idempotent,
+)
 from tests.integrations.fastapi_apps import WEEK, build
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.anyio]
@@ -136,6 +142,28 @@ def test_routes_declared_before_install_are_refused() -> None:
 
     with pytest.raises(ValueError, match="/early"):
         Idempotency(app)
+
+
+def test_including_a_plain_router_warns() -> None:
+    app = FastAPI()
+    Idempotency(app)
+    plain = APIRouter()
+
+    @plain.post("/plain")
+    async def handler() -> dict[str, bool]:
+        return {}
+
+    with pytest.warns(UnprotectedRoutesWarning, match="/plain"):
+        app.include_router(plain)
+    protected = APIRouter(route_class=IdempotentRoute)
+
+    @protected.post("/protected")
+    async def other() -> dict[str, bool]:
+        return {}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        app.include_router(protected)
 
 
 async def test_route_class_without_install_fails_loudly() -> None:
