@@ -260,3 +260,22 @@ async def test_openapi_without_a_covered_operation_adds_nothing() -> None:
         assert key_parameter(document["paths"]["/plain"]["post"]) is None
         # The schema is documented once, however often it is served.
         assert await openapi(c) == document
+
+
+async def test_openapi_with_a_body_key_has_no_header_parameter() -> None:
+    app = FastAPI()
+    Idempotency(app, config=IdempotencyConfig(event_key_jmespath="body.order_id"))
+
+    @app.post("/orders")
+    async def orders(body: dict[str, str]) -> dict[str, str]:
+        return body
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        operation = (await openapi(c))["paths"]["/orders"]["post"]
+        first = await c.post("/orders", json={"order_id": "o1"})
+        retry = await c.post("/orders", json={"order_id": "o1"})
+    assert key_parameter(operation) is None
+    assert "application/problem+json" in operation["responses"]["409"]["content"]
+    assert operation["x-idempotency"]["header"] is None
+    assert retry.headers["idempotent-replayed"] == "true" and retry.content == first.content
