@@ -70,3 +70,27 @@ def credential_scope(
         return mac.hexdigest() if found else None
 
     return scope
+
+
+def user_scope(attribute: str = "id") -> Callable[[HttpRequest], str | None]:
+    """A ``scope`` hook: the tenant is the authenticated user an authentication middleware
+    that ran before ours left in the ASGI scope (``scope["user"]``: Litestar's
+    ``AbstractAuthenticationMiddleware``, Starlette's ``AuthenticationMiddleware``).
+
+    ``attribute`` names the user's stable identifier (``"id"``; a mapping user is read by
+    key). No user, a user whose ``is_authenticated`` is false (Starlette's
+    ``UnauthenticatedUser``) or no such identifier: unscoped (None). Only for middleware
+    that runs before ours; authentication inside the app (FastAPI dependencies, Litestar
+    guards) has not happened yet: use ``credential_scope`` there.
+    """
+
+    def scope(request: HttpRequest) -> str | None:
+        raw = request.raw
+        user = raw.get("user") if isinstance(raw, dict) else None
+        if user is None or getattr(user, "is_authenticated", True) is False:
+            return None
+        found = user.get(attribute) if isinstance(user, dict) else getattr(user, attribute, None)
+        # A type prefix keeps the user 7 apart from the user "7" of another kind of id.
+        return None if found is None else f"{type(found).__name__}:{found}"
+
+    return scope

@@ -135,3 +135,55 @@ def test_asgi_route_handler_is_covered_like_any_route() -> None:
         answers = [c.post("/raw", headers={"Idempotency-Key": "r"}) for _ in range(2)]
     assert [a.text for a in answers] == ["1", "1"]
     assert answers[1].headers["idempotent-replayed"] == "true"
+
+
+def test_user_scope_with_an_authentication_middleware_before_ours() -> None:
+    """Litestar's authentication middleware sets ``scope["user"]`` before the plugin's runs,
+    so keys are scoped by the authenticated user itself."""
+    from dataclasses import dataclass
+
+    from litestar.connection import ASGIConnection
+    from litestar.exceptions import NotAuthorizedException
+    from litestar.middleware import (
+        AbstractAuthenticationMiddleware,
+        AuthenticationResult,
+        DefineMiddleware,
+    )
+
+    from idempotent_middleware import IdempotencyConfig
+    from idempotent_middleware.scopes import user_scope
+
+    @dataclass
+    class User:
+        id: int
+        name: str
+
+    users = {"token-alice": User(1, "alice"), "token-bob": User(2, "bob")}
+
+    class BearerAuth(AbstractAuthenticationMiddleware):
+        async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:  # type: ignore[type-arg]
+            token = connection.headers.get("authorization", "").removeprefix("Bearer ")
+            if token not in users:
+                raise NotAuthorizedException()
+            return AuthenticationResult(user=users[token], auth=token)
+
+    calls: list[str] = []
+
+    @post("/transfers", status_code=201)
+    async def transfer(request: Any) -> dict[str, object]:
+        calls.append(request.user.name)
+        return {"user": request.user.name, "run": len(calls)}
+
+    app = Litestar(
+        route_handlers=[transfer],
+        middleware=[DefineMiddleware(BearerAuth)],
+        plugins=[IdempotencyPlugin(config=IdempotencyConfig(scope=user_scope("id")))],
+    )
+    key = {"Idempotency-Key": "same"}
+    with TestClient(app=app) as c:
+        alice = c.post("/transfers", headers={**ALICE, **key})
+        bob = c.post("/transfers", headers={**BOB, **key})
+        again = c.post("/transfers", headers={**ALICE, **key})
+    assert alice.json() == {"user": "alice", "run": 1}
+    assert bob.json() == {"user": "bob", "run": 2}
+    assert again.content == alice.content and again.headers["idempotent-replayed"] == "true"

@@ -143,3 +143,21 @@ def test_plain_wsgi_middleware() -> None:
     assert b.get_json() == {"who": "f-bob", "run": 2}
     assert again.get_data() == a.get_data() and again.headers["Idempotent-Replayed"] == "true"
     assert b"secret-token" not in _stored_bytes(store)
+
+
+def test_user_scope_reads_the_scope_user() -> None:
+    from idempotent_middleware.scopes import user_scope
+
+    class Anonymous:
+        is_authenticated = False
+
+    def raw(user: Any) -> HttpRequest:
+        return HttpRequest("POST", "/x", b"", [], {"type": "http", "user": user})
+
+    scope = user_scope("id")
+    assert scope(raw({"id": 7})) == "int:7"
+    assert scope(raw({"id": "7"})) == "str:7"
+    assert scope(raw(Anonymous())) is None
+    assert scope(raw(None)) is None
+    assert scope(HttpRequest("POST", "/x", b"", [], {"type": "http"})) is None
+    assert scope(HttpRequest("POST", "/x", b"", [], None)) is None  # WSGI-like raw
