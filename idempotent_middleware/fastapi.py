@@ -103,6 +103,7 @@ class IdempotentRoute(APIRoute):
         kwargs["openapi_extra"] = extra
         super().__init__(path, endpoint, **kwargs)
         self.idempotency_options = options
+        self._idempotency_engine: tuple[Idempotency, HttpIdempotency | None] | None = None
         # Read back by Idempotency.document, which knows the configuration.
         extra[_MARKER] = {
             "options": None if options is None else _options_document(options),
@@ -119,7 +120,12 @@ class IdempotentRoute(APIRoute):
             raise RuntimeError(
                 "IdempotentRoute served by an app without Idempotency(app) / init_app(app)"
             )
-        engine = installed.routed.engine_for(self.idempotency_options, self.methods or ())
+        cached = self._idempotency_engine
+        if cached is not None and cached[0] is installed:
+            engine = cached[1]
+        else:  # once per route (and app): the options and methods never change
+            engine = installed.routed.engine_for(self.idempotency_options, self.methods or ())
+            self._idempotency_engine = (installed, engine)
         await run_route(engine, super().handle, scope, receive, send)
 
 

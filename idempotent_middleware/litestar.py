@@ -24,6 +24,7 @@ except ImportError as exc:  # pragma: no cover - exercised without litestar inst
 
 from ._routed import RoutedIdempotency, route_options, run_route
 from .config import IdempotencyConfig
+from .http.engine import HttpIdempotency
 from .persistence.base import BasePersistenceLayer
 
 __all__ = ["IdempotencyPlugin", "LitestarIdempotencyMiddleware"]
@@ -67,11 +68,16 @@ class IdempotencyPlugin(InitPluginProtocol):
 
 
 class LitestarIdempotencyMiddleware:
-    """One per route handler (Litestar builds the stack per handler); no per-request state."""
+    """One per route handler (Litestar builds the stack per handler); no per-request state.
+
+    The exclusion key is read per request (cheap), the engine once per handler.
+    """
 
     def __init__(self, app: Any, plugin: IdempotencyPlugin) -> None:
         self.app = app
         self.plugin = plugin
+        #: The handler this stack serves and its engine, resolved on its first request.
+        self._cached: tuple[Any, HttpIdempotency | None] | None = None
 
     # Litestar's own scope types are TypedDicts; the adapter takes any ASGI mapping.
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -84,9 +90,14 @@ class LitestarIdempotencyMiddleware:
         if plugin.exclude_opt_key is not None and opt.get(plugin.exclude_opt_key):
             await self.app(scope, receive, send)
             return
-        engine = plugin.routed.engine_for(
-            # ``@asgi`` handlers declare no methods: the configuration's then apply.
-            route_options(opt.get(plugin.opt_key)),
-            getattr(handler, "http_methods", ()),
-        )
+        cached = self._cached
+        if cached is not None and cached[0] is handler:
+            engine = cached[1]
+        else:  # Litestar builds one stack per handler: this runs once
+            engine = plugin.routed.engine_for(
+                # ``@asgi`` handlers declare no methods: the configuration's then apply.
+                route_options(opt.get(plugin.opt_key)),
+                getattr(handler, "http_methods", ()),
+            )
+            self._cached = (handler, engine)
         await run_route(engine, self.app, scope, receive, send)
