@@ -14,7 +14,6 @@ the credential with ``idempotent_middleware.scopes.credential_scope`` (see the R
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
@@ -27,12 +26,18 @@ except ImportError as exc:  # pragma: no cover - exercised without fastapi insta
         "idempotent_middleware.fastapi needs FastAPI: pip install 'idempotent-middleware[fastapi]'"
     ) from exc
 
+from ._openapi import (
+    PROBLEM_SCHEMA,
+    extension,
+    key_parameter,
+    problem_responses,
+    problem_schema,
+    replay_header,
+)
 from ._routed import RoutedIdempotency, run_route
 from .asgi import Receive, Scope, Send
 from .config import IdempotencyConfig, RouteOptions
 from .http.engine import HttpIdempotency
-from .http.keys import MAX_KEY_LENGTH
-from .http.response import StoredResponse
 from .persistence.base import BasePersistenceLayer
 
 __all__ = [
@@ -51,9 +56,6 @@ _OPTIONS_ATTRIBUTE = "__idempotency_options__"
 _STATE_ATTRIBUTE = "idempotent_middleware"
 #: Operation extension carrying a route's declared options to the OpenAPI step.
 _MARKER = "x-idempotency"
-PROBLEM_SCHEMA = "IdempotencyProblem"
-#: Printable ASCII, as ``http.keys.parse_key`` accepts it (RFC 8941 quoted form included).
-KEY_PATTERN = "^[\\x20-\\x7E]+$"
 
 
 def idempotent(
@@ -230,80 +232,33 @@ class Idempotency:
                     continue
                 covered = True
                 self._document_operation(operation, engine, rule.key_required)
-                operation[_MARKER] = {
-                    "header": self.config.header_name if engine.header_mode else None,
-                    "keyRequired": rule.key_required,
-                    "expiresAfterSeconds": rule.expires_after_seconds,
-                }
+                operation[_MARKER] = extension(engine, rule)
         if covered:
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-            schemas[PROBLEM_SCHEMA] = _problem_schema()
+            schemas[PROBLEM_SCHEMA] = problem_schema()
 
     def _document_operation(
         self, operation: dict[str, Any], engine: HttpIdempotency, key_required: bool
     ) -> None:
-        cfg = engine.config
+        name = engine.config.header_name.lower()
         if engine.header_mode:
             parameters = operation.setdefault("parameters", [])
             if not any(
-                p.get("in") == "header" and p.get("name", "").lower() == cfg.header_name.lower()
-                for p in parameters
+                p.get("in") == "header" and p.get("name", "").lower() == name for p in parameters
             ):
-                parameters.append(
-                    {
-                        "name": cfg.header_name,
-                        "in": "header",
-                        "required": key_required,
-                        "description": (
-                            "Makes the request safe to retry: the first request with a key "
-                            "runs, every retry with the same key and body gets its stored "
-                            "response (draft-ietf-httpapi-idempotency-key-header)."
-                        ),
-                        "schema": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": MAX_KEY_LENGTH,
-                            "pattern": KEY_PATTERN,
-                        },
-                    }
-                )
+                parameters.append(key_parameter(engine, key_required))
         responses = operation.setdefault("responses", {})
         for response in responses.values():
-            response.setdefault("headers", {})[cfg.replay_header_name] = {
-                "description": "`true` when this is the stored response of an earlier request "
-                "with the same key, replayed.",
-                "schema": {"type": "string", "enum": ["true"]},
-            }
-        problems = engine.problems
-        by_status: dict[int, list[tuple[str, StoredResponse]]] = {
-            400: [("invalid", problems.invalid), ("incomplete", problems.incomplete)],
-            409: [
-                ("in-progress", problems.in_progress(cfg.retry_after_seconds)),
-                ("interrupted", problems.interrupted),
-                ("not-replayable", problems.not_replayable(200)),
-            ],
-            413: [("too-large", problems.too_large)],
-            422: [("reused", problems.reused)],
-            503: [("unavailable", problems.unavailable), ("corrupt", problems.corrupt)],
-        }
-        if key_required:
-            by_status[400].insert(0, ("missing", problems.missing))
-        for status, found in by_status.items():
-            titles = [json.loads(problem.body)["title"] for _, problem in found]
-            response = responses.get(str(status))
+            response.setdefault("headers", {})[engine.config.replay_header_name] = replay_header()
+        for status, ours in problem_responses(engine, key_required).items():
+            response = responses.get(status)
             if response is None:
-                response = responses[str(status)] = {"description": "; ".join(titles)}
-            else:  # FastAPI's own 422 (validation error): one status, two media types
-                response["description"] = f"{response.get('description', '')}; " + "; ".join(titles)
-            response.setdefault("content", {})["application/problem+json"] = {
-                "schema": {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA}"},
-                "examples": {name: {"value": json.loads(problem.body)} for name, problem in found},
-            }
-            if status in (409, 503):
-                response.setdefault("headers", {})["Retry-After"] = {
-                    "description": "Seconds to wait before retrying with the same key.",
-                    "schema": {"type": "integer", "minimum": 1},
-                }
+                responses[status] = ours
+                continue
+            # FastAPI's own 422 (validation error): one status, two media types.
+            response["description"] = f"{response.get('description', '')}; {ours['description']}"
+            response.setdefault("content", {}).update(ours["content"])
+            response.setdefault("headers", {}).update(ours.get("headers", {}))
 
 
 def _options_document(options: RouteOptions) -> dict[str, Any]:
@@ -312,23 +267,4 @@ def _options_document(options: RouteOptions) -> dict[str, Any]:
         "expires_after_seconds": options.expires_after_seconds,
         "methods": None if options.methods is None else sorted(options.methods),
         "enabled": options.enabled,
-    }
-
-
-def _problem_schema() -> dict[str, Any]:
-    """RFC 9457 section 3.1 members, plus our ``original_status`` extension."""
-    return {
-        "type": "object",
-        "title": "Problem details (RFC 9457)",
-        "properties": {
-            "type": {"type": "string", "format": "uri-reference"},
-            "title": {"type": "string"},
-            "status": {"type": "integer", "minimum": 100, "maximum": 599},
-            "detail": {"type": "string"},
-            "original_status": {
-                "type": "integer",
-                "description": "The status of the response that could not be stored.",
-            },
-        },
-        "required": ["type", "title", "status", "detail"],
     }
