@@ -22,6 +22,13 @@ except ImportError as exc:  # pragma: no cover - exercised without litestar inst
         "pip install 'idempotent-middleware[litestar]'"
     ) from exc
 
+from ._openapi import (
+    PROBLEM_SCHEMA,
+    key_parameter,
+    problem_responses,
+    problem_schema,
+    replay_header,
+)
 from ._routed import RoutedIdempotency, route_options, run_route
 from .config import IdempotencyConfig
 from .http.engine import HttpIdempotency
@@ -64,7 +71,41 @@ class IdempotencyPlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.middleware.append(self.middleware)
+        app_config.on_startup.append(self.document)
         return app_config
+
+    # --- OpenAPI ------------------------------------------------------------------------------
+    def document(self, app: Any) -> None:
+        """Add the contract to every covered operation of the app's OpenAPI schema, at
+        startup (before anything is served): the same fragments as the FastAPI integration.
+        """
+        if app.openapi_config is None:
+            return
+        openapi = app.openapi_schema
+        covered = False
+        for route in app.routes:
+            path = getattr(route, "path_format", None) or "/"
+            item = (openapi.paths or {}).get(path)
+            if item is None:
+                continue
+            for handler in getattr(route, "route_handlers", ()):
+                opt = handler.opt
+                if self.exclude_opt_key is not None and opt.get(self.exclude_opt_key):
+                    continue
+                methods = getattr(handler, "http_methods", ())
+                engine = self.routed.engine_for(route_options(opt.get(self.opt_key)), methods)
+                if engine is None:
+                    continue
+                for method in methods:
+                    rule = engine.rule(method, path)
+                    operation = getattr(item, method.lower(), None)
+                    if rule is None or operation is None:
+                        continue
+                    covered = True
+                    _document_operation(operation, engine, rule.key_required)
+        if covered:
+            schemas: dict[str, Any] = openapi.components.schemas
+            schemas[PROBLEM_SCHEMA] = problem_schema()
 
 
 class LitestarIdempotencyMiddleware:
@@ -101,3 +142,33 @@ class LitestarIdempotencyMiddleware:
             )
             self._cached = (handler, engine)
         await run_route(engine, self.app, scope, receive, send)
+
+
+def _document_operation(operation: Any, engine: HttpIdempotency, key_required: bool) -> None:
+    """Litestar's spec objects take plain dicts anywhere (``to_schema`` passes them through)."""
+    if engine.header_mode:
+        name = engine.config.header_name.lower()
+        parameters = list(operation.parameters or ())
+        if not any(str(getattr(p, "name", "")).lower() == name for p in parameters):
+            parameters.append(key_parameter(engine, key_required))
+        operation.parameters = parameters
+    responses = dict(operation.responses or {})
+    for response in responses.values():
+        if not hasattr(response, "headers"):  # a Reference: described elsewhere
+            continue
+        response.headers = {
+            **(response.headers or {}),
+            engine.config.replay_header_name: replay_header(),
+        }
+    for status, ours in problem_responses(engine, key_required).items():
+        response = responses.get(status)
+        if response is None:
+            responses[status] = ours
+            continue
+        if not hasattr(response, "content"):  # a Reference: keep the app's own
+            continue
+        # Litestar's own 400 (validation error): one status, two media types.
+        response.description = f"{response.description}; {ours['description']}"
+        response.content = {**(response.content or {}), **ours["content"]}
+        response.headers = {**(response.headers or {}), **ours.get("headers", {})}
+    operation.responses = responses

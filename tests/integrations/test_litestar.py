@@ -187,3 +187,48 @@ def test_user_scope_with_an_authentication_middleware_before_ours() -> None:
     assert alice.json() == {"user": "alice", "run": 1}
     assert bob.json() == {"user": "bob", "run": 2}
     assert again.content == alice.content and again.headers["idempotent-replayed"] == "true"
+
+
+# --- OpenAPI --------------------------------------------------------------------------------
+def key_parameter(operation: dict[str, Any]) -> dict[str, Any] | None:
+    found = [p for p in operation.get("parameters", []) if p["name"] == "Idempotency-Key"]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def test_openapi_documents_covered_operations_only(client: TestClient[Litestar]) -> None:
+    from openapi_spec_validator import validate
+
+    response = client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    validate(document)
+    paths = document["paths"]
+    covered = {
+        ("/transfers", "post"): False,
+        ("/payments", "post"): True,
+        ("/v1/refunds", "post"): True,
+        ("/accounts/{name}", "put"): False,
+    }
+    for (path, method), required in covered.items():
+        operation = paths[path][method]
+        parameter = key_parameter(operation)
+        assert parameter is not None, (path, method)
+        assert parameter["required"] is required
+        assert parameter["schema"]["maxLength"] == 255
+        assert parameter["schema"]["pattern"] == "^[\\x20-\\x7E]+$"
+        responses = operation["responses"]
+        success = next(code for code in responses if code.startswith("2"))
+        assert "Idempotent-Replayed" in responses[success]["headers"]
+        for status in ("400", "409", "413", "422", "503"):
+            media = responses[status]["content"]["application/problem+json"]
+            assert media["schema"] == {"$ref": "#/components/schemas/IdempotencyProblem"}
+        missing = responses["400"]["content"]["application/problem+json"]["examples"]
+        assert ("missing" in missing) is required
+    for path, method in [("/webhooks", "post"), ("/healthz", "get")]:
+        operation = paths[path][method]
+        assert key_parameter(operation) is None
+        for status, answer in operation["responses"].items():
+            assert "application/problem+json" not in answer.get("content", {}), status
+            assert "Idempotent-Replayed" not in answer.get("headers", {})
+    assert "IdempotencyProblem" in document["components"]["schemas"]
