@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._error_base import IdempotencyCorruptRecordError as IdempotencyCorruptRecordError
 from ._error_base import IdempotencyError as IdempotencyError
 from ._error_base import IdempotencyInvalidStatusError as IdempotencyInvalidStatusError
+from ._error_base import IdempotencyPersistenceLayerError as IdempotencyPersistenceLayerError
 
 if TYPE_CHECKING:
     from .persistence.record import DataRecord
@@ -37,14 +39,6 @@ class IdempotencyAlreadyInProgressError(IdempotencyError):
     def __init__(self, message: str = "", *, retry_after: float = 1.0) -> None:
         super().__init__(message or "request with this idempotency key is already in progress")
         self.retry_after = retry_after
-
-
-class IdempotencyPersistenceLayerError(IdempotencyError):
-    """The store could not be reached or answered with something unusable (HTTP 503)."""
-
-
-class IdempotencyCorruptRecordError(IdempotencyPersistenceLayerError):
-    """A stored record could not be decoded (truncated, foreign or from a newer format)."""
 
 
 class IdempotencyItemAlreadyExistsError(IdempotencyError):
