@@ -29,6 +29,12 @@ class IdempotencyKeyError(IdempotencyError):
     """The idempotency key is required but missing, or it is malformed."""
 
 
+class IdempotencyKeyTooLargeError(IdempotencyKeyError):
+    """The key expression would build a value past its bound (``powertools_base64_gzip`` of
+    data that decompresses to more than ``max_request_body_bytes``): no usable key (HTTP
+    400)."""
+
+
 class IdempotencyValidationError(IdempotencyError):
     """The key was used before with another payload fingerprint (HTTP 422)."""
 

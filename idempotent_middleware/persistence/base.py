@@ -156,7 +156,7 @@ class KeyScheme:
         cls, config: IdempotencyConfig, scope: str, key_jmespath: str | None = None
     ) -> KeyScheme:
         key_expr = config.event_key_jmespath if key_jmespath is None else key_jmespath
-        options = jmespath_options(config.jmespath_options)
+        options = jmespath_options(config.jmespath_options, config.max_request_body_bytes)
         name = config.hash_function
         return cls(
             scope=scope,

@@ -11,6 +11,8 @@ import io
 import tracemalloc
 from typing import Any
 
+import pytest
+
 from idempotent_middleware import (
     BasePersistenceLayer,
     IdempotencyConfig,
@@ -173,3 +175,25 @@ def test_wsgi_gzip_key_expression_is_a_400() -> None:
         _wsgi_app, persistence_store=InMemoryPersistenceLayer(), config=config
     )
     assert _wsgi_call(app, _gzip_bomb()).startswith("400")
+
+
+def test_a_function_key_past_the_gzip_bound_is_typed() -> None:
+    from idempotent_middleware import IdempotencyKeyTooLargeError, idempotent_function
+
+    runs: list[int] = []
+
+    @idempotent_function(
+        data_keyword_argument="event",
+        persistence_store=InMemoryPersistenceLayer(),
+        config=IdempotencyConfig(event_key_jmespath="powertools_base64_gzip(blob)"),
+    )
+    def handle(event: dict[str, Any]) -> int:
+        runs.append(1)
+        return 1
+
+    blob = base64.b64encode(gzip.compress(b"\0" * (2 * 1024 * 1024))).decode()
+    with pytest.raises(IdempotencyKeyTooLargeError):
+        handle(event={"blob": blob})
+    small = base64.b64encode(gzip.compress(b"a") + gzip.compress(b"b")).decode()
+    assert handle(event={"blob": small}) == 1  # concatenated members, as gzip.decompress
+    assert runs == [1]
