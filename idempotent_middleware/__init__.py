@@ -10,6 +10,7 @@ from .exceptions import (
     IdempotencyConfigurationError,
     IdempotencyCorruptRecordError,
     IdempotencyError,
+    IdempotencyInvalidRemainingTimeError,
     IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
@@ -21,6 +22,7 @@ from .exceptions import (
     IdempotencyPersistenceLayerError,
     IdempotencyRequestTooLargeError,
     IdempotencyStoreFullError,
+    IdempotencyUnhashableDataError,
     IdempotencyValidationError,
 )
 from .function import (
@@ -47,6 +49,7 @@ __all__ = [
     "IdempotencyConfigurationError",
     "IdempotencyCorruptRecordError",
     "IdempotencyError",
+    "IdempotencyInvalidRemainingTimeError",
     "IdempotencyInvalidStatusError",
     "IdempotencyItemAlreadyExistsError",
     "IdempotencyItemNotFoundError",
@@ -59,6 +62,7 @@ __all__ = [
     "IdempotencyPersistenceLayerError",
     "IdempotencyRequestTooLargeError",
     "IdempotencyStoreFullError",
+    "IdempotencyUnhashableDataError",
     "IdempotencyValidationError",
     "InMemoryPersistenceLayer",
     "PydanticSerializer",

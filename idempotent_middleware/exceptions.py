@@ -35,6 +35,11 @@ class IdempotencyKeyTooLargeError(IdempotencyKeyError):
     400)."""
 
 
+class IdempotencyUnhashableDataError(IdempotencyKeyError, TypeError):
+    """The data holds a value with no stable JSON form (a plain object: its ``str()`` names a
+    memory address, which a later object reuses, so two callers would share one key)."""
+
+
 class IdempotencyValidationError(IdempotencyError):
     """The key was used before with another payload fingerprint (HTTP 422)."""
 
@@ -93,7 +98,13 @@ class IdempotencyOutcomeUnknownError(IdempotencyError):
 
 
 class IdempotencyNoTimeLeftError(IdempotencyError):
-    """``remaining_time_in_millis`` was zero or negative: no time is left to run under a lease."""
+    """``remaining_time_in_millis`` was under a millisecond: no time is left to run under a
+    lease (a claim written with it would already have expired)."""
+
+
+class IdempotencyInvalidRemainingTimeError(IdempotencyError, ValueError):
+    """The invocation's remaining time is not a finite number of milliseconds (``inf``,
+    ``NaN``, not a number): no lease can be taken from it, so nothing is claimed or run."""
 
 
 class IdempotencyConfigurationError(IdempotencyPersistenceLayerError, ValueError):

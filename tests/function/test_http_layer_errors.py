@@ -158,7 +158,9 @@ def test_asgi_gzip_key_expression_is_bounded_and_a_400() -> None:
     config = IdempotencyConfig(
         event_key_jmespath="powertools_base64_gzip(body.blob)", max_request_body_bytes=128 * 1024
     )
-    app = IdempotencyMiddleware(_asgi_app, persistence_store=InMemoryPersistenceLayer(), config=config)
+    app = IdempotencyMiddleware(
+        _asgi_app, persistence_store=InMemoryPersistenceLayer(), config=config
+    )
     tracemalloc.start()
     try:
         sent = asyncio.run(_asgi_call(app, body))
