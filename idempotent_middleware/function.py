@@ -170,6 +170,8 @@ def _same(first: Any, second: Any) -> bool:
         return len(first) == len(second) and all(map(_same, first, second))
     if isinstance(first, dict):
         return first.keys() == second.keys() and all(_same(v, second[k]) for k, v in first.items())
+    if isinstance(first, float) and first != first:  # NaN: the same value, never equal
+        return second != second
     return bool(first == second)
 
 

@@ -275,3 +275,26 @@ def test_response_hook_cannot_alter_the_cached_record() -> None:
         return "original"
 
     assert [f(x=1), f(x=1), f(x=1)] == ["original"] * 3
+
+
+@dataclasses.dataclass(eq=False)
+class Reading:
+    value: float
+    inner: Inner
+
+
+def test_the_round_trip_check_compares_values_not_identities() -> None:
+    """``eq=False`` dataclasses and NaN fields still store (compared field by field)."""
+    store = InMemoryPersistenceLayer()
+    runs: list[int] = []
+
+    @idempotent_function(
+        data_keyword_argument="n", persistence_store=store, output_serializer=DataclassSerializer
+    )
+    def read(n: int) -> Reading:
+        runs.append(n)
+        return Reading(float("nan"), Inner(n))
+
+    read(n=1)
+    again = read(n=1)
+    assert runs == [1] and type(again.inner) is Inner and again.value != again.value
