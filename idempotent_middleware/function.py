@@ -171,7 +171,7 @@ def _same(first: Any, second: Any) -> bool:
     if isinstance(first, dict):
         return first.keys() == second.keys() and all(_same(v, second[k]) for k, v in first.items())
     if isinstance(first, float) and first != first:  # NaN: the same value, never equal
-        return second != second
+        return bool(second != second)
     return bool(first == second)
 
 
