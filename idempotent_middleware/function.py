@@ -221,6 +221,12 @@ def _encode_strict(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+#: The shortest lease taken from a remaining time: renewal happens every half lease from a
+#: thread or a timer that looks every few milliseconds, so a lease of a few milliseconds could
+#: lapse between two looks and let a retry run beside the handler. A crashed invocation's key
+#: is blocked this much longer at worst.
+_SHORTEST_RENEWED_LEASE = 0.1
+
 #: Marks a stored exception (``cache_exceptions``): no JSON document starts with a NUL byte,
 #: so a stored result can never be mistaken for one.
 _EXCEPTION_MARK = b"\x00exception\x00"
@@ -357,8 +363,9 @@ def _wrap(
         lease_seconds = cfg.lease_seconds
         invocation = cfg.lambda_context
         if invocation is not None:
-            lease_seconds = lease_from_remaining(
-                invocation.get_remaining_time_in_millis(), lease_seconds
+            lease_seconds = max(
+                lease_from_remaining(invocation.get_remaining_time_in_millis(), lease_seconds),
+                min(_SHORTEST_RENEWED_LEASE, lease_seconds),
             )
         decision = yield from plan_claim(
             persistence_store,
