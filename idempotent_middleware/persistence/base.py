@@ -164,10 +164,14 @@ def lease_from_remaining(remaining_millis: Any, cap_seconds: float) -> float:
         )
     try:
         millis = float(remaining_millis)
-    except OverflowError:  # an int past float's range: positive or negative, no NaN
-        millis = math.copysign(math.inf, remaining_millis)
-        if millis > 0:
+    except OverflowError:  # an int past float's range: capped, or long past
+        if remaining_millis > 0:
             return cap_seconds
+        millis = 0.0
+    except ValueError as exc:  # a signalling Decimal NaN
+        raise IdempotencyInvalidRemainingTimeError(
+            f"remaining time {remaining_millis!r} ms is not a finite number"
+        ) from exc
     if math.isnan(millis) or math.isinf(millis):
         raise IdempotencyInvalidRemainingTimeError(
             f"remaining time {remaining_millis!r} ms is not a finite number"

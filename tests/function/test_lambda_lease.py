@@ -4,6 +4,7 @@ event, never on ``self``."""
 
 from __future__ import annotations
 
+import decimal
 import threading
 import time
 from typing import Any
@@ -57,7 +58,10 @@ def test_handler_outliving_its_registered_time_is_not_run_again(millis: int) -> 
     assert handler({"order": 1}, FixedContext(millis)) == {"run": 1}
 
 
-@pytest.mark.parametrize("millis", [float("inf"), float("-inf"), float("nan"), "soon", None])
+@pytest.mark.parametrize(
+    "millis",
+    [float("inf"), float("-inf"), float("nan"), "soon", None, True, decimal.Decimal("sNaN")],
+)
 def test_unusable_remaining_time_is_typed_and_claims_nothing(millis: Any) -> None:
     store = InMemoryPersistenceLayer()
     runs: list[int] = []
@@ -72,7 +76,7 @@ def test_unusable_remaining_time_is_typed_and_claims_nothing(millis: Any) -> Non
     assert runs == [] and len(store) == 0
 
 
-@pytest.mark.parametrize("millis", [0.5, 0.999, 1e-9])
+@pytest.mark.parametrize("millis", [0.5, 0.999, 1e-9, -(10**400)])
 def test_under_a_millisecond_is_no_time_left(millis: float) -> None:
     store = InMemoryPersistenceLayer()
 
@@ -85,7 +89,7 @@ def test_under_a_millisecond_is_no_time_left(millis: float) -> None:
     assert len(store) == 0
 
 
-@pytest.mark.parametrize("millis", [10**30, 10**16, 1e300])
+@pytest.mark.parametrize("millis", [10**30, 10**16, 1e300, 10**400])
 def test_huge_remaining_time_is_capped_by_the_lease(
     store: BasePersistenceLayer, millis: float
 ) -> None:
