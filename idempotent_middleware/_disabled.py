@@ -18,11 +18,16 @@ _warned = False
 
 
 def idempotency_disabled() -> bool:
-    """True when either variable holds a truthy value; warns once per process when it does."""
-    value = os.environ.get("IDEMPOTENCY_DISABLED") or os.environ.get(
-        "POWERTOOLS_IDEMPOTENCY_DISABLED"
-    )
-    if not value or value.strip().lower() not in _TRUTHY:
+    """True when either variable holds a truthy value; warns once per process when it does.
+
+    Either, not the first one set: ``IDEMPOTENCY_DISABLED=0`` left in a shell must not hide
+    a deliberate ``POWERTOOLS_IDEMPOTENCY_DISABLED=1`` (each variable is read on its own).
+    """
+    ours = os.environ.get("IDEMPOTENCY_DISABLED")
+    theirs = os.environ.get("POWERTOOLS_IDEMPOTENCY_DISABLED")
+    if not ours and not theirs:
+        return False
+    if not (_truthy(ours) or _truthy(theirs)):
         return False
     global _warned
     if not _warned:
@@ -33,3 +38,7 @@ def idempotency_disabled() -> bool:
             " / ".join(ENV_VARS),
         )
     return True
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in _TRUTHY

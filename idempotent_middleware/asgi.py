@@ -10,19 +10,21 @@ stream to the client chunk by chunk while a bounded copy is kept; extension mess
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ._disabled import idempotency_disabled
 from ._lease import AsyncLease
-from ._steps import drive_async
+from ._steps import drive_async, finishing_writes, to_the_end
 from .config import IdempotencyConfig
 from .http.capture import ResponseCapture
 from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete, Respond
 from .http.request import HttpRequest
 from .http.response import StoredResponse
 from .persistence.base import BasePersistenceLayer
+
+#: Records being written while their request task was cancelled (see ``to_the_end``).
+_finishing = finishing_writes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -122,7 +124,7 @@ class IdempotencyMiddleware:
         async def record(outcome: StoredResponse | None) -> None:
             nonlocal recorded
             recorded = True
-            await _to_the_end(settle(outcome))
+            await to_the_end(settle(outcome))
 
         async def watching_receive() -> Message:
             nonlocal client_gone
@@ -161,27 +163,6 @@ class IdempotencyMiddleware:
             # Returned without a response (Django does when the client disconnects) or
             # without the final body message: executed, never run again.
             await record(capture.outcome(None, finished=False, client_gone=client_gone))
-
-
-#: Records being written while their request task was cancelled (kept referenced).
-_finishing: set[asyncio.Future[None]] = set()
-
-
-async def _to_the_end(awaitable: Coroutine[Any, Any, None]) -> None:
-    """Await a record to its end even if the request's task is cancelled meanwhile.
-
-    A cancellation in the middle of the store write would leave the claim to run out with
-    its lease, and the handler to run again: the write goes on in its own task.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # not on asyncio (trio): nothing to shield from here
-        await awaitable
-        return
-    task = asyncio.ensure_future(awaitable)
-    _finishing.add(task)
-    task.add_done_callback(_finishing.discard)
-    await asyncio.shield(task)
 
 
 async def _read_body(receive: Receive, cap: int) -> bytes | Incomplete | None:

@@ -102,8 +102,9 @@ class IdempotencyConfig:
     on_store_error: Callable[[Exception], None] | None = None
 
     def register_lambda_context(self, lambda_context: LambdaContext) -> None:
-        """Make the leases of this config's functions end with the invocation (the seed's
-        ``remaining_time_in_millis``), in the current thread or task and what it starts.
+        """Bound the leases of this config's functions by the invocation's remaining time (the
+        seed's ``remaining_time_in_millis``; still renewed while the function runs), in the
+        current thread or task and what it starts.
 
         The config stays immutable and shareable: the context lives in a ContextVar.
         """

@@ -18,6 +18,7 @@ from ..config import IdempotencyConfig
 from ..exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyCorruptRecordError,
+    IdempotencyKeyError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
@@ -165,6 +166,9 @@ class HttpIdempotency:
         else:
             try:
                 found = self.scheme.key_material(request.document())
+            except IdempotencyKeyError:  # a value past its bound (a gzip bomb): refused
+                logger.debug("400 %s %s: key too large", request.method, request.path)
+                return Respond(self.problems.invalid)
             except Exception:  # a JMESPath runtime error on this document: no usable key
                 found = None
             if self.scheme.is_missing(found):

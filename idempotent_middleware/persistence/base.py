@@ -14,14 +14,21 @@ of four abstract I/O methods) so its users feel at home. What differs, on purpos
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import decimal
+import enum
 import functools
 import hashlib
 import json
 import logging
+import math
+import pathlib
 import random
 import struct
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,10 +43,12 @@ from .._steps import DELETE, GET, PUT, UPDATE, Plan, Step, drive, drive_async
 from ..config import IdempotencyConfig
 from ..exceptions import (
     IdempotencyCorruptRecordError,
+    IdempotencyInvalidRemainingTimeError,
     IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyKeyError,
     IdempotencyNoTimeLeftError,
+    IdempotencyUnhashableDataError,
     IdempotencyValidationError,
 )
 from .record import STATUS_COMPLETED, STATUS_INPROGRESS, DataRecord
@@ -103,19 +112,75 @@ def decode_record(key: str, raw: bytes) -> DataRecord:
 
 
 # --- Hashing ---------------------------------------------------------------------------------
+#: Value types whose ``str()`` is a stable text of the value itself (never an address).
+_STABLE_TEXT = (
+    decimal.Decimal,
+    datetime.date,  # datetime.datetime too
+    datetime.time,
+    datetime.timedelta,
+    uuid.UUID,
+    enum.Enum,
+    pathlib.PurePath,
+)
+
+
 def _json_default(value: Any) -> Any:
-    """Serialise the usual non-JSON types deterministically (for hashing only)."""
+    """Serialise the usual non-JSON types deterministically (for hashing only).
+
+    Anything else is refused (``IdempotencyUnhashableDataError``, a ``TypeError`` as
+    Powertools' encoder raises): the old ``str()`` fallback keyed a plain object by its memory
+    address, which the next object reuses, so a caller could replay another's result.
+    """
     if isinstance(value, (bytes, bytearray)):
         return value.decode("latin-1")
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
+    if isinstance(value, _STABLE_TEXT):
+        return str(value)
     if hasattr(value, "model_dump"):
         return value.model_dump()
-    if hasattr(value, "__dataclass_fields__"):
-        import dataclasses
-
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    return str(value)
+    raise IdempotencyUnhashableDataError(
+        f"a {type(value).__qualname__} has no stable JSON form to key on: pass JSON types, a "
+        "dataclass or a pydantic model, or select fields with event_key_jmespath"
+    )
+
+
+def lease_from_remaining(remaining_millis: Any, cap_seconds: float) -> float:
+    """The lease (seconds) for an invocation with ``remaining_millis`` left, at most
+    ``cap_seconds``.
+
+    Under a millisecond is no time left (Powertools issue 4759: 0 is not "not given"); the
+    lease would be expired once written and a duplicate could run beside this one. A value
+    that is not a finite number is refused, typed; a huge one is capped (the store's lease
+    field is a 64-bit millisecond time).
+    """
+    if isinstance(remaining_millis, bool) or not isinstance(
+        remaining_millis, (int, float, decimal.Decimal)
+    ):
+        raise IdempotencyInvalidRemainingTimeError(
+            f"remaining time {remaining_millis!r} is not a number of milliseconds"
+        )
+    try:
+        millis = float(remaining_millis)
+    except OverflowError:  # an int past float's range: capped, or long past
+        if remaining_millis > 0:
+            return cap_seconds
+        millis = 0.0
+    except ValueError as exc:  # a signalling Decimal NaN
+        raise IdempotencyInvalidRemainingTimeError(
+            f"remaining time {remaining_millis!r} ms is not a finite number"
+        ) from exc
+    if math.isnan(millis) or math.isinf(millis):
+        raise IdempotencyInvalidRemainingTimeError(
+            f"remaining time {remaining_millis!r} ms is not a finite number"
+        )
+    if millis < 1:
+        raise IdempotencyNoTimeLeftError(
+            f"remaining_time_in_millis={remaining_millis}: no time left to run"
+        )
+    return min(millis / 1000, cap_seconds)
 
 
 def canonical_json(data: Any) -> bytes:
@@ -156,7 +221,7 @@ class KeyScheme:
         cls, config: IdempotencyConfig, scope: str, key_jmespath: str | None = None
     ) -> KeyScheme:
         key_expr = config.event_key_jmespath if key_jmespath is None else key_jmespath
-        options = jmespath_options(config.jmespath_options)
+        options = jmespath_options(config.jmespath_options, config.max_request_body_bytes)
         name = config.hash_function
         return cls(
             scope=scope,
@@ -423,14 +488,8 @@ class BasePersistenceLayer(ABC):
             raise IdempotencyItemAlreadyExistsError(cached)
         if remaining_time_in_millis is None:
             lease = s.config.lease_seconds
-        elif remaining_time_in_millis <= 0:
-            # Powertools issue 4759: 0 is "no time left", not "not given". A lease of no time
-            # would be expired when written, and a duplicate could run beside this one.
-            raise IdempotencyNoTimeLeftError(
-                f"remaining_time_in_millis={remaining_time_in_millis}: no time left to run"
-            )
-        else:
-            lease = remaining_time_in_millis / 1000
+        else:  # the seed's lease, the invocation's time; never past the record's own life
+            lease = lease_from_remaining(remaining_time_in_millis, s.config.expires_after_seconds)
         record = self.new_inprogress_record(
             key, s.payload_hash(data), lease, s.config.expires_after_seconds
         )

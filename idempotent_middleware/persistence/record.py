@@ -20,10 +20,14 @@ _KNOWN_STATUSES = frozenset({STATUS_INPROGRESS, STATUS_COMPLETED})
 
 @dataclass(slots=True)
 class DataRecord:
-    """One idempotency record. Treat instances as values: layers never mutate them."""
+    """One idempotency record. Treat instances as values: layers never mutate them.
+
+    ``status`` is required: the seed's default ``""`` names no state, and a record built
+    without one would be refused below anyway, so the missing argument is reported as such.
+    """
 
     idempotency_key: str
-    status: str = ""
+    status: str
     #: Unix time (seconds, float) after which the record is gone.
     expiry_timestamp: float | None = None
     #: Unix time in milliseconds at which an in-progress lease runs out (the seed's unit).

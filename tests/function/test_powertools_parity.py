@@ -394,3 +394,24 @@ def test_cache_exceptions_refuses_interruptions(store: BasePersistenceLayer) -> 
             persistence_store=store,
             cache_exceptions=(KeyboardInterrupt,),  # type: ignore[arg-type]
         )(lambda order: order)
+
+
+def test_either_disable_variable_disables(
+    store: BasePersistenceLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A falsy value in one variable does not hide a truthy one in the other."""
+    calls = []
+
+    @idempotent_function(data_keyword_argument="order", persistence_store=store)
+    def charge(order: str) -> int:
+        calls.append(order)
+        return len(calls)
+
+    order = _unique()
+    for first, second in (("0", "1"), ("1", "0"), ("", "true"), ("no", "yes")):
+        monkeypatch.setenv("IDEMPOTENCY_DISABLED", first)
+        monkeypatch.setenv("POWERTOOLS_IDEMPOTENCY_DISABLED", second)
+        before = len(calls)
+        charge(order=order)
+        charge(order=order)
+        assert len(calls) == before + 2

@@ -20,6 +20,13 @@ def test_unknown_status_is_refused_at_construction(status: str) -> None:
         DataRecord("k", status)
 
 
+def test_status_is_required() -> None:
+    """No default that the record itself refuses: ``DataRecord("k")`` is a TypeError at the
+    call, as for any missing argument (Powertools' ``""`` default names no state)."""
+    with pytest.raises(TypeError, match="status"):
+        DataRecord("k")  # type: ignore[call-arg]
+
+
 def test_a_status_assigned_later_is_refused_typed_when_written(
     request: pytest.FixtureRequest,
 ) -> None:
