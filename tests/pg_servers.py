@@ -37,6 +37,20 @@ def pg_bindir() -> str | None:
     return os.path.dirname(candidates[-1]) if candidates else None
 
 
+def _pkglibdir(bindir: str) -> str:
+    try:
+        out = subprocess.run(
+            [os.path.join(bindir, "pg_config"), "--pkglibdir"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        out = ""
+    return out or os.path.join(os.path.dirname(bindir), "lib")
+
+
 def _as_server_user() -> list[str]:
     if os.geteuid() != 0:
         return []
@@ -117,6 +131,9 @@ def start_postgres(extra_settings: Sequence[str] = ()) -> PostgresProcess:
         "-c log_statement=none",
         *extra_settings,
     ]
+    if os.path.exists(os.path.join(_pkglibdir(bindir), "pg_stat_statements.so")):
+        # Counts statements per query: the round-trip tests read it.
+        settings.append("-c shared_preload_libraries=pg_stat_statements")
     server._ctl(
         "start",
         "-w",

@@ -141,8 +141,8 @@ def _params(record: DataRecord) -> dict[str, Any]:
     ttl = (record.expiry_timestamp or now) - now
     lease = (
         record.in_progress_expiry_timestamp / 1000 - now
-        if record.in_progress_expiry_timestamp is not None
-        else ttl
+        if record.in_progress_expiry_timestamp is not None and record.status == STATUS_INPROGRESS
+        else None  # a completed row has no lease (NULL)
     )
     return {
         "key": record.idempotency_key,
