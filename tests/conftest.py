@@ -1,4 +1,4 @@
-"""Shared fixtures: a real redis-server per session, and the persistence layers under test."""
+"""Shared fixtures: real redis-server and PostgreSQL per session, and the layers under test."""
 
 from __future__ import annotations
 
