@@ -98,7 +98,7 @@ def postgres_dsn(postgres_server: PostgresProcess) -> str:
 
     from idempotent_middleware.persistence.postgres import PostgresPersistenceLayer
 
-    layer = PostgresPersistenceLayer(dsn=postgres_server.dsn, min_size=0)
+    layer = PostgresPersistenceLayer(dsn=postgres_server.dsn)
     layer.create_schema()
     layer.close()
     with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:

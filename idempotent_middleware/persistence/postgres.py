@@ -12,8 +12,9 @@ Time is the database's: every statement passes durations and compares with
 has run out. Records read back carry app-clock timestamps computed from the time the database
 says is left (``now + remaining``), which is what ``DataRecord.is_expired`` compares with.
 
-Connections come from psycopg_pool pools: ``pool=`` / ``async_pool=`` given by the caller, or
-made from ``dsn=`` (the async pool once per event loop, as connections belong to their loop).
+Connections come from psycopg_pool pools given by the caller (``pool=`` / ``async_pool=``), or,
+with ``dsn=``, from the layer's own small sets of idle connections (no threads, fork-safe, and
+the asyncio ones serve any event loop).
 A connection whose statement was interrupted by anything (``CancelledError``,
 ``KeyboardInterrupt``, a signal handler's exception) is closed before it goes back, so the pool
 discards it: it can never be reused with a half-read reply or an open transaction.
@@ -22,6 +23,7 @@ discards it: it can never be reused with a half-read reply or an open transactio
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import weakref
@@ -176,7 +178,7 @@ def _record(key: str, row: tuple[Any, ...]) -> DataRecord:
 class PostgresPersistenceLayer(BasePersistenceLayer):
     """Records in one PostgreSQL table (``table``, in ``schema`` or the search path).
 
-    Pass ``dsn=`` (the layer makes a sync pool, and keeps asyncio connections that serve any
+    Pass ``dsn=`` (the layer keeps idle blocking connections, and asyncio connections that serve any
     event loop: psycopg's asyncio connections wait on the running loop, they are not bound to
     one, so ``asyncio.run`` per job works) or ready psycopg_pool pools: ``pool=``
     (``ConnectionPool``) and/or ``async_pool=`` (``AsyncConnectionPool``). Connections of
@@ -193,7 +195,6 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         async_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None,
         table: str = "idempotency_records",
         schema: str | None = None,
-        min_size: int = 1,
         max_size: int = 10,
         timeout: float = 5.0,
     ) -> None:
@@ -204,14 +205,9 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         self.dsn = dsn
         self.table = table
         self.schema = schema
-        self._pool_options: dict[str, Any] = {
-            "min_size": min_size,
-            "max_size": max_size,
-            "timeout": timeout,
-        }
         self._sync_pool = pool
-        self._own_sync_pool = pool is None
         self._async_pool = async_pool
+        self._connections = _SyncConnections(dsn, max_size, timeout)
         self._async_connections = _AsyncConnections(dsn, max_size, timeout)
         sql = psycopg.sql
         self._ident = sql.Identifier(schema, table) if schema is not None else sql.Identifier(table)
@@ -252,19 +248,15 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             conn.execute(self.schema_sql())
 
     # --- Pools --------------------------------------------------------------------------------
-    def sync_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         if self._sync_pool is None:
             if self.dsn is None:
                 raise TypeError("this layer has only an async pool; pass dsn= or pool=")
-            _, psycopg_pool = _import_psycopg()
-            self._sync_pool = psycopg_pool.ConnectionPool(
-                self.dsn, kwargs={"autocommit": True}, open=True, **self._pool_options
-            )
-        return self._sync_pool
-
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        with self.sync_pool().connection() as conn:
+            with self._connections.connection() as conn:
+                yield conn
+            return
+        with self._sync_pool.connection() as conn:
             restore = not conn.autocommit
             if restore:
                 conn.autocommit = True
@@ -423,15 +415,89 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         return total
 
     def close(self) -> None:
-        """Close the pools this layer made (the sync one, and those of closed event loops)."""
-        if self._own_sync_pool and self._sync_pool is not None:
-            self._sync_pool.close()
-            self._sync_pool = None
+        """Close the idle connections this layer made (it reconnects if used again); pools
+        passed in stay yours to close."""
+        self._connections.close()
         self._async_connections.close()
 
     async def aclose(self) -> None:
         """Close the idle asyncio connections made from ``dsn=`` (they reconnect if used)."""
         self._async_connections.close()
+
+
+class _SyncConnections:
+    """Idle blocking connections, at most ``max_size`` in use at once (``dsn=``).
+
+    Not a psycopg_pool ``ConnectionPool``: that one runs threads, which do not survive
+    ``fork`` (``gunicorn --preload``), and a pool dropped unclosed is collected in one of its
+    own threads. Here an idle connection is a socket and nothing else. A forked child never
+    touches the parent's connections: it forgets them without closing them (closing would
+    send the parent's server a goodbye on the shared socket) and opens its own.
+    """
+
+    def __init__(self, dsn: str | None, max_size: int, timeout: float) -> None:
+        self.dsn = dsn
+        self.max_size = max_size
+        self.timeout = timeout
+        self.idle: list[Any] = []
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(max_size)
+        self.pid = os.getpid()
+        #: A parent's connections in a forked child: kept referenced, never closed or used.
+        self.inherited: list[Any] = []
+
+    def _take(self) -> Any:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.inherited.extend(self.idle)
+                self.idle = []
+                self.pid = os.getpid()
+            while self.idle:
+                conn = self.idle.pop()
+                if not conn.closed:
+                    return conn
+        return None
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        psycopg, _ = _import_psycopg()
+        if not self.slots.acquire(timeout=self.timeout):
+            raise IdempotencyPersistenceLayerError(
+                f"no PostgreSQL connection free within {self.timeout}s"
+            )
+        try:
+            conn = self._take()
+            if conn is None:
+                conn = psycopg.connect(
+                    self.dsn, autocommit=True, connect_timeout=max(1, int(self.timeout))
+                )
+            try:
+                yield conn
+            except BaseException:
+                # Interrupted or failed mid-statement (a signal handler's exception,
+                # KeyboardInterrupt): the reply may be half read, so the connection is
+                # closed, never handed to the next caller.
+                conn.close()
+                raise
+            idle = conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            with self.lock:
+                keep = idle and len(self.idle) < self.max_size and self.pid == os.getpid()
+                if keep:
+                    self.idle.append(conn)
+            if not keep:
+                conn.close()
+        finally:
+            self.slots.release()
+
+    def close(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+            forked = self.pid != os.getpid()
+        if forked:
+            self.inherited.extend(idle)
+            return
+        for conn in idle:
+            conn.close()
 
 
 class _AsyncConnections:

@@ -36,7 +36,7 @@ Interrupt = Callable[..., contextlib.AbstractContextManager[list[bool]]]
 
 @pytest.fixture
 def layer(postgres_dsn: str) -> Iterator[PostgresPersistenceLayer]:
-    store = PostgresPersistenceLayer(dsn=postgres_dsn, min_size=1, max_size=1)
+    store = PostgresPersistenceLayer(dsn=postgres_dsn, max_size=1)
     yield store
     store.close()
 
@@ -74,7 +74,8 @@ def test_one_round_trip_per_operation(layer: PostgresPersistenceLayer, postgres_
         if conn.execute("SHOW shared_preload_libraries").fetchone() != ("pg_stat_statements",):
             pytest.skip("pg_stat_statements is not available on this server")
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    layer.sync_pool().wait()  # its connection is open: connecting is not an operation
+    with contextlib.suppress(IdempotencyItemNotFoundError):  # connecting is not an operation
+        layer._get_record("rt#warm")
     record = layer.new_inprogress_record("rt#k", "fp", 30, 60)
 
     def count(operation: Callable[[], Any]) -> int:
@@ -102,8 +103,9 @@ def test_one_round_trip_per_operation(layer: PostgresPersistenceLayer, postgres_
 
 # --- Races and the database clock -------------------------------------------------------------
 def _claim_in_child(dsn: str, key: str, barrier: Any, results: Any) -> None:
-    store = PostgresPersistenceLayer(dsn=dsn, min_size=1, max_size=1)
-    store.sync_pool().wait()
+    store = PostgresPersistenceLayer(dsn=dsn, max_size=1)
+    with contextlib.suppress(IdempotencyItemNotFoundError):  # connected before the barrier
+        store._get_record("warm")
     record = store.new_inprogress_record(key, "fp", 30, 60)
     barrier.wait()
     try:
@@ -202,8 +204,11 @@ def row_locked(dsn: str, key: str) -> Iterator[None]:
 
 
 def _backend_pid(layer: PostgresPersistenceLayer) -> int:
-    with layer.sync_pool().connection() as conn:
-        return conn.info.backend_pid
+    """The server process of the layer's one idle connection (``max_size=1``)."""
+    with contextlib.suppress(IdempotencyItemNotFoundError):
+        layer._get_record("pid#probe")
+    (conn,) = layer._connections.idle
+    return int(conn.info.backend_pid)
 
 
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, Interrupted])
@@ -216,12 +221,15 @@ def test_connection_interrupted_mid_statement_is_discarded(
     first = layer.new_inprogress_record("sig#k", "fp", 30, 60)
     layer._put_record(first)
     before = _backend_pid(layer)
+    (interrupted,) = layer._connections.idle
     with row_locked(postgres_dsn, "sig#k"):
         expected = (IdempotencyOwnershipError, raised, Exception)
         with signal_interrupt(0.2, raised) as fired, pytest.raises(expected):
             layer._update_record(layer.completed_record(first, b"late", 60))
         assert fired[0]
-    # The interrupted connection is gone; the next caller gets its own, correct answer.
+    # The interrupted connection is closed, not reused nor leaked open; the next caller gets
+    # a new one and its own, correct answer.
+    assert interrupted.closed
     assert _backend_pid(layer) != before
     with pytest.raises(IdempotencyItemNotFoundError):
         layer._get_record("sig#other")
@@ -237,7 +245,8 @@ def test_cancelled_async_statement_drops_its_connection(
 
     async def main() -> tuple[int, int]:
         await layer._get_record_async("cancel#k")
-        before = layer._async_connections.idle[-1].info.backend_pid
+        interrupted = layer._async_connections.idle[-1]
+        before = interrupted.info.backend_pid
         locked = threading.Event()
         release = threading.Event()
 
@@ -258,6 +267,7 @@ def test_cancelled_async_statement_drops_its_connection(
             await task
         release.set()
         holder.join(10)
+        assert interrupted.closed  # dropped and closed, never handed to the next caller
         record = await layer._get_record_async("cancel#k")
         assert record.owner == first.owner
         return before, layer._async_connections.idle[-1].info.backend_pid
@@ -441,3 +451,34 @@ def test_record_executed_refuses_a_lost_claim(layer: PostgresPersistenceLayer, o
 
 def test_current_claim_outside_a_handler_is_none() -> None:
     assert current_claim() is None
+
+
+def test_layer_on_a_callers_pools(postgres_dsn: str) -> None:
+    """``pool=`` and ``async_pool=``: psycopg_pool pools the application already has."""
+    import psycopg_pool
+
+    pool = psycopg_pool.ConnectionPool(postgres_dsn, min_size=1, max_size=2, open=True)
+    try:
+        store = PostgresPersistenceLayer(pool=pool)
+        record = store.new_inprogress_record("pool#k", "fp", 30, 60)
+        store._put_record(record)
+        store._update_record(store.completed_record(record, b"done", 60))
+
+        async def main() -> bytes | None:
+            async_pool = psycopg_pool.AsyncConnectionPool(
+                postgres_dsn, min_size=1, max_size=2, open=False
+            )
+            await async_pool.open()
+            try:
+                both = PostgresPersistenceLayer(pool=pool, async_pool=async_pool)
+                return (await both._get_record_async("pool#k")).response_data
+            finally:
+                await async_pool.close()
+
+        assert asyncio.run(main()) == b"done"
+        # Connections given back as they were lent: not in a transaction, autocommit restored.
+        with pool.connection() as conn:
+            assert conn.autocommit is False
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    finally:
+        pool.close()
