@@ -482,3 +482,27 @@ def test_layer_on_a_callers_pools(postgres_dsn: str) -> None:
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     finally:
         pool.close()
+
+
+def test_forked_child_opens_its_own_connections(
+    layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    """``gunicorn --preload``: the child must not use (nor close) the parent's socket."""
+    first = layer.new_inprogress_record("fork#parent", "fp", 30, 60)
+    layer._put_record(first)
+    parent_pid = _backend_pid(layer)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            record = layer.new_inprogress_record("fork#child", "fp", 30, 60)
+            layer._put_record(record)
+            (conn,) = layer._connections.idle
+            code = 0 if conn.info.backend_pid != parent_pid else 2
+            layer.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _backend_pid(layer) == parent_pid  # the parent's connection still works
+    assert layer._get_record("fork#child").status == STATUS_INPROGRESS
