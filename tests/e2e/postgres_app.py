@@ -39,3 +39,37 @@ async def orders(order: dict[str, Any]) -> dict[str, Any]:
         await claim.record_executed_async(conn)
     assert row is not None
     return {"order_id": row[0], "worker": os.getpid()}
+
+
+def _flask_app() -> Any:
+    from flask import Flask, request
+
+    from idempotent_middleware import WSGIIdempotencyMiddleware
+
+    flask_app = Flask(__name__)
+
+    @flask_app.get("/healthz")
+    def flask_healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @flask_app.post("/orders")
+    def flask_orders() -> tuple[dict[str, Any], int]:
+        claim = current_claim()
+        assert claim is not None
+        with psycopg.connect(DSN) as conn:  # commits at the end of the block
+            row = conn.execute(
+                "INSERT INTO orders (note) VALUES (%s) RETURNING id",
+                (str((request.get_json() or {}).get("sku")),),
+            ).fetchone()
+            claim.record_executed(conn)
+        assert row is not None
+        return {"order_id": row[0], "worker": os.getpid()}, 201
+
+    flask_app.wsgi_app = WSGIIdempotencyMiddleware(  # type: ignore[method-assign]
+        flask_app.wsgi_app, persistence_store=PostgresPersistenceLayer(dsn=DSN, max_size=20)
+    )
+    return flask_app
+
+
+#: Flask under gunicorn (WSGI, the sync path).
+wsgi_app = _flask_app()

@@ -1,4 +1,5 @@
-"""Exactly once end to end on PostgreSQL: FastAPI under ``uvicorn --workers 4``.
+"""Exactly once end to end on PostgreSQL: FastAPI under ``uvicorn --workers 4`` and Flask
+under ``gunicorn -w 4 -k gthread``.
 
 300 keyed requests over 100 keys (three per key, sent concurrently, landing on whatever worker)
 give 100 executions, counted as rows of the business table that each execution inserts in
@@ -25,18 +26,28 @@ KEYS = 100
 REQUESTS_PER_KEY = 3
 
 
-@pytest.fixture
-def postgres_fastapi(
-    postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+SERVERS = {
+    "fastapi": ("uvicorn", "tests.e2e.postgres_app:app"),
+    "flask": ("gunicorn", "tests.e2e.postgres_app:wsgi_app"),
+}
+
+
+@pytest.fixture(params=list(SERVERS))
+def postgres_server_app(
+    request: pytest.FixtureRequest,
+    postgres_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Server]:
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, note text)")
         conn.execute("TRUNCATE orders")
     monkeypatch.setenv("IDEMPOTENCY_PG_DSN", postgres_dsn)  # start_server copies os.environ
+    kind, target = SERVERS[request.param]
     server = start_server(
-        "fastapi-postgres",
-        "uvicorn",
-        "tests.e2e.postgres_app:app",
+        f"{request.param}-postgres",
+        kind,
+        target,
         workers=4,
         log_dir=tmp_path,
         redis_url=None,
@@ -69,9 +80,9 @@ async def _fire(base_url: str) -> list[tuple[str, httpx.Response]]:
 
 
 def test_300_requests_over_100_keys_execute_100_times(
-    postgres_fastapi: Server, postgres_dsn: str
+    postgres_server_app: Server, postgres_dsn: str
 ) -> None:
-    replies = asyncio.run(_fire(postgres_fastapi.base_url))
+    replies = asyncio.run(_fire(postgres_server_app.base_url))
     bodies: dict[str, set[bytes]] = {}
     for key, reply in replies:
         assert reply.status_code == 201, (reply.status_code, reply.text)
