@@ -16,8 +16,8 @@ Connections come from psycopg_pool pools given by the caller (``pool=`` / ``asyn
 with ``dsn=``, from the layer's own small sets of idle connections (no threads, fork-safe, and
 the asyncio ones serve any event loop).
 A connection whose statement was interrupted by anything (``CancelledError``,
-``KeyboardInterrupt``, a signal handler's exception) is closed before it goes back, so the pool
-discards it: it can never be reused with a half-read reply or an open transaction.
+``KeyboardInterrupt``, a signal handler's exception) is closed before it goes back (a pool
+discards closed ones): it can never be reused with a half-read reply or an open transaction.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import (
     IdempotencyConfigurationError,
+    IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
@@ -139,6 +140,8 @@ _PURGE = (
 
 def _params(record: DataRecord) -> dict[str, Any]:
     """The statement parameters for ``record``: its times as durations from now."""
+    if record.status not in (STATUS_INPROGRESS, STATUS_COMPLETED):  # assigned after construction
+        raise IdempotencyInvalidStatusError(f"unknown idempotency record status {record.status!r}")
     now = time.time()
     ttl = (record.expiry_timestamp or now) - now
     lease = (
@@ -178,9 +181,9 @@ def _record(key: str, row: tuple[Any, ...]) -> DataRecord:
 class PostgresPersistenceLayer(BasePersistenceLayer):
     """Records in one PostgreSQL table (``table``, in ``schema`` or the search path).
 
-    Pass ``dsn=`` (the layer keeps idle blocking connections, and asyncio connections that serve any
-    event loop: psycopg's asyncio connections wait on the running loop, they are not bound to
-    one, so ``asyncio.run`` per job works) or ready psycopg_pool pools: ``pool=``
+    Pass ``dsn=`` (the layer keeps idle blocking connections, and asyncio connections that
+    serve any event loop: psycopg's asyncio connections wait on the running loop, they are not
+    bound to one, so ``asyncio.run`` per job works) or ready psycopg_pool pools: ``pool=``
     (``ConnectionPool``) and/or ``async_pool=`` (``AsyncConnectionPool``). Connections of
     pools you pass should be ``autocommit=True`` (``kwargs={"autocommit": True}``); others are
     switched to autocommit while the layer uses them. Create the table with

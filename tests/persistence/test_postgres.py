@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import multiprocessing
 import os
 import signal
@@ -406,6 +407,7 @@ def test_record_executed_async_and_completion_replaces_the_marker(orders: str) -
     async def place(order: dict[str, Any]) -> int:
         claim = current_claim()
         assert claim is not None
+        seen.append(claim)
         async with await psycopg.AsyncConnection.connect(orders) as conn:
             await conn.execute("INSERT INTO orders (note) VALUES ('a')")
             await claim.record_executed_async(conn)
@@ -414,9 +416,11 @@ def test_record_executed_async_and_completion_replaces_the_marker(orders: str) -
     async def main() -> list[int]:
         return [await place(order={"id": 2}) for _ in range(3)]
 
+    seen: list[Any] = []
     try:
         assert asyncio.run(main()) == [7, 7, 7]
-        assert current_claim() is None
+        assert len(seen) == 1
+        assert not seen[0].active  # ended by the completion
         (key,) = [k for k in _keys(orders)]
         stored = store._get_record(key)
         assert stored.status == STATUS_COMPLETED
@@ -450,7 +454,8 @@ def test_record_executed_refuses_a_lost_claim(layer: PostgresPersistenceLayer, o
 
 
 def test_current_claim_outside_a_handler_is_none() -> None:
-    assert current_claim() is None
+    # A fresh context: tests that drive the core's claim directly leave theirs bound here.
+    assert contextvars.Context().run(current_claim) is None
 
 
 def test_layer_on_a_callers_pools(postgres_dsn: str) -> None:
@@ -506,3 +511,15 @@ def test_forked_child_opens_its_own_connections(
     assert os.waitstatus_to_exitcode(status) == 0
     assert _backend_pid(layer) == parent_pid  # the parent's connection still works
     assert layer._get_record("fork#child").status == STATUS_INPROGRESS
+
+
+def test_a_status_assigned_later_is_refused_typed(layer: PostgresPersistenceLayer) -> None:
+    from idempotent_middleware import DataRecord, IdempotencyInvalidStatusError
+
+    record = DataRecord("status#k", STATUS_COMPLETED, 1.0e10, None, b"x", "", b"o" * 16)
+    record.status = "EXPIRED"
+    for write in (layer._put_record, layer._update_record, layer._renew_lease):
+        with pytest.raises(IdempotencyInvalidStatusError):
+            write(record)
+    with pytest.raises(IdempotencyItemNotFoundError):
+        layer._get_record("status#k")
