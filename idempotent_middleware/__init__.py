@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from ._claim import CurrentClaim, current_claim
 from .asgi import IdempotencyMiddleware
 from .config import IdempotencyConfig, RouteOptions
 from .exceptions import (
@@ -40,8 +43,22 @@ from .persistence import (
 )
 from .wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
 
+if TYPE_CHECKING:
+    from .persistence.postgres import PostgresPersistenceLayer
+
+
+def __getattr__(name: str) -> Any:
+    """``PostgresPersistenceLayer`` on first use: the package imports without psycopg."""
+    if name == "PostgresPersistenceLayer":
+        from .persistence.postgres import PostgresPersistenceLayer
+
+        return PostgresPersistenceLayer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BasePersistenceLayer",
+    "CurrentClaim",
     "DataRecord",
     "DataclassSerializer",
     "IdempotencyAlreadyInProgressError",
@@ -66,11 +83,13 @@ __all__ = [
     "IdempotencyUnhashableDataError",
     "IdempotencyValidationError",
     "InMemoryPersistenceLayer",
+    "PostgresPersistenceLayer",
     "PydanticSerializer",
     "RedisPersistenceLayer",
     "RouteOptions",
     "SQLitePersistenceLayer",
     "WSGIIdempotencyMiddleware",
+    "current_claim",
     "idempotent",
     "idempotent_function",
 ]

@@ -223,8 +223,11 @@ class HttpIdempotency:
         return Execute(decision.record, rule.expires_after_seconds)
 
     def _replay(self, key: str, record: DataRecord) -> Respond:
-        stored = StoredResponse.decode(record.response_data or b"")
         _call_hook(self.config.on_replay, key)
+        if record.outcome_unknown:  # the handler committed its execution, no response stored
+            logger.debug("replay %s: executed in its transaction, response not stored", key)
+            return Respond(self.problems.not_replayable(0))
+        stored = StoredResponse.decode(record.response_data or b"")
         if stored.interrupted:
             logger.debug("replay %s: executed, outcome unknown", key)
             return Respond(self.problems.interrupted)

@@ -42,6 +42,7 @@ from .._jmespath_functions import jmespath_options
 from .._steps import DELETE, GET, PUT, UPDATE, Plan, Step, drive, drive_async
 from ..config import IdempotencyConfig
 from ..exceptions import (
+    IdempotencyConfigurationError,
     IdempotencyCorruptRecordError,
     IdempotencyInvalidRemainingTimeError,
     IdempotencyInvalidStatusError,
@@ -610,6 +611,24 @@ class BasePersistenceLayer(ABC):
     @abstractmethod
     def _renew_lease(self, data_record: DataRecord) -> None:
         """Push the lease of an in-progress record forward by the lease length, fenced."""
+
+    # --- In the handler's own transaction (see ``_claim.current_claim``) -------------------
+    def record_executed(
+        self, connection: Any, claim: DataRecord, expires_after_seconds: float
+    ) -> None:
+        """Write "executed, outcome unknown" for ``claim`` on the caller's ``connection``.
+
+        Only a store living in the caller's database can (PostgreSQL); the others refuse.
+        """
+        raise IdempotencyConfigurationError(
+            f"{type(self).__name__} cannot record an execution in your transaction; "
+            "use PostgresPersistenceLayer"
+        )
+
+    async def record_executed_async(
+        self, connection: Any, claim: DataRecord, expires_after_seconds: float
+    ) -> None:
+        self.record_executed(connection, claim, expires_after_seconds)
 
     async def _get_record_async(self, idempotency_key: str) -> DataRecord:
         return self._get_record(idempotency_key)
