@@ -1,9 +1,10 @@
-"""FastAPI with the ASGI middleware.
+"""FastAPI with the native integration: options next to each route, the contract in OpenAPI.
 
 Run:  uvicorn examples.fastapi_app:app            (in-memory store, one process)
       REDIS_URL=redis://127.0.0.1:6379/0 uvicorn examples.fastapi_app:app --workers 4
 Try:  curl -i -X POST localhost:8000/orders -H 'Idempotency-Key: k1' \
            -H 'content-type: application/json' -d '{"sku": "abc", "qty": 1}'
+      curl -s localhost:8000/openapi.json     (the Idempotency-Key parameter, the problems)
 """
 
 from __future__ import annotations
@@ -15,25 +16,15 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from examples._store import count_execution, make_store
-from idempotent_middleware import IdempotencyConfig, IdempotencyMiddleware, RouteOptions
+from idempotent_middleware import IdempotencyConfig
+from idempotent_middleware.fastapi import Idempotency, idempotent
 
 store = make_store()
 _runs: list[int] = []
 
 app = FastAPI(title="orders")
-app.add_middleware(
-    IdempotencyMiddleware,
-    persistence_store=store,
-    config=IdempotencyConfig(
-        lease_seconds=10,
-        # Per route: payments must carry a key, and their records live a week.
-        routes={
-            "/payments": RouteOptions(
-                raise_on_no_idempotency_key=True, expires_after_seconds=7 * 86400
-            )
-        },
-    ),
-)
+# Before the routes: they are made with the integration's route class.
+Idempotency(app, persistence_store=store, config=IdempotencyConfig(lease_seconds=10))
 
 
 class Order(BaseModel):
@@ -48,7 +39,9 @@ async def create_order(order: Order) -> dict[str, object]:
 
 
 @app.post("/payments", status_code=201)
+@idempotent(raise_on_no_idempotency_key=True, expires_after_seconds=7 * 86400)
 async def pay(order: Order) -> dict[str, object]:
+    """Payments must carry a key, and their records live a week."""
     return {"payment_id": uuid.uuid4().hex, "amount": order.qty}
 
 

@@ -56,7 +56,9 @@ def create_order() -> Any:
 
 
 @flask_app.post("/payments")
-@idempotency.idempotent(required=True, expires_after_seconds=7 * 86400)  # a key is a must
+@idempotency.idempotent(
+    raise_on_no_idempotency_key=True, expires_after_seconds=7 * 86400
+)  # a key is a must
 def pay() -> Any:
     order, error = _order()
     if order is None:

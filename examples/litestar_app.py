@@ -1,12 +1,14 @@
-"""Litestar with the ASGI middleware (same endpoints as ``fastapi_app.py``).
+"""Litestar with the native integration: a plugin, options in each handler's ``opt``.
+
+Same endpoints as ``fastapi_app.py``.
 
 Run:  uvicorn examples.litestar_app:app            (in-memory store, one process)
       REDIS_URL=redis://127.0.0.1:6379/0 uvicorn examples.litestar_app:app --workers 4
 Try:  curl -i -X POST localhost:8000/orders -H 'Idempotency-Key: k1' \
            -H 'content-type: application/json' -d '{"sku": "abc", "qty": 1}'
 
-Litestar applies app-level middleware around each route handler (after routing), so requests
-for unknown paths (404) never reach the middleware; every matched route does.
+The plugin's middleware runs around each route handler (after routing), so requests for
+unknown paths (404) never reach it; every matched route does, with its handler's ``opt``.
 An invalid body is rejected by Litestar's own validation (400), inside the middleware.
 """
 
@@ -19,11 +21,11 @@ from typing import Annotated
 
 from litestar import Litestar, get, post
 from litestar.enums import RequestEncodingType
-from litestar.middleware import DefineMiddleware
 from litestar.params import Body
 
 from examples._store import count_execution, make_store
-from idempotent_middleware import IdempotencyConfig, IdempotencyMiddleware, RouteOptions
+from idempotent_middleware import IdempotencyConfig, RouteOptions
+from idempotent_middleware.litestar import IdempotencyPlugin
 
 store = make_store()
 _runs: list[int] = []
@@ -45,7 +47,16 @@ async def create_order(data: OrderBody) -> dict[str, object]:
     return {"order_id": uuid.uuid4().hex, "sku": data.sku, "qty": data.qty, "run": run}
 
 
-@post("/payments", status_code=201)
+# Payments must carry a key, and their records live a week.
+@post(
+    "/payments",
+    status_code=201,
+    opt={
+        "idempotency": RouteOptions(
+            raise_on_no_idempotency_key=True, expires_after_seconds=7 * 86400
+        )
+    },
+)
 async def pay(data: OrderBody) -> dict[str, object]:
     return {"payment_id": uuid.uuid4().hex, "amount": data.qty}
 
@@ -63,19 +74,7 @@ async def healthz() -> dict[str, bool]:
 
 app = Litestar(
     route_handlers=[create_order, pay, slow, healthz],
-    middleware=[
-        DefineMiddleware(
-            IdempotencyMiddleware,
-            persistence_store=store,
-            config=IdempotencyConfig(
-                lease_seconds=10,
-                # Per route: payments must carry a key, and their records live a week.
-                routes={
-                    "/payments": RouteOptions(
-                        raise_on_no_idempotency_key=True, expires_after_seconds=7 * 86400
-                    )
-                },
-            ),
-        )
+    plugins=[
+        IdempotencyPlugin(persistence_store=store, config=IdempotencyConfig(lease_seconds=10))
     ],
 )

@@ -25,6 +25,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+from ._claim import bind, unbind
 from ._steps import BACKGROUND, DELETE, GET, PUT, RENEW, SLEEP, UPDATE, Plan, Step
 from .exceptions import (
     IdempotencyAlreadyInProgressError,
@@ -91,6 +92,9 @@ def plan_claim(
         claim = layer.new_inprogress_record(key, payload_hash, lease_seconds, expires_after_seconds)
         try:
             yield Step(PUT, claim)
+            # The handler runs in this context next: it may record its execution in its own
+            # transaction (``current_claim()``) until the claim is completed or released.
+            bind(layer, claim, expires_after_seconds)
             return Claimed(claim)
         except IdempotencyItemAlreadyExistsError as exc:
             existing = exc.old_data_record
@@ -148,6 +152,7 @@ def plan_complete(
     error is retried once in the background (fenced, so harmless if the key moved on), then
     raised: the claim is never left neither completed nor released for want of one attempt.
     """
+    unbind(claim)
     record = completion_record(layer, claim, response_data, expires_after)
     try:
         yield Step(UPDATE, record)
@@ -190,6 +195,7 @@ def plan_release(layer: BasePersistenceLayer, claim: DataRecord) -> Plan[None]:
 
     A store error is retried once in the background (fenced), then raised.
     """
+    unbind(claim)
     try:
         yield Step(DELETE, claim)
     except IdempotencyPersistenceLayerError:

@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, NamedTuple, TypeVar
 
 #: A persistence layer, seen only through the method names a step carries: the drivers sit
@@ -190,6 +190,25 @@ async def _perform_foreign(layer: Layer, step: Step) -> Any:
         return await trio.sleep(step.arg)
     # Not abandoned on cancellation: a store write half done must finish (or fail) first.
     return await trio.to_thread.run_sync(perform_step, layer, step)
+
+
+#: Records being written while the task that asked for them was cancelled (kept referenced).
+finishing_writes: set[asyncio.Future[Any]] = set()
+
+
+async def to_the_end(awaitable: Coroutine[Any, Any, T]) -> T:
+    """Await a record's write to its end even if the calling task is cancelled meanwhile.
+
+    A cancellation in the middle of the store write would leave the claim to run out with
+    its lease, and the handler to run again: the write goes on in its own task, and the
+    caller still sees its cancellation.
+    """
+    if asyncio._get_running_loop() is None:  # not on asyncio (trio): nothing to shield here
+        return await awaitable
+    task = asyncio.ensure_future(awaitable)
+    finishing_writes.add(task)
+    task.add_done_callback(finishing_writes.discard)
+    return await asyncio.shield(task)
 
 
 def drive(layer: Layer, plan: Plan[T]) -> T:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ._disabled import idempotency_disabled
 from ._steps import drive_async
 from .config import IdempotencyConfig
 from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete, Respond
@@ -40,7 +41,7 @@ class IdempotencyMiddleware:
         self.engine = HttpIdempotency.for_middleware(persistence_store, config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or idempotency_disabled():
             await self.app(scope, receive, send)
             return
         engine = self.engine

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from .http.request import HttpRequest
@@ -19,6 +20,19 @@ TRANSIENT_STATUSES = frozenset({408, 425, 429})
 UNROUTED_STATUSES = frozenset({404, 405, 501})
 
 _NOT_STORED = TRANSIENT_STATUSES | UNROUTED_STATUSES
+
+
+class LambdaContext(Protocol):
+    """What the lease needs from an invocation context (AWS Lambda's, or any look-alike)."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+#: The invocation contexts registered in the current thread / task, by ``id`` of their config
+#: (a ContextVar: concurrent async invocations sharing one config never see each other's).
+_LAMBDA_CONTEXTS: ContextVar[dict[int, tuple[object, LambdaContext]]] = ContextVar(
+    "idempotency_lambda_contexts"
+)
 
 
 def default_store_status(status: int) -> bool:
@@ -59,6 +73,10 @@ class IdempotencyConfig:
     #: Renewal of one execution's lease stops after this long (a response nobody closes, a
     #: stuck handler): the key then frees one lease later instead of never.
     max_lease_hold_seconds: float = 3600.0
+    #: ``idempotent_function`` / ``idempotent`` only: called as ``response_hook(result,
+    #: data_record)`` on every replay of a stored result; what it returns is what the caller
+    #: gets (Powertools' hook, e.g. to mark replays).
+    response_hook: Callable[[Any, Any], Any] | None = None
 
     # HTTP only.
     header_name: str = "Idempotency-Key"
@@ -82,6 +100,23 @@ class IdempotencyConfig:
     on_replay: Callable[[str], None] | None = None
     on_conflict: Callable[[str, int], None] | None = None
     on_store_error: Callable[[Exception], None] | None = None
+
+    def register_lambda_context(self, lambda_context: LambdaContext) -> None:
+        """Bound the leases of this config's functions by the invocation's remaining time (the
+        seed's ``remaining_time_in_millis``; still renewed while the function runs), in the
+        current thread or task and what it starts.
+
+        The config stays immutable and shareable: the context lives in a ContextVar.
+        """
+        registered = dict(_LAMBDA_CONTEXTS.get({}))
+        registered[id(self)] = (self, lambda_context)
+        _LAMBDA_CONTEXTS.set(registered)
+
+    @property
+    def lambda_context(self) -> LambdaContext | None:
+        """The context registered for this config in the current thread / task, if any."""
+        entry = _LAMBDA_CONTEXTS.get({}).get(id(self))
+        return entry[1] if entry is not None and entry[0] is self else None
 
     def __post_init__(self) -> None:
         if self.expires_after_seconds <= 0:

@@ -25,6 +25,7 @@ import io
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from ._disabled import idempotency_disabled
 from ._steps import drive, drive_async
 from .http.engine import PASS, Execute, HttpIdempotency, Respond
 from .http.execution import AsyncCapturingIterable, AsyncExecution, CapturingIterable, Execution
@@ -103,6 +104,8 @@ class IdempotencyMiddleware:
     # --- the claim, once the view is known ----------------------------------------------------
     def _prepare(self, request: Any, view_func: Any) -> HttpRequest | Respond | None:
         """Options, key, body: an HttpRequest ready for ``begin``, a problem, or None (pass)."""
+        if idempotency_disabled():  # the test-time switch, read per request
+            return None
         engine = self.engine
         rule = engine.view_rule(request.method, request.path, _view_options(view_func, request))
         if rule is None:

@@ -4,16 +4,40 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ._error_base import IdempotencyCorruptRecordError as IdempotencyCorruptRecordError
+from ._error_base import IdempotencyError as IdempotencyError
+from ._error_base import IdempotencyInvalidStatusError as IdempotencyInvalidStatusError
+from ._error_base import IdempotencyPersistenceLayerError as IdempotencyPersistenceLayerError
+
 if TYPE_CHECKING:
     from .persistence.record import DataRecord
 
 
-class IdempotencyError(Exception):
-    """Base class of every error this package raises on purpose."""
+class IdempotencyCachedError(IdempotencyError):
+    """Replay of an exception stored by ``cache_exceptions`` whose class cannot be rebuilt.
+
+    ``type_name`` is the original's ``module.QualName``, ``message`` its ``str()``.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
 
 
 class IdempotencyKeyError(IdempotencyError):
     """The idempotency key is required but missing, or it is malformed."""
+
+
+class IdempotencyKeyTooLargeError(IdempotencyKeyError):
+    """The key expression would build a value past its bound (``powertools_base64_gzip`` of
+    data that decompresses to more than ``max_request_body_bytes``): no usable key (HTTP
+    400)."""
+
+
+class IdempotencyUnhashableDataError(IdempotencyKeyError, TypeError):
+    """The data holds a value with no stable JSON form (a plain object: its ``str()`` names a
+    memory address, which a later object reuses, so two callers would share one key)."""
 
 
 class IdempotencyValidationError(IdempotencyError):
@@ -26,14 +50,6 @@ class IdempotencyAlreadyInProgressError(IdempotencyError):
     def __init__(self, message: str = "", *, retry_after: float = 1.0) -> None:
         super().__init__(message or "request with this idempotency key is already in progress")
         self.retry_after = retry_after
-
-
-class IdempotencyPersistenceLayerError(IdempotencyError):
-    """The store could not be reached or answered with something unusable (HTTP 503)."""
-
-
-class IdempotencyCorruptRecordError(IdempotencyPersistenceLayerError):
-    """A stored record could not be decoded (truncated, foreign or from a newer format)."""
 
 
 class IdempotencyItemAlreadyExistsError(IdempotencyError):
@@ -82,7 +98,13 @@ class IdempotencyOutcomeUnknownError(IdempotencyError):
 
 
 class IdempotencyNoTimeLeftError(IdempotencyError):
-    """``remaining_time_in_millis`` was zero or negative: no time is left to run under a lease."""
+    """``remaining_time_in_millis`` was under a millisecond: no time is left to run under a
+    lease (a claim written with it would already have expired)."""
+
+
+class IdempotencyInvalidRemainingTimeError(IdempotencyError, ValueError):
+    """The invocation's remaining time is not a finite number of milliseconds (``inf``,
+    ``NaN``, not a number): no lease can be taken from it, so nothing is claimed or run."""
 
 
 class IdempotencyConfigurationError(IdempotencyPersistenceLayerError, ValueError):

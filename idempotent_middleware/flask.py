@@ -9,7 +9,7 @@ response is recorded before ``after_request`` handlers see it; a replay goes thr
 Configuration, from ``app.config``: ``IDEMPOTENCY_STORE`` (a URL or a store object; default the
 in-memory store) and ``IDEMPOTENCY_<OPTION>`` for any ``IdempotencyConfig`` option
 (``IDEMPOTENCY_EXPIRES_AFTER_SECONDS``, ``IDEMPOTENCY_HEADER_NAME``, ...). Per view:
-``@idempotency.idempotent(required=True, ...)`` and ``@idempotency.exempt``.
+``@idempotency.idempotent(raise_on_no_idempotency_key=True)`` and ``@idempotency.exempt``.
 
 Keys are scoped by the logged-in user by default: ``flask_login.current_user``'s id when
 Flask-Login is installed and the user is authenticated, else no scope. ``IDEMPOTENCY_SCOPE``
@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
+from ._disabled import idempotency_disabled
 from ._steps import drive
 from .config import IdempotencyConfig
 from .http.engine import PASS, Execute, HttpIdempotency, Respond
@@ -113,7 +114,7 @@ class Idempotency:
         view: F | None = None,
         /,
         *,
-        required: bool | None = None,
+        raise_on_no_idempotency_key: bool | None = None,
         expires_after_seconds: int | None = None,
         methods: Collection[str] | None = None,
     ) -> Any:
@@ -121,7 +122,9 @@ class Idempotency:
         if view is not None:
             return idempotent(view)
         return idempotent(
-            required=required, expires_after_seconds=expires_after_seconds, methods=methods
+            raise_on_no_idempotency_key=raise_on_no_idempotency_key,
+            expires_after_seconds=expires_after_seconds,
+            methods=methods,
         )
 
     @staticmethod
@@ -150,7 +153,7 @@ def _view_options(method: str) -> Any:
 
 def _dispatch(engine: HttpIdempotency, dispatch: Callable[[], Any]) -> Any:
     req = flask_request
-    if req.routing_exception is not None:  # 404, 405: Flask raises it in dispatch
+    if req.routing_exception is not None or idempotency_disabled():  # 404/405; test switch
         return dispatch()
     environ = req.environ
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")

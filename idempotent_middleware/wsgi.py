@@ -16,6 +16,7 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
+from ._disabled import idempotency_disabled
 from ._steps import drive
 from .config import IdempotencyConfig
 from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete, Respond
@@ -45,6 +46,8 @@ class IdempotencyMiddleware:
         self.engine = HttpIdempotency.for_middleware(persistence_store, config)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        if idempotency_disabled():
+            return self.app(environ, start_response)
         engine = self.engine
         method = environ["REQUEST_METHOD"]
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")

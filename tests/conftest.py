@@ -1,4 +1,4 @@
-"""Shared fixtures: a real redis-server per session, and the persistence layers under test."""
+"""Shared fixtures: real redis-server and PostgreSQL per session, and the layers under test."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from idempotent_middleware import (
     BasePersistenceLayer,
     InMemoryPersistenceLayer,
     RedisPersistenceLayer,
+    SQLitePersistenceLayer,
 )
+from tests.pg_servers import PostgresProcess, pg_bindir, start_postgres
 from tests.redis_servers import RedisProcess, redis_binary, start_redis
 from tests.redis_topologies import (
     ClusterTopology,
@@ -68,6 +70,42 @@ def redis_sentinel() -> Iterator[SentinelTopology]:
     topology.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresProcess]:
+    """A real PostgreSQL (initdb + pg_ctl in a temporary directory) for the whole session.
+
+    Skipped without the server binaries, a failure under REQUIRE_REDIS=1 (CI), like Redis.
+    """
+    if pg_bindir() is None:
+        _no_redis("the PostgreSQL server (initdb, pg_ctl) is not installed")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _no_redis("psycopg is not installed (the postgres extra)")
+    try:
+        server = start_postgres()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        _no_redis(f"PostgreSQL did not start: {exc}")
+        raise
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresProcess) -> str:
+    """The session's PostgreSQL with an empty idempotency table."""
+    import psycopg
+
+    from idempotent_middleware.persistence.postgres import PostgresPersistenceLayer
+
+    layer = PostgresPersistenceLayer(dsn=postgres_server.dsn)
+    layer.create_schema()
+    layer.close()
+    with psycopg.connect(postgres_server.dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE idempotency_records")
+    return postgres_server.dsn
+
+
 @pytest.fixture
 def redis_url(redis_server: RedisProcess) -> str:
     redis_server.cli("FLUSHALL")
@@ -96,10 +134,18 @@ def make_layer(kind: str, request: pytest.FixtureRequest) -> BasePersistenceLaye
         sentinel: SentinelTopology = request.getfixturevalue("redis_sentinel")
         sentinel.flushall()
         return sentinel_layer(sentinel)
+    if kind == "sqlite":
+        tmp_path = request.getfixturevalue("tmp_path")
+        return SQLitePersistenceLayer(tmp_path / "idempotency.sqlite3")
+    if kind == "postgres":
+        from idempotent_middleware.persistence.postgres import PostgresPersistenceLayer
+
+        dsn: str = request.getfixturevalue("postgres_dsn")
+        return PostgresPersistenceLayer(dsn=dsn)
     raise ValueError(kind)
 
 
-LAYER_KINDS = ["memory", "fakeredis", "redis", "cluster", "sentinel"]
+LAYER_KINDS = ["memory", "fakeredis", "redis", "cluster", "sentinel", "sqlite", "postgres"]
 
 
 @pytest.fixture(params=LAYER_KINDS)
@@ -107,5 +153,8 @@ def layer(request: pytest.FixtureRequest) -> Iterator[Any]:
     """Every persistence layer the suite must pass on."""
     store = make_layer(request.param, request)
     yield store
-    if isinstance(store, RedisPersistenceLayer):
+    if isinstance(store, (RedisPersistenceLayer, SQLitePersistenceLayer)):
         store.close()
+    close = getattr(store, "close", None)
+    if request.param == "postgres" and close is not None:
+        close()

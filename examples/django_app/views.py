@@ -51,7 +51,9 @@ def create_order(request: HttpRequest) -> JsonResponse:
 
 
 @require_POST
-@idempotent(required=True, expires_after_seconds=7 * 86400)  # a key is a must; kept a week
+@idempotent(
+    raise_on_no_idempotency_key=True, expires_after_seconds=7 * 86400
+)  # a key is a must; kept a week
 def pay(request: HttpRequest) -> JsonResponse:
     order = _order(request)
     if order is None:

@@ -18,6 +18,7 @@ from ..config import IdempotencyConfig, RouteOptions
 from ..exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyCorruptRecordError,
+    IdempotencyKeyError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
@@ -175,6 +176,9 @@ class HttpIdempotency:
         else:
             try:
                 found = self.scheme.key_material(request.document())
+            except IdempotencyKeyError:  # a value past its bound (a gzip bomb): refused
+                logger.debug("400 %s %s: key too large", request.method, request.path)
+                return Respond(self.problems.invalid)
             except Exception:  # a JMESPath runtime error on this document: no usable key
                 found = None
             if self.scheme.is_missing(found):
@@ -229,8 +233,11 @@ class HttpIdempotency:
         return Execute(decision.record, rule.expires_after_seconds)
 
     def _replay(self, key: str, record: DataRecord) -> Respond:
-        stored = StoredResponse.decode(record.response_data or b"")
         _call_hook(self.config.on_replay, key)
+        if record.outcome_unknown:  # the handler committed its execution, no response stored
+            logger.debug("replay %s: executed in its transaction, response not stored", key)
+            return Respond(self.problems.not_replayable(0))
+        stored = StoredResponse.decode(record.response_data or b"")
         if stored.interrupted:
             logger.debug("replay %s: executed, outcome unknown", key)
             return Respond(self.problems.interrupted)

@@ -21,14 +21,12 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Iterable,
     Iterator,
 )
-from typing import Any
 
 from .._lease import AsyncLease, sync_renewer
-from .._steps import drive, drive_async
+from .._steps import drive, drive_async, finishing_writes, to_the_end
 from .capture import ResponseCapture
 from .engine import Execute, HttpIdempotency
 from .response import StoredResponse
@@ -128,7 +126,7 @@ class AsyncExecution:
             return
         self.recorded = True
         outcome = self.capture.outcome(error, finished=finished, client_gone=client_gone)
-        await _to_the_end(self._settle(outcome))
+        await to_the_end(self._settle(outcome))
 
     async def record_response(self, response: StoredResponse) -> None:
         self.capture.start(response.status, response.headers, response.reason)
@@ -146,7 +144,9 @@ class AsyncExecution:
         except RuntimeError:
             running = None
         if running is self.loop:
-            _keep(self.loop.create_task(coroutine))
+            task = self.loop.create_task(coroutine)
+            finishing_writes.add(task)
+            task.add_done_callback(finishing_writes.discard)
         else:
             asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
@@ -162,31 +162,6 @@ class AsyncExecution:
             lease.stop()
         else:
             lease.finish_later(pending)
-
-
-#: Records being written while their request task was cancelled (kept referenced).
-_finishing: set[asyncio.Future[None]] = set()
-
-
-def _keep(task: asyncio.Future[None]) -> None:
-    _finishing.add(task)
-    task.add_done_callback(_finishing.discard)
-
-
-async def _to_the_end(awaitable: Coroutine[Any, Any, None]) -> None:
-    """Await a record to its end even if the request's task is cancelled meanwhile.
-
-    A cancellation in the middle of the store write would leave the claim to run out with
-    its lease, and the handler to run again: the write goes on in its own task.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # not on asyncio (trio): nothing to shield from here
-        await awaitable
-        return
-    task = asyncio.ensure_future(awaitable)
-    _keep(task)
-    await asyncio.shield(task)
 
 
 class CapturingIterable:

@@ -32,12 +32,14 @@ def options_of(target: object) -> RouteOptions | None:
 
 
 def options(
-    required: bool | None, expires_after_seconds: int | None, methods: Collection[str] | None
+    raise_on_no_idempotency_key: bool | None,
+    expires_after_seconds: int | None,
+    methods: Collection[str] | None,
 ) -> RouteOptions:
     if expires_after_seconds is not None and expires_after_seconds <= 0:
         raise ValueError("expires_after_seconds must be positive")
     return RouteOptions(
-        raise_on_no_idempotency_key=required,
+        raise_on_no_idempotency_key=raise_on_no_idempotency_key,
         expires_after_seconds=expires_after_seconds,
         methods=None if methods is None else frozenset(m.upper() for m in methods),
     )
@@ -50,7 +52,7 @@ def idempotent(
     view: None = None,
     /,
     *,
-    required: bool | None = None,
+    raise_on_no_idempotency_key: bool | None = None,
     expires_after_seconds: int | None = None,
     methods: Collection[str] | None = None,
 ) -> Callable[[F], F]: ...
@@ -58,17 +60,18 @@ def idempotent(
     view: F | None = None,
     /,
     *,
-    required: bool | None = None,
+    raise_on_no_idempotency_key: bool | None = None,
     expires_after_seconds: int | None = None,
     methods: Collection[str] | None = None,
 ) -> F | Callable[[F], F]:
-    """Cover this view (``@idempotent`` or ``@idempotent(required=True, ...)``).
+    """Cover this view (``@idempotent`` or ``@idempotent(raise_on_no_idempotency_key=True)``).
 
-    ``required``: answer 400 without a key; ``expires_after_seconds``: how long its records
-    live; ``methods``: which methods are covered (default: the configured ones). ``None``
-    keeps the configured value. The view's options win over path rules.
+    The arguments are ``RouteOptions``' (as in the FastAPI integration):
+    ``raise_on_no_idempotency_key``: answer 400 without a key; ``expires_after_seconds``: how
+    long its records live; ``methods``: which methods are covered (default: the configured
+    ones). ``None`` keeps the configured value. The view's options win over path rules.
     """
-    chosen = options(required, expires_after_seconds, methods)
+    chosen = options(raise_on_no_idempotency_key, expires_after_seconds, methods)
     if view is not None:
         return mark(view, chosen)
 

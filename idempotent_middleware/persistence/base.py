@@ -14,14 +14,21 @@ of four abstract I/O methods) so its users feel at home. What differs, on purpos
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import decimal
+import enum
 import functools
 import hashlib
 import json
 import logging
+import math
+import pathlib
 import random
 import struct
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,13 +38,18 @@ from typing import Any
 import jmespath
 import jmespath.parser
 
+from .._jmespath_functions import jmespath_options
 from .._steps import DELETE, GET, PUT, UPDATE, Plan, Step, drive, drive_async
 from ..config import IdempotencyConfig
 from ..exceptions import (
+    IdempotencyConfigurationError,
     IdempotencyCorruptRecordError,
+    IdempotencyInvalidRemainingTimeError,
+    IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyKeyError,
     IdempotencyNoTimeLeftError,
+    IdempotencyUnhashableDataError,
     IdempotencyValidationError,
 )
 from .record import STATUS_COMPLETED, STATUS_INPROGRESS, DataRecord
@@ -62,9 +74,12 @@ _HAS_RESPONSE = 1
 def encode_record(record: DataRecord) -> bytes:
     """Serialise a record for a byte store (Redis)."""
     payload_hash = record.payload_hash.encode("ascii")
+    status = _STATUS_CODES.get(record.status)
+    if status is None:  # a record whose status was assigned after construction
+        raise IdempotencyInvalidStatusError(f"unknown idempotency record status {record.status!r}")
     head = _HEADER.pack(
         FORMAT_VERSION,
-        _STATUS_CODES[record.status],
+        status,
         record.owner,
         record.expiry_timestamp or 0.0,
         record.in_progress_expiry_timestamp or 0,
@@ -98,19 +113,75 @@ def decode_record(key: str, raw: bytes) -> DataRecord:
 
 
 # --- Hashing ---------------------------------------------------------------------------------
+#: Value types whose ``str()`` is a stable text of the value itself (never an address).
+_STABLE_TEXT = (
+    decimal.Decimal,
+    datetime.date,  # datetime.datetime too
+    datetime.time,
+    datetime.timedelta,
+    uuid.UUID,
+    enum.Enum,
+    pathlib.PurePath,
+)
+
+
 def _json_default(value: Any) -> Any:
-    """Serialise the usual non-JSON types deterministically (for hashing only)."""
+    """Serialise the usual non-JSON types deterministically (for hashing only).
+
+    Anything else is refused (``IdempotencyUnhashableDataError``, a ``TypeError`` as
+    Powertools' encoder raises): the old ``str()`` fallback keyed a plain object by its memory
+    address, which the next object reuses, so a caller could replay another's result.
+    """
     if isinstance(value, (bytes, bytearray)):
         return value.decode("latin-1")
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
+    if isinstance(value, _STABLE_TEXT):
+        return str(value)
     if hasattr(value, "model_dump"):
         return value.model_dump()
-    if hasattr(value, "__dataclass_fields__"):
-        import dataclasses
-
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    return str(value)
+    raise IdempotencyUnhashableDataError(
+        f"a {type(value).__qualname__} has no stable JSON form to key on: pass JSON types, a "
+        "dataclass or a pydantic model, or select fields with event_key_jmespath"
+    )
+
+
+def lease_from_remaining(remaining_millis: Any, cap_seconds: float) -> float:
+    """The lease (seconds) for an invocation with ``remaining_millis`` left, at most
+    ``cap_seconds``.
+
+    Under a millisecond is no time left (Powertools issue 4759: 0 is not "not given"); the
+    lease would be expired once written and a duplicate could run beside this one. A value
+    that is not a finite number is refused, typed; a huge one is capped (the store's lease
+    field is a 64-bit millisecond time).
+    """
+    if isinstance(remaining_millis, bool) or not isinstance(
+        remaining_millis, (int, float, decimal.Decimal)
+    ):
+        raise IdempotencyInvalidRemainingTimeError(
+            f"remaining time {remaining_millis!r} is not a number of milliseconds"
+        )
+    try:
+        millis = float(remaining_millis)
+    except OverflowError:  # an int past float's range: capped, or long past
+        if remaining_millis > 0:
+            return cap_seconds
+        millis = 0.0
+    except ValueError as exc:  # a signalling Decimal NaN
+        raise IdempotencyInvalidRemainingTimeError(
+            f"remaining time {remaining_millis!r} ms is not a finite number"
+        ) from exc
+    if math.isnan(millis) or math.isinf(millis):
+        raise IdempotencyInvalidRemainingTimeError(
+            f"remaining time {remaining_millis!r} ms is not a finite number"
+        )
+    if millis < 1:
+        raise IdempotencyNoTimeLeftError(
+            f"remaining_time_in_millis={remaining_millis}: no time left to run"
+        )
+    return min(millis / 1000, cap_seconds)
 
 
 def canonical_json(data: Any) -> bytes:
@@ -151,9 +222,7 @@ class KeyScheme:
         cls, config: IdempotencyConfig, scope: str, key_jmespath: str | None = None
     ) -> KeyScheme:
         key_expr = config.event_key_jmespath if key_jmespath is None else key_jmespath
-        options = (
-            jmespath.Options(**dict(config.jmespath_options)) if config.jmespath_options else None
-        )
+        options = jmespath_options(config.jmespath_options, config.max_request_body_bytes)
         name = config.hash_function
         return cls(
             scope=scope,
@@ -189,10 +258,15 @@ class KeyScheme:
     is_missing = staticmethod(is_missing_idempotency_key)
 
     def payload_hash(self, data: Any) -> str:
-        """The fingerprint stored on every record (the whole payload unless configured)."""
-        if self.validation_expression is not None:
-            data = self.validation_expression.search(data, options=self.options)
-        return self.generate_hash(data)
+        """The fingerprint of the fields ``payload_validation_jmespath`` selects; ``""`` (no
+        validation) when it is not configured, as the seed's ``_get_hashed_payload``: a
+        redelivered event whose other fields changed (a timestamp) replays.
+
+        The HTTP engine fingerprints method, path and body itself when it is not configured.
+        """
+        if self.validation_expression is None:
+            return ""
+        return self.generate_hash(self.validation_expression.search(data, options=self.options))
 
 
 # --- Local cache -----------------------------------------------------------------------------
@@ -317,8 +391,13 @@ class BasePersistenceLayer(ABC):
     is_missing_idempotency_key = staticmethod(is_missing_idempotency_key)
 
     def _validate_payload(self, payload_hash: str, stored_data_record: DataRecord) -> None:
-        """Raise 422's error when the stored fingerprint differs from this request's."""
-        if stored_data_record.payload_hash != payload_hash:
+        """Raise 422's error when the stored fingerprint differs from this request's.
+
+        ``""`` is "this caller does not validate" (the seed's ``payload_validation_enabled``
+        off): nothing to compare, whatever the record holds. A caller that validates compares
+        even with a record written without validation, as the seed does.
+        """
+        if payload_hash and stored_data_record.payload_hash != payload_hash:
             raise IdempotencyValidationError(
                 "the idempotency key was used with a different payload"
             )
@@ -410,14 +489,8 @@ class BasePersistenceLayer(ABC):
             raise IdempotencyItemAlreadyExistsError(cached)
         if remaining_time_in_millis is None:
             lease = s.config.lease_seconds
-        elif remaining_time_in_millis <= 0:
-            # Powertools issue 4759: 0 is "no time left", not "not given". A lease of no time
-            # would be expired when written, and a duplicate could run beside this one.
-            raise IdempotencyNoTimeLeftError(
-                f"remaining_time_in_millis={remaining_time_in_millis}: no time left to run"
-            )
-        else:
-            lease = remaining_time_in_millis / 1000
+        else:  # the seed's lease, the invocation's time; never past the record's own life
+            lease = lease_from_remaining(remaining_time_in_millis, s.config.expires_after_seconds)
         record = self.new_inprogress_record(
             key, s.payload_hash(data), lease, s.config.expires_after_seconds
         )
@@ -538,6 +611,24 @@ class BasePersistenceLayer(ABC):
     @abstractmethod
     def _renew_lease(self, data_record: DataRecord) -> None:
         """Push the lease of an in-progress record forward by the lease length, fenced."""
+
+    # --- In the handler's own transaction (see ``_claim.current_claim``) -------------------
+    def record_executed(
+        self, connection: Any, claim: DataRecord, expires_after_seconds: float
+    ) -> None:
+        """Write "executed, outcome unknown" for ``claim`` on the caller's ``connection``.
+
+        Only a store living in the caller's database can (PostgreSQL); the others refuse.
+        """
+        raise IdempotencyConfigurationError(
+            f"{type(self).__name__} cannot record an execution in your transaction; "
+            "use PostgresPersistenceLayer"
+        )
+
+    async def record_executed_async(
+        self, connection: Any, claim: DataRecord, expires_after_seconds: float
+    ) -> None:
+        self.record_executed(connection, claim, expires_after_seconds)
 
     async def _get_record_async(self, idempotency_key: str) -> DataRecord:
         return self._get_record(idempotency_key)

@@ -11,16 +11,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._error_base import IdempotencyInvalidStatusError
+
 STATUS_INPROGRESS = "INPROGRESS"
 STATUS_COMPLETED = "COMPLETED"
+_KNOWN_STATUSES = frozenset({STATUS_INPROGRESS, STATUS_COMPLETED})
 
 
 @dataclass(slots=True)
 class DataRecord:
-    """One idempotency record. Treat instances as values: layers never mutate them."""
+    """One idempotency record. Treat instances as values: layers never mutate them.
+
+    ``status`` is required: the seed's default ``""`` names no state, and a record built
+    without one would be refused below anyway, so the missing argument is reported as such.
+    """
 
     idempotency_key: str
-    status: str = ""
+    status: str
     #: Unix time (seconds, float) after which the record is gone.
     expiry_timestamp: float | None = None
     #: Unix time in milliseconds at which an in-progress lease runs out (the seed's unit).
@@ -29,6 +36,15 @@ class DataRecord:
     payload_hash: str = ""
     #: 16 random bytes naming the execution that claimed the key; the fence for writes.
     owner: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        # Every layer and the record encoding know these two states only; anything else (a
+        # Powertools "EXPIRED", a typo) is refused here, typed, not deep inside a write.
+        if self.status not in _KNOWN_STATUSES:
+            raise IdempotencyInvalidStatusError(
+                f"unknown idempotency record status {self.status!r}: "
+                f"expected one of {sorted(_KNOWN_STATUSES)}"
+            )
 
     @property
     def is_expired(self) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from idempotent_middleware import IdempotencyMiddleware, InMemoryPersistenceLayer
-from idempotent_middleware.http import execution as execution_module
+from idempotent_middleware._steps import finishing_writes
 from idempotent_middleware.persistence.base import STATUS_COMPLETED
 
 Message = dict[str, Any]
@@ -337,7 +337,7 @@ def test_item11_cancelled_while_recording_the_record_is_still_written() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        pending = execution_module._finishing
+        pending = finishing_writes
         while pending:  # the write goes on by itself
             await asyncio.gather(*pending)
         await asyncio.sleep(0.3)  # the slow write's own duration

@@ -14,7 +14,10 @@ def test_imports_and_runs_without_redis_or_frameworks() -> None:
 
         class Block:
             def find_spec(self, name, path=None, target=None):
-                roots = ("redis", "hiredis", "starlette", "fastapi", "flask", "werkzeug")
+                roots = (
+                    "redis", "hiredis", "starlette", "fastapi", "flask", "werkzeug",
+                    "psycopg", "psycopg_pool",
+                )
                 if name.split(".")[0] in roots:
                     raise ImportError(f"blocked {name}")
                 return None
@@ -37,6 +40,13 @@ def test_imports_and_runs_without_redis_or_frameworks() -> None:
             assert "idempotent-middleware[redis]" in str(exc)
         else:
             raise AssertionError("RedisPersistenceLayer started without redis-py")
+        assert "psycopg" not in sys.modules
+        try:
+            im.PostgresPersistenceLayer(dsn="host=127.0.0.1")
+        except ImportError as exc:
+            assert "idempotent-middleware[postgres]" in str(exc)
+        else:
+            raise AssertionError("PostgresPersistenceLayer started without psycopg")
         print("ok")
         """
     )

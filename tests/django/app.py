@@ -44,7 +44,7 @@ def plain(request: Any) -> JsonResponse:
     return JsonResponse(_answer("plain", request), status=201)
 
 
-@idempotent(required=True, expires_after_seconds=60)
+@idempotent(raise_on_no_idempotency_key=True, expires_after_seconds=60)
 def required(request: Any) -> JsonResponse:
     return JsonResponse(_answer("required", request), status=201)
 
@@ -96,7 +96,7 @@ class Orders(View):
         return JsonResponse(_answer("cbv", request), status=201)
 
 
-@method_decorator(idempotent(required=True), name="post")
+@method_decorator(idempotent(raise_on_no_idempotency_key=True), name="post")
 class RequiredOrders(View):
     def post(self, request: Any) -> JsonResponse:
         return JsonResponse(_answer("cbv_required", request), status=201)
@@ -116,7 +116,7 @@ class ApiOrders(APIView):
     authentication_classes = [SessionAuthentication, TokenOnly]
     permission_classes = [IsAuthenticated]
 
-    @idempotent(required=True)
+    @idempotent(raise_on_no_idempotency_key=True)
     def post(self, request: Any) -> Response:
         return Response(_answer("api", request), status=201)
 
@@ -133,7 +133,7 @@ class OrderViewSet(viewsets.ViewSet):
     authentication_classes = [TokenOnly]
     permission_classes = [IsAuthenticated]
 
-    @idempotent(required=True)
+    @idempotent(raise_on_no_idempotency_key=True)
     def create(self, request: Any) -> Response:
         return Response(_answer("viewset_create", request), status=201)
 

@@ -339,3 +339,11 @@ def test_async_stream_left_early_is_recorded_executed_never_run_again() -> None:
     status, runs = asyncio.run(main())
     assert runs == 1
     assert status != 201  # not replayable (a problem), and not a second execution
+
+
+def test_disable_switch_runs_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDEMPOTENCY_DISABLED", "true")
+    client, key = Client(), _key()
+    for _ in range(2):
+        _post(client, "/plain", key)
+    assert RUNS["plain"] == 2

@@ -20,7 +20,11 @@ import trio
 
 import idempotent_middleware.http.execution
 import tests.e2e.trio_app as trio_app
-from idempotent_middleware import InMemoryPersistenceLayer, RedisPersistenceLayer
+from idempotent_middleware import (
+    InMemoryPersistenceLayer,
+    RedisPersistenceLayer,
+    SQLitePersistenceLayer,
+)
 from idempotent_middleware.persistence.base import BasePersistenceLayer
 from tests.redis_servers import free_port
 from tests.reliability._procs import spawn_server
@@ -70,12 +74,16 @@ async def _post(app: Any, key: str, seconds: float = 0.0) -> tuple[int, dict[byt
     return start["status"], dict(start["headers"]), content
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "sqlite"])
 def store(request: pytest.FixtureRequest) -> Iterator[BasePersistenceLayer]:
     if request.param == "memory":
         yield InMemoryPersistenceLayer()
         return
-    layer = RedisPersistenceLayer(url=request.getfixturevalue("redis_url"))
+    layer: RedisPersistenceLayer | SQLitePersistenceLayer
+    if request.param == "sqlite":
+        layer = SQLitePersistenceLayer(request.getfixturevalue("tmp_path") / "trio.sqlite3")
+    else:
+        layer = RedisPersistenceLayer(url=request.getfixturevalue("redis_url"))
     yield layer
     layer.close()
 

@@ -63,7 +63,7 @@ def make_app(**config: Any) -> tuple[Flask, Counter[str]]:
         return answer("orders"), 201
 
     @app.post("/payments")
-    @idempotency.idempotent(required=True, expires_after_seconds=60)
+    @idempotency.idempotent(raise_on_no_idempotency_key=True, expires_after_seconds=60)
     def payments() -> Any:
         return answer("payments"), 201
 
@@ -284,3 +284,12 @@ def test_init_app_twice_claims_once() -> None:
     assert client.post("/orders", json=ORDER, headers=key).status_code == 201
     assert client.post("/orders", json=ORDER, headers=key).headers["Idempotent-Replayed"]
     assert runs == [1]
+
+
+def test_disable_switch_runs_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    app, runs = make_app()
+    monkeypatch.setenv("IDEMPOTENCY_DISABLED", "true")
+    client, key = app.test_client(), _key()
+    for _ in range(2):
+        client.post("/orders", json=ORDER, headers=key)
+    assert runs["orders"] == 2

@@ -1,6 +1,6 @@
-"""One scenario table, every row run through both adapters on the in-memory store and on a
-real redis-server. Each row is a list of calls with what each must answer and how many times
-the handler has run by then."""
+"""One scenario table, every row run through both adapters on the in-memory store, on a
+real redis-server, on an SQLite file and on a real PostgreSQL. Each row is a list of calls with
+what each must answer and how many times the handler has run by then."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from idempotent_middleware import (
     InMemoryPersistenceLayer,
     RedisPersistenceLayer,
     RouteOptions,
+    SQLitePersistenceLayer,
 )
 
 from .drivers import DRIVERS, Driver, Reply, Request
@@ -414,10 +415,16 @@ def _store(kind: str, scenario: Scenario, request: pytest.FixtureRequest) -> Bas
         return RedisPersistenceLayer(url="redis://127.0.0.1:9/0", socket_connect_timeout=0.5)
     if kind == "memory":
         return InMemoryPersistenceLayer()
+    if kind == "sqlite":
+        return SQLitePersistenceLayer(request.getfixturevalue("tmp_path") / "scenario.sqlite3")
+    if kind == "postgres":
+        from idempotent_middleware.persistence.postgres import PostgresPersistenceLayer
+
+        return PostgresPersistenceLayer(dsn=request.getfixturevalue("postgres_dsn"))
     return RedisPersistenceLayer(url=request.getfixturevalue("redis_url"))
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "sqlite", "postgres"])
 def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -432,9 +439,11 @@ def make_driver(
     adapter: str, store_kind: str, request: pytest.FixtureRequest
 ) -> Iterator[Callable[[Scenario], Driver]]:
     made: list[Driver] = []
+    stores: list[BasePersistenceLayer] = []
 
     def make(scenario: Scenario) -> Driver:
         store = _store(store_kind, scenario, request)
+        stores.append(store)
         driver = DRIVERS[adapter](store, IdempotencyConfig(**scenario.config))
         made.append(driver)
         return driver
@@ -442,6 +451,9 @@ def make_driver(
     yield make
     for driver in made:
         driver.close()
+    for store in stores:
+        if store_kind == "postgres":
+            store.close()  # type: ignore[attr-defined]
 
 
 def _request(call: Call) -> Request:

@@ -102,7 +102,7 @@ def orders(request: Any) -> JsonResponse:
 
 
 @require_POST
-@idempotent(required=True)
+@idempotent(raise_on_no_idempotency_key=True)
 def required(request: Any) -> JsonResponse:
     return JsonResponse(_run("required", request), status=201)
 
@@ -117,7 +117,7 @@ class ApiOrders(APIView):
     authentication_classes = [TokenAuthentication]
     permission_classes = [IsAuthenticated]
 
-    @idempotent(required=True)
+    @idempotent(raise_on_no_idempotency_key=True)
     def post(self, request: Any) -> Response:
         return Response(_run("api", request), status=201)
 

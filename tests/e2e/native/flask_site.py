@@ -70,7 +70,7 @@ def orders() -> Any:
 
 
 @app.post("/required")
-@idempotency.idempotent(required=True)
+@idempotency.idempotent(raise_on_no_idempotency_key=True)
 def required() -> Any:
     return _run("required"), 201
 

@@ -1,0 +1,230 @@
+"""Instructions per request, counted by callgrind: the middleware's own cost, deterministically.
+
+Wall-clock figures on a shared machine move 5-10% from run to run; the number of instructions
+a process executes does not (callgrind counts them, whatever else the machine does). Each
+cell runs ``inproc_driver.py`` under ``valgrind --tool=callgrind`` twice, with N1 and N2
+requests, and reports (Ir(N2) - Ir(N1)) / (N2 - N1): interpreter start, imports and set-up
+cancel out. Requests are in-process calls (ASGI: 16 in flight; WSGI: one after another), so
+no server or socket cost is counted on the client side.
+
+    python benchmarks/instructions.py              # every cell, table + JSON
+    python benchmarks/instructions.py --smoke      # a few cells, small N (part of .ci/run)
+    python benchmarks/instructions.py --only asgi-minimal
+
+Cells:
+  *-minimal  a raw ASGI/WSGI callable answering one small JSON body, bare or inside our
+             middleware on the in-memory store and on Redis (a redis-server this script
+             starts); "ours" rows also show the cost minus the bare app of the same path;
+  *-app      the wrk benchmark's FastAPI/Flask apps (benchmarks/apps) on Redis, bare, ours
+             and the peers whose virtualenv ``benchmarks/run.py`` prepared (skipped
+             otherwise), with the ratio to the bare app.
+Writes ``benchmarks/results/instructions.json`` (``--json`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import benchlib
+from benchlib import BENCH_DIR, RESULTS_DIR, RedisServer
+
+DRIVER = BENCH_DIR / "inproc_driver.py"
+VENVS_DIR = BENCH_DIR / ".venvs"
+PEERS = ("idemkit", "ichido", "idemgate")
+
+
+@dataclass(frozen=True)
+class Cell:
+    group: str  # asgi-minimal, wsgi-minimal, asgi-app, wsgi-app
+    kind: str  # asgi | wsgi
+    app: str  # minimal-bare | minimal-ours | module:NAME
+    label: str  # bare, ours-memory, ours-redis, idemkit, ...
+    path: str  # first | replay | pass
+    store: str = "memory"
+    python: str = sys.executable
+    env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}/{self.label}/{self.path}"
+
+
+@dataclass
+class Row:
+    name: str
+    group: str
+    label: str
+    path: str
+    per_request: float
+    minus_bare: float | None = None
+    x_bare: float | None = None
+
+
+def cells(with_peers: bool) -> list[Cell]:
+    out: list[Cell] = []
+    for kind in ("asgi", "wsgi"):
+        group = f"{kind}-minimal"
+        for path in ("first", "replay", "pass"):
+            out.append(Cell(group, kind, "minimal-bare", "bare", path))
+            out.append(Cell(group, kind, "minimal-ours", "ours-memory", path))
+            out.append(Cell(group, kind, "minimal-ours", "ours-redis", path, store="redis"))
+    for path in ("first", "replay"):
+        out.append(Cell("asgi-app", "asgi", "module:asgi_bare", "bare", path))
+        out.append(
+            Cell(
+                "asgi-app",
+                "asgi",
+                "module:asgi_ours",
+                "ours-redis",
+                path,
+                env=(("BENCH_STORE", "redis"),),
+            )
+        )
+        out.append(Cell("wsgi-app", "wsgi", "module:wsgi_bare", "bare", path))
+        out.append(Cell("wsgi-app", "wsgi", "module:wsgi_ours", "ours-redis", path))
+        if with_peers:
+            for peer in PEERS:
+                python = VENVS_DIR / peer / "bin" / "python"
+                if python.exists():
+                    out.append(
+                        Cell(
+                            "asgi-app",
+                            "asgi",
+                            f"module:peer_{peer}",
+                            peer,
+                            path,
+                            python=str(python),
+                        )
+                    )
+    return out
+
+
+def _instructions(output: Path) -> int:
+    match = re.search(rb"^(?:summary|totals): (\d+)", output.read_bytes(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no instruction total in {output}")
+    return int(match.group(1))
+
+
+def count(cell: Cell, n: int, redis: RedisServer | None, run: int, workdir: Path) -> int:
+    """Instructions of one driver process answering ``n`` requests of ``cell``."""
+    env = {**os.environ, "PYTHONHASHSEED": "0", "BENCH_RUN": str(run), **dict(cell.env)}
+    if redis is not None:
+        env["REDIS_URL"] = redis.url
+        benchlib.redis_call(redis.port, "FLUSHALL")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(benchlib.REPO_ROOT), str(BENCH_DIR / "apps"), env.get("PYTHONPATH", "")]
+    )
+    output = workdir / f"callgrind.{run}.out"
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={output}",
+        "--dump-instr=no",
+        "-q",
+        cell.python,
+        str(DRIVER),
+        "--kind",
+        cell.kind,
+        "--app",
+        cell.app,
+        "--store",
+        cell.store,
+        "--path",
+        cell.path,
+        "-n",
+        str(n),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"{cell.name}: driver failed: {done.stderr.strip()[-400:]}")
+    return _instructions(output)
+
+
+def measure(selected: list[Cell], n1: int, n2: int, redis: RedisServer | None) -> list[Row]:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
+        workdir = Path(tmp)
+        for index, cell in enumerate(selected):
+            started = time.monotonic()
+            low = count(cell, n1, redis, 2 * index, workdir)
+            high = count(cell, n2, redis, 2 * index + 1, workdir)
+            per_request = (high - low) / (n2 - n1)
+            rows.append(Row(cell.name, cell.group, cell.label, cell.path, round(per_request)))
+            print(
+                f"  {cell.name:<34} {per_request:>12,.0f} Ir/request"
+                f"  ({time.monotonic() - started:.0f} s)",
+                flush=True,
+            )
+    bare = {(r.group, r.path): r.per_request for r in rows if r.label == "bare"}
+    for row in rows:
+        base = bare.get((row.group, row.path))
+        if row.label == "bare" or base is None:
+            continue
+        row.minus_bare = round(row.per_request - base)
+        row.x_bare = round(row.per_request / base, 3) if base else None
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    print(f"\n{'cell':<34} {'Ir/request':>12} {'minus bare':>12} {'x bare':>8}")
+    for row in rows:
+        minus = "" if row.minus_bare is None else f"{row.minus_bare:,.0f}"
+        ratio = "" if row.x_bare is None else f"{row.x_bare:.2f}"
+        print(f"{row.name:<34} {row.per_request:>12,.0f} {minus:>12} {ratio:>8}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="few cells, small N (for CI)")
+    parser.add_argument("--only", default="*", help="comma-separated globs on cell names")
+    parser.add_argument("--n1", type=int, default=200)
+    parser.add_argument("--n2", type=int, default=1000)
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "instructions.json")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (Debian: apt-get install -y valgrind)", file=sys.stderr)
+        return 2
+    n1, n2 = (32, 96) if args.smoke else (args.n1, args.n2)
+    only = "*-minimal/*/first,asgi-minimal/*/replay" if args.smoke else args.only
+    patterns = [p.strip() for p in only.split(",") if p.strip()]
+    selected = [
+        c
+        for c in cells(with_peers=not args.no_peers)
+        if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)
+        and not (args.smoke and c.store == "redis")
+    ]
+    if not selected:
+        print(f"no cell matches {only!r}", file=sys.stderr)
+        return 2
+    needs_redis = any(c.store == "redis" or "redis" in c.label for c in selected)
+    benchlib.install_teardown()
+    redis = RedisServer.start() if needs_redis else None
+    try:
+        print(f"callgrind, N1={n1}, N2={n2}, {len(selected)} cells")
+        rows = measure(selected, n1, n2, redis)
+    finally:
+        if redis is not None:
+            redis.stop()
+    print_table(rows)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"n1": n1, "n2": n2, "python": benchlib.python_version(), "smoke": args.smoke}
+    args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

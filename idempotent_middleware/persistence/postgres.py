@@ -1,0 +1,583 @@
+"""PostgreSQL persistence on psycopg 3: one class for sync callers (WSGI) and asyncio (ASGI).
+
+Statements, one round trip each (autocommit: no BEGIN/COMMIT around them):
+
+- claim-or-read: one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` (see ``_CLAIM``);
+- lookup: one ``SELECT``;
+- complete, renew: one fenced upsert; release: one fenced ``DELETE`` that also reports
+  whether another owner holds the key.
+
+Time is the database's: every statement passes durations and compares with
+``statement_timestamp()``, so the app servers' clocks never decide whether a lease or a record
+has run out. Records read back carry app-clock timestamps computed from the time the database
+says is left (``now + remaining``), which is what ``DataRecord.is_expired`` compares with.
+
+Connections come from psycopg_pool pools given by the caller (``pool=`` / ``async_pool=``), or,
+with ``dsn=``, from the layer's own small sets of idle connections (no threads, fork-safe, and
+the asyncio ones serve any event loop).
+A connection whose statement was interrupted by anything (``CancelledError``,
+``KeyboardInterrupt``, a signal handler's exception) is closed before it goes back (a pool
+discards closed ones): it can never be reused with a half-read reply or an open transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import (
+    IdempotencyConfigurationError,
+    IdempotencyInvalidStatusError,
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
+    IdempotencyOwnershipError,
+    IdempotencyPersistenceLayerError,
+)
+from .base import STATUS_COMPLETED, STATUS_INPROGRESS, BasePersistenceLayer, DataRecord
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import psycopg
+    import psycopg_pool
+
+_EXTRA = "PostgresPersistenceLayer needs psycopg 3: pip install 'idempotent-middleware[postgres]'"
+
+
+def _import_psycopg() -> tuple[Any, Any]:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as exc:  # the package imports without the postgres extra
+        raise ImportError(_EXTRA) from exc
+    return psycopg, psycopg_pool
+
+
+# --- SQL ----------------------------------------------------------------------------------------
+# {t} is the (schema-qualified) table, quoted by psycopg.sql. Every statement reads the clock
+# once as statement_timestamp(): the same instant for the whole statement, and the statement's
+# own even inside a caller's long transaction (now() would be the transaction's start).
+_NOW = "statement_timestamp()"
+_COLUMNS = "status, owner, payload_hash, response_data, lease_expires_at, expires_at"
+#: What a read returns: the row, with its times as seconds left by the database's clock.
+_RETURNING = (
+    "status, owner, payload_hash, response_data, "
+    f"extract(epoch FROM lease_expires_at - {_NOW})::float8, "
+    f"extract(epoch FROM expires_at - {_NOW})::float8"
+)
+_VALUES = (
+    "(%(key)s, %(status)s, %(owner)s, %(hash)s, %(response)s, "
+    f"{_NOW} + make_interval(secs => %(lease)s), {_NOW} + make_interval(secs => %(ttl)s))"
+)
+_INSERT = f"INSERT INTO {{t}} AS r (idempotency_key, {_COLUMNS}) VALUES {_VALUES}"
+
+
+def _replace_columns_when(condition: str) -> str:
+    return ", ".join(
+        f"{c} = CASE WHEN {condition} THEN EXCLUDED.{c} ELSE r.{c} END"
+        for c in _COLUMNS.split(", ")
+    )
+
+
+# Claim or read, in one statement. Why it cannot miss a row a concurrent claimer just inserted
+# (READ COMMITTED): ON CONFLICT does not look at this statement's snapshot. The unique index
+# decides; if another transaction inserted the key and has not committed, this INSERT waits for
+# it, and then DO UPDATE locks the newest committed version of the row and evaluates against
+# it, whatever the snapshot holds. Because the DO UPDATE always fires (it rewrites the row with
+# its own values unless the row is expired), RETURNING always gives that newest version: our
+# claim (owner = ours) or the live record that beat us. A plain "DO NOTHING, then SELECT" in
+# one statement would read the snapshot, taken before the other claimer committed, and find
+# nothing. The cost: a conflicting claim (a replay) writes a row version; no indexed column
+# changes, so it is a HOT update.
+_CLAIM = (
+    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET "
+    + _replace_columns_when(f"r.live_until <= {_NOW}")
+    + f" RETURNING {_RETURNING}"
+)
+_GET = f"SELECT {_RETURNING} FROM {{t}} WHERE idempotency_key = %(key)s AND live_until > {_NOW}"
+# Complete: this owner's row (claim or marker), or a row nobody holds any more.
+_COMPLETE = (
+    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS.split(", "))
+    + f" WHERE r.owner = EXCLUDED.owner OR r.live_until <= {_NOW} RETURNING 1"
+)
+# Renew (contract C1): this owner's in-progress claim, or a key nobody holds any more.
+_RENEW = (
+    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS.split(", "))
+    + f" WHERE (r.owner = EXCLUDED.owner AND r.status = '{STATUS_INPROGRESS}')"
+    f" OR r.live_until <= {_NOW} RETURNING 1"
+)
+# Release: this owner's row, unless it is the "executed, outcome unknown" marker committed by
+# the handler's own transaction (``record_executed``): once that committed, the handler's
+# effects are in the database and the key must never free for a second run. The second column
+# says whether another owner holds the key (the fence).
+_RELEASE = (
+    f"WITH gone AS (DELETE FROM {{t}} WHERE idempotency_key = %(key)s AND owner = %(owner)s"
+    f" AND NOT (status = '{STATUS_COMPLETED}' AND response_data IS NULL) RETURNING 1) "
+    f"SELECT EXISTS (SELECT 1 FROM {{t}} WHERE idempotency_key = %(key)s"
+    f" AND owner <> %(owner)s AND live_until > {_NOW})"
+)
+# The marker written on the caller's connection, inside the business transaction. Only over
+# this owner's in-progress claim: a lost lease makes it fail, and the business rolls back.
+_EXECUTED = (
+    f"UPDATE {{t}} SET status = '{STATUS_COMPLETED}', response_data = NULL,"
+    f" lease_expires_at = NULL, expires_at = {_NOW} + make_interval(secs => %(ttl)s)"
+    f" WHERE idempotency_key = %(key)s AND owner = %(owner)s AND status = '{STATUS_INPROGRESS}'"
+)
+_PURGE = (
+    f"DELETE FROM {{t}} WHERE idempotency_key IN (SELECT idempotency_key FROM {{t}}"
+    f" WHERE live_until <= {_NOW} ORDER BY live_until LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+)
+
+
+def _params(record: DataRecord) -> dict[str, Any]:
+    """The statement parameters for ``record``: its times as durations from now."""
+    if record.status not in (STATUS_INPROGRESS, STATUS_COMPLETED):  # assigned after construction
+        raise IdempotencyInvalidStatusError(f"unknown idempotency record status {record.status!r}")
+    now = time.time()
+    ttl = (record.expiry_timestamp or now) - now
+    lease = (
+        record.in_progress_expiry_timestamp / 1000 - now
+        if record.in_progress_expiry_timestamp is not None and record.status == STATUS_INPROGRESS
+        else None  # a completed row has no lease (NULL)
+    )
+    return {
+        "key": record.idempotency_key,
+        "status": record.status,
+        "owner": record.owner,
+        "hash": record.payload_hash,
+        "response": record.response_data,
+        "lease": lease,
+        "ttl": ttl,
+    }
+
+
+def _record(key: str, row: tuple[Any, ...]) -> DataRecord:
+    status, owner, payload_hash, response, lease_left, ttl_left = row
+    now = time.time()
+    return DataRecord(
+        idempotency_key=key,
+        status=status,
+        expiry_timestamp=now + ttl_left,
+        in_progress_expiry_timestamp=(
+            int((now + lease_left) * 1000)
+            if status == STATUS_INPROGRESS and lease_left is not None
+            else None
+        ),
+        response_data=None if response is None else bytes(response),
+        payload_hash=payload_hash,
+        owner=bytes(owner),
+    )
+
+
+class PostgresPersistenceLayer(BasePersistenceLayer):
+    """Records in one PostgreSQL table (``table``, in ``schema`` or the search path).
+
+    Pass ``dsn=`` (the layer keeps idle blocking connections, and asyncio connections that
+    serve any event loop: psycopg's asyncio connections wait on the running loop, they are not
+    bound to one, so ``asyncio.run`` per job works) or ready psycopg_pool pools: ``pool=``
+    (``ConnectionPool``) and/or ``async_pool=`` (``AsyncConnectionPool``). Connections of
+    pools you pass should be ``autocommit=True`` (``kwargs={"autocommit": True}``); others are
+    switched to autocommit while the layer uses them. Create the table with
+    ``create_schema()`` or the shipped ``sql/postgres.sql``.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: psycopg_pool.ConnectionPool[Any] | None = None,
+        async_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None,
+        table: str = "idempotency_records",
+        schema: str | None = None,
+        max_size: int = 10,
+        timeout: float = 5.0,
+    ) -> None:
+        super().__init__()
+        psycopg, _ = _import_psycopg()
+        if dsn is None and pool is None and async_pool is None:
+            raise ValueError("pass dsn=, pool= or async_pool=")
+        self.dsn = dsn
+        self.table = table
+        self.schema = schema
+        self._sync_pool = pool
+        self._async_pool = async_pool
+        self._connections = _SyncConnections(dsn, max_size, timeout)
+        self._async_connections = _AsyncConnections(dsn, max_size, timeout)
+        sql = psycopg.sql
+        self._ident = sql.Identifier(schema, table) if schema is not None else sql.Identifier(table)
+        self._sql = {
+            name: sql.SQL(text).format(t=self._ident)
+            for name, text in (
+                ("claim", _CLAIM),
+                ("get", _GET),
+                ("complete", _COMPLETE),
+                ("renew", _RENEW),
+                ("release", _RELEASE),
+                ("executed", _EXECUTED),
+                ("purge", _PURGE),
+            )
+        }
+
+    # --- Schema -------------------------------------------------------------------------------
+    def schema_sql(self) -> Any:
+        """The shipped ``sql/postgres.sql`` with this layer's table and index names."""
+        psycopg, _ = _import_psycopg()
+        sql = psycopg.sql
+        text = (resources.files(__package__) / "sql" / "postgres.sql").read_text()
+        # The file names the default table and index in double quotes, nowhere else; replaced
+        # by the properly quoted identifiers (the index lives in the table's schema).
+        text = text.replace("{", "{{").replace("}", "}}")
+        text = text.replace('"idempotency_records_live_until_idx"', "{index}")
+        text = text.replace('"idempotency_records"', "{table}")
+        index = sql.Identifier(f"{self.table}_live_until_idx"[:63])
+        statements = [sql.SQL(text).format(table=self._ident, index=index)]
+        if self.schema is not None:
+            create = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+            statements.insert(0, create)
+        return sql.SQL(";\n").join(statements)
+
+    def create_schema(self) -> None:
+        """Create the table and its index if they are missing (idempotent)."""
+        with self._connection() as conn:
+            conn.execute(self.schema_sql())
+
+    # --- Pools --------------------------------------------------------------------------------
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._sync_pool is None:
+            if self.dsn is None:
+                raise TypeError("this layer has only an async pool; pass dsn= or pool=")
+            with self._connections.connection() as conn:
+                yield conn
+            return
+        with self._sync_pool.connection() as conn:
+            restore = not conn.autocommit
+            if restore:
+                conn.autocommit = True
+            try:
+                yield conn
+            except BaseException:
+                # Interrupted or failed mid-statement: the reply may be half read, so the
+                # connection is closed and the pool replaces it (never reused out of step).
+                conn.close()
+                raise
+            if restore:
+                conn.autocommit = False
+
+    @asynccontextmanager
+    async def _async_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self._async_pool is None:
+            async with self._async_connections.connection() as conn:
+                yield conn
+            return
+        async with self._async_pool.connection() as conn:
+            restore = not conn.autocommit
+            if restore:
+                await conn.set_autocommit(True)
+            try:
+                yield conn
+            except BaseException:
+                await conn.close()  # see _connection
+                raise
+            if restore:
+                await conn.set_autocommit(False)
+
+    def _fetch(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        try:
+            with self._connection() as conn:
+                row: tuple[Any, ...] | None = conn.execute(self._sql[name], params).fetchone()
+                return row
+        except Exception as exc:
+            raise _store_error(name, exc) from exc
+
+    async def _fetch_async(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        if self._async_pool is None and self.dsn is None:
+            return await asyncio.to_thread(self._fetch, name, params)  # only a sync pool
+        try:
+            async with self._async_connection() as conn:
+                cursor = await conn.execute(self._sql[name], params)
+                row: tuple[Any, ...] | None = await cursor.fetchone()
+                return row
+        except Exception as exc:
+            raise _store_error(name, exc) from exc
+
+    # --- The operations: the statement's result read once, for both drivers ----------------
+    @staticmethod
+    def _claimed(record: DataRecord, row: tuple[Any, ...] | None) -> None:
+        if row is None:  # pragma: no cover - the upsert always returns its row
+            raise IdempotencyItemAlreadyExistsError(None)
+        existing = _record(record.idempotency_key, row)
+        if existing.owner != record.owner:
+            raise IdempotencyItemAlreadyExistsError(existing)
+
+    @staticmethod
+    def _found(key: str, row: tuple[Any, ...] | None) -> DataRecord:
+        if row is None:
+            raise IdempotencyItemNotFoundError(key)
+        return _record(key, row)
+
+    @staticmethod
+    def _fenced(record: DataRecord, row: tuple[Any, ...] | None) -> None:
+        if row is None:
+            raise IdempotencyOwnershipError(record.idempotency_key)
+
+    @staticmethod
+    def _released(record: DataRecord, row: tuple[Any, ...] | None) -> None:
+        if row is not None and row[0]:
+            raise IdempotencyOwnershipError(record.idempotency_key)
+
+    def _get_record(self, idempotency_key: str) -> DataRecord:
+        return self._found(idempotency_key, self._fetch("get", {"key": idempotency_key}))
+
+    def _put_record(self, data_record: DataRecord) -> None:
+        self._claimed(data_record, self._fetch("claim", _params(data_record)))
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        self._fenced(data_record, self._fetch("complete", _params(data_record)))
+
+    def _delete_record(self, data_record: DataRecord) -> None:
+        params = {"key": data_record.idempotency_key, "owner": data_record.owner}
+        self._released(data_record, self._fetch("release", params))
+
+    def _renew_lease(self, data_record: DataRecord) -> None:
+        self._fenced(data_record, self._fetch("renew", _params(data_record)))
+
+    async def _get_record_async(self, idempotency_key: str) -> DataRecord:
+        row = await self._fetch_async("get", {"key": idempotency_key})
+        return self._found(idempotency_key, row)
+
+    async def _put_record_async(self, data_record: DataRecord) -> None:
+        self._claimed(data_record, await self._fetch_async("claim", _params(data_record)))
+
+    async def _update_record_async(self, data_record: DataRecord) -> None:
+        self._fenced(data_record, await self._fetch_async("complete", _params(data_record)))
+
+    async def _delete_record_async(self, data_record: DataRecord) -> None:
+        params = {"key": data_record.idempotency_key, "owner": data_record.owner}
+        self._released(data_record, await self._fetch_async("release", params))
+
+    async def _renew_lease_async(self, data_record: DataRecord) -> None:
+        self._fenced(data_record, await self._fetch_async("renew", _params(data_record)))
+
+    # --- In the caller's transaction ------------------------------------------------------------
+    def _executed_params(self, claim: DataRecord, expires_after_seconds: float) -> dict[str, Any]:
+        return {"key": claim.idempotency_key, "owner": claim.owner, "ttl": expires_after_seconds}
+
+    def record_executed(
+        self, connection: Any, claim: DataRecord, expires_after_seconds: float
+    ) -> None:
+        """Mark ``claim`` "executed, outcome unknown" on the caller's psycopg ``connection``
+        (in its transaction, so it commits or rolls back with the business writes).
+
+        ``IdempotencyOwnershipError`` when this execution no longer holds its claim: the caller
+        should then roll its transaction back.
+        """
+        cursor = connection.execute(
+            self._sql["executed"], self._executed_params(claim, expires_after_seconds)
+        )
+        if cursor.rowcount != 1:
+            raise IdempotencyOwnershipError(claim.idempotency_key)
+
+    async def record_executed_async(
+        self, connection: Any, claim: DataRecord, expires_after_seconds: float
+    ) -> None:
+        cursor = await connection.execute(
+            self._sql["executed"], self._executed_params(claim, expires_after_seconds)
+        )
+        if cursor.rowcount != 1:
+            raise IdempotencyOwnershipError(claim.idempotency_key)
+
+    # --- Maintenance --------------------------------------------------------------------------
+    def purge_expired(self, batch: int = 1000, max_batches: int | None = None) -> int:
+        """Delete expired rows, ``batch`` at a time (each batch its own short statement, so
+        no long lock and no huge transaction); return how many went. Rows locked by a live
+        transaction are skipped, not waited for."""
+        if batch <= 0:
+            raise ValueError("batch must be positive")
+        total = 0
+        done = 0
+        while max_batches is None or done < max_batches:
+            try:
+                with self._connection() as conn:
+                    deleted = conn.execute(self._sql["purge"], {"batch": batch}).rowcount
+            except Exception as exc:
+                raise _store_error("purge", exc) from exc
+            total += deleted
+            done += 1
+            if deleted < batch:
+                break
+        return total
+
+    def close(self) -> None:
+        """Close the idle connections this layer made (it reconnects if used again); pools
+        passed in stay yours to close."""
+        self._connections.close()
+        self._async_connections.close()
+
+    async def aclose(self) -> None:
+        """Close the idle asyncio connections made from ``dsn=`` (they reconnect if used)."""
+        self._async_connections.close()
+
+
+class _SyncConnections:
+    """Idle blocking connections, at most ``max_size`` in use at once (``dsn=``).
+
+    Not a psycopg_pool ``ConnectionPool``: that one runs threads, which do not survive
+    ``fork`` (``gunicorn --preload``), and a pool dropped unclosed is collected in one of its
+    own threads. Here an idle connection is a socket and nothing else. A forked child never
+    touches the parent's connections: it forgets them without closing them (closing would
+    send the parent's server a goodbye on the shared socket) and opens its own.
+    """
+
+    def __init__(self, dsn: str | None, max_size: int, timeout: float) -> None:
+        self.dsn = dsn
+        self.max_size = max_size
+        self.timeout = timeout
+        self.idle: list[Any] = []
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(max_size)
+        self.pid = os.getpid()
+        #: A parent's connections in a forked child: kept referenced, never closed or used.
+        self.inherited: list[Any] = []
+
+    def _take(self) -> Any:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.inherited.extend(self.idle)
+                self.idle = []
+                self.pid = os.getpid()
+            while self.idle:
+                conn = self.idle.pop()
+                if not conn.closed:
+                    return conn
+        return None
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        psycopg, _ = _import_psycopg()
+        if not self.slots.acquire(timeout=self.timeout):
+            raise IdempotencyPersistenceLayerError(
+                f"no PostgreSQL connection free within {self.timeout}s"
+            )
+        try:
+            conn = self._take()
+            if conn is None:
+                conn = psycopg.connect(
+                    self.dsn, autocommit=True, connect_timeout=max(1, int(self.timeout))
+                )
+            try:
+                yield conn
+            except BaseException:
+                # Interrupted or failed mid-statement (a signal handler's exception,
+                # KeyboardInterrupt): the reply may be half read, so the connection is
+                # closed, never handed to the next caller.
+                conn.close()
+                raise
+            idle = conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            with self.lock:
+                keep = idle and len(self.idle) < self.max_size and self.pid == os.getpid()
+                if keep:
+                    self.idle.append(conn)
+            if not keep:
+                conn.close()
+        finally:
+            self.slots.release()
+
+    def close(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+            forked = self.pid != os.getpid()
+        if forked:
+            self.inherited.extend(idle)
+            return
+        for conn in idle:
+            conn.close()
+
+
+class _AsyncConnections:
+    """Idle asyncio connections shared by every event loop, at most ``max_size`` in use per loop.
+
+    Not a psycopg_pool ``AsyncConnectionPool``: that one runs worker tasks on the loop that
+    opened it, so it dies with that loop (``asyncio.run`` per job) and leaves its tasks behind.
+    A psycopg ``AsyncConnection`` waits on whatever loop is running; one in use by nobody has
+    no loop state at all, so the idle ones can serve the next loop.
+    """
+
+    def __init__(self, dsn: str | None, max_size: int, timeout: float) -> None:
+        self.dsn = dsn
+        self.max_size = max_size
+        self.timeout = timeout
+        self.idle: list[Any] = []
+        self.limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.lock = threading.Lock()  # the idle list is shared by the loops' threads
+
+    def _limit(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        limit = self.limits.get(loop)
+        if limit is None:
+            limit = self.limits[loop] = asyncio.Semaphore(self.max_size)
+        return limit
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        psycopg, _ = _import_psycopg()
+        limit = self._limit()
+        try:
+            await asyncio.wait_for(limit.acquire(), self.timeout)
+        except asyncio.TimeoutError:
+            raise IdempotencyPersistenceLayerError(
+                f"no PostgreSQL connection free within {self.timeout}s"
+            ) from None
+        try:
+            conn = None
+            with self.lock:
+                while self.idle and conn is None:
+                    candidate = self.idle.pop()
+                    if not candidate.closed:
+                        conn = candidate
+            if conn is None:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, connect_timeout=max(1, int(self.timeout))
+                )
+            try:
+                yield conn
+            except BaseException:
+                # Interrupted or failed mid-statement (CancelledError included): the reply may
+                # be half read, so the connection is dropped, never handed to the next caller.
+                conn.pgconn.finish()
+                raise
+            idle = conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            with self.lock:
+                keep = idle and len(self.idle) < self.max_size
+                if keep:
+                    self.idle.append(conn)
+            if not keep:
+                conn.pgconn.finish()
+        finally:
+            limit.release()
+
+    def close(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.pgconn.finish()  # no await needed: nothing is in flight on an idle connection
+
+
+def _store_error(what: str, exc: Exception) -> Exception:
+    if isinstance(exc, (IdempotencyPersistenceLayerError, IdempotencyConfigurationError)):
+        return exc
+    return IdempotencyPersistenceLayerError(f"{what} failed: {type(exc).__name__}: {exc}")
+
+
+__all__ = ["PostgresPersistenceLayer"]

@@ -1,0 +1,525 @@
+"""PostgreSQL layer, on the suite's own server: round trips, races across processes, the
+database clock, interruption mid-statement, purge, and completion in the business transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from idempotent_middleware import (
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
+    IdempotencyOutcomeUnknownError,
+    IdempotencyOwnershipError,
+    WSGIIdempotencyMiddleware,
+    current_claim,
+    idempotent_function,
+)
+from idempotent_middleware.persistence.base import STATUS_COMPLETED, STATUS_INPROGRESS
+from idempotent_middleware.persistence.postgres import PostgresPersistenceLayer
+from tests.faults.signals import Interrupted
+
+pytestmark = pytest.mark.postgres
+
+Interrupt = Callable[..., contextlib.AbstractContextManager[list[bool]]]
+
+
+@pytest.fixture
+def layer(postgres_dsn: str) -> Iterator[PostgresPersistenceLayer]:
+    store = PostgresPersistenceLayer(dsn=postgres_dsn, max_size=1)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def orders(postgres_dsn: str) -> Iterator[str]:
+    """A business table the handlers write to (one row per execution)."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, note text)")
+        conn.execute("TRUNCATE orders")
+    yield postgres_dsn
+
+
+def order_count(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM orders").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# --- Round trips ----------------------------------------------------------------------------
+def _statements(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT query, calls FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND query NOT ILIKE '%pg_stat_statements%'"
+        ).fetchall()
+    return {query: calls for query, calls in rows}
+
+
+def test_one_round_trip_per_operation(layer: PostgresPersistenceLayer, postgres_dsn: str) -> None:
+    """Each operation is one statement (autocommit: no BEGIN/COMMIT), counted by the server."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        if conn.execute("SHOW shared_preload_libraries").fetchone() != ("pg_stat_statements",):
+            pytest.skip("pg_stat_statements is not available on this server")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    with contextlib.suppress(IdempotencyItemNotFoundError):  # connecting is not an operation
+        layer._get_record("rt#warm")
+    record = layer.new_inprogress_record("rt#k", "fp", 30, 60)
+
+    def count(operation: Callable[[], Any]) -> int:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_statements_reset()")
+        with contextlib.suppress(IdempotencyItemAlreadyExistsError, IdempotencyItemNotFoundError):
+            operation()
+        calls = _statements(postgres_dsn)
+        assert not any(q.strip().upper() in ("BEGIN", "COMMIT") for q in calls), calls
+        return sum(calls.values())
+
+    other = layer.new_inprogress_record("rt#k", "fp", 30, 60)
+    counts = {
+        "claim": count(lambda: layer._put_record(record)),
+        "claim lost (returns the live record)": count(lambda: layer._put_record(other)),
+        "get": count(lambda: layer._get_record("rt#k")),
+        "renew": count(lambda: layer._renew_lease(record)),
+        "complete": count(lambda: layer._update_record(layer.completed_record(record, b"x", 60))),
+        "replay (claim lost to a result)": count(lambda: layer._put_record(other)),
+        "release": count(lambda: layer._delete_record(record)),
+        "get missing": count(lambda: layer._get_record("rt#k")),
+    }
+    assert counts == dict.fromkeys(counts, 1)
+
+
+# --- Races and the database clock -------------------------------------------------------------
+def _claim_in_child(dsn: str, key: str, barrier: Any, results: Any) -> None:
+    store = PostgresPersistenceLayer(dsn=dsn, max_size=1)
+    with contextlib.suppress(IdempotencyItemNotFoundError):  # connected before the barrier
+        store._get_record("warm")
+    record = store.new_inprogress_record(key, "fp", 30, 60)
+    barrier.wait()
+    try:
+        store._put_record(record)
+        results.put(record.owner)
+    except IdempotencyItemAlreadyExistsError:
+        results.put(None)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_exactly_one_of_4_processes_wins(
+    layer: PostgresPersistenceLayer, postgres_dsn: str, round_: int
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    results = context.Queue()
+    key = f"race#{round_}"
+    children = [
+        context.Process(target=_claim_in_child, args=(postgres_dsn, key, barrier, results))
+        for _ in range(4)
+    ]
+    for child in children:
+        child.start()
+    owners = [results.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(30)
+    winners = [owner for owner in owners if owner is not None]
+    assert len(winners) == 1
+    assert layer._get_record(key).owner == winners[0]
+
+
+def test_lease_is_judged_by_the_database_clock(
+    layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    """Stored times are the database's: an app clock 1 h ahead neither expires a live claim
+    nor keeps an expired one (the layer sends durations, not timestamps)."""
+    record = layer.new_inprogress_record("clock#k", "fp", 30, 60)
+    layer._put_record(record)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM lease_expires_at - statement_timestamp()),"
+            " extract(epoch FROM expires_at - statement_timestamp())"
+            " FROM idempotency_records WHERE idempotency_key = 'clock#k'"
+        ).fetchone()
+        assert row is not None
+        assert 25 < float(row[0]) <= 30 and 55 < float(row[1]) <= 60
+        # The database says the lease ran out: reclaimable, whatever the app clock says.
+        conn.execute(
+            "UPDATE idempotency_records SET lease_expires_at = statement_timestamp()"
+            " - interval '1 second' WHERE idempotency_key = 'clock#k'"
+        )
+    with pytest.raises(IdempotencyItemNotFoundError):
+        layer._get_record("clock#k")
+    layer._put_record(layer.new_inprogress_record("clock#k", "fp", 30, 60))
+
+
+def test_purge_expired_in_bounded_batches(
+    layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    for i in range(25):
+        layer._put_record(layer.new_inprogress_record(f"old#{i}", "fp", -1, 60))
+    live = layer.new_inprogress_record("live#k", "fp", 30, 60)
+    layer._put_record(live)
+    assert layer.purge_expired(batch=10, max_batches=2) == 20
+    assert layer.purge_expired(batch=10) == 5
+    assert layer.purge_expired(batch=10) == 0
+    assert layer._get_record("live#k").owner == live.owner
+
+
+def test_create_schema_is_idempotent_and_takes_a_schema(postgres_dsn: str) -> None:
+    store = PostgresPersistenceLayer(
+        dsn=postgres_dsn, schema='odd "schema"', table="Records; DROP TABLE x"
+    )
+    try:
+        store.create_schema()
+        store.create_schema()
+        record = store.new_inprogress_record("s#k", "fp", 30, 60)
+        store._put_record(record)
+        assert store._get_record("s#k").owner == record.owner
+    finally:
+        store.close()
+
+
+# --- Interruption mid-statement ----------------------------------------------------------------
+@contextlib.contextmanager
+def row_locked(dsn: str, key: str) -> Iterator[None]:
+    """Hold the row of ``key`` locked from another connection: statements on it wait."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "SELECT 1 FROM idempotency_records WHERE idempotency_key = %s FOR UPDATE", (key,)
+        )
+        yield
+        conn.rollback()
+
+
+def _backend_pid(layer: PostgresPersistenceLayer) -> int:
+    """The server process of the layer's one idle connection (``max_size=1``)."""
+    with contextlib.suppress(IdempotencyItemNotFoundError):
+        layer._get_record("pid#probe")
+    (conn,) = layer._connections.idle
+    return int(conn.info.backend_pid)
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, Interrupted])
+def test_connection_interrupted_mid_statement_is_discarded(
+    layer: PostgresPersistenceLayer,
+    postgres_dsn: str,
+    signal_interrupt: Interrupt,
+    raised: type[BaseException],
+) -> None:
+    first = layer.new_inprogress_record("sig#k", "fp", 30, 60)
+    layer._put_record(first)
+    before = _backend_pid(layer)
+    (interrupted,) = layer._connections.idle
+    with row_locked(postgres_dsn, "sig#k"):
+        expected = (IdempotencyOwnershipError, raised, Exception)
+        with signal_interrupt(0.2, raised) as fired, pytest.raises(expected):
+            layer._update_record(layer.completed_record(first, b"late", 60))
+        assert fired[0]
+    # The interrupted connection is closed, not reused nor leaked open; the next caller gets
+    # a new one and its own, correct answer.
+    assert interrupted.closed
+    assert _backend_pid(layer) != before
+    with pytest.raises(IdempotencyItemNotFoundError):
+        layer._get_record("sig#other")
+    stored = layer._get_record("sig#k")
+    assert stored.owner == first.owner
+
+
+def test_cancelled_async_statement_drops_its_connection(
+    layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    first = layer.new_inprogress_record("cancel#k", "fp", 30, 60)
+    layer._put_record(first)
+
+    async def main() -> tuple[int, int]:
+        await layer._get_record_async("cancel#k")
+        interrupted = layer._async_connections.idle[-1]
+        before = interrupted.info.backend_pid
+        locked = threading.Event()
+        release = threading.Event()
+
+        def hold() -> None:
+            with row_locked(postgres_dsn, "cancel#k"):
+                locked.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        locked.wait(10)
+        task = asyncio.ensure_future(
+            layer._update_record_async(layer.completed_record(first, b"late", 60))
+        )
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        holder.join(10)
+        assert interrupted.closed  # dropped and closed, never handed to the next caller
+        record = await layer._get_record_async("cancel#k")
+        assert record.owner == first.owner
+        return before, layer._async_connections.idle[-1].info.backend_pid
+
+    before, after = asyncio.run(main())
+    assert before != after
+
+
+# --- Completion inside the business transaction ----------------------------------------------
+def _wsgi_app(dsn: str, *, then: str) -> Callable[..., Any]:
+    """A handler that inserts an order and records its execution in the same transaction,
+    then commits and dies (``then="die"``) or rolls back by raising (``then="raise"``)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        claim = current_claim()
+        assert claim is not None
+        with psycopg.connect(dsn) as conn:
+            with conn.transaction():
+                conn.execute("INSERT INTO orders (note) VALUES (%s)", (then,))
+                claim.record_executed(conn)
+                if then == "raise":
+                    raise RuntimeError("business failure: rolled back")
+            if then == "die":
+                os.kill(os.getpid(), signal.SIGKILL)  # committed, response never stored
+        start_response("201 Created", [("content-type", "application/json")])
+        return [b'{"ok": true}']
+
+    return app
+
+
+def _post(app: Callable[..., Any], key: str) -> Any:
+    from werkzeug.test import Client
+
+    return Client(app).post(
+        "/orders", json={"sku": "a"}, headers={"Idempotency-Key": key}, buffered=True
+    )
+
+
+def _serve_once(dsn: str, then: str, key: str) -> None:
+    store = PostgresPersistenceLayer(dsn=dsn)
+    app = WSGIIdempotencyMiddleware(_wsgi_app(dsn, then=then), persistence_store=store)
+    with contextlib.suppress(Exception):
+        _post(app, key)
+
+
+def _run_child(target: Callable[..., None], *args: Any) -> int:
+    child = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    child.start()
+    child.join(60)
+    assert child.exitcode is not None
+    return child.exitcode
+
+
+def test_killed_after_business_commit_never_runs_again(orders: str) -> None:
+    assert _run_child(_serve_once, orders, "die", "tx-die") == -signal.SIGKILL
+    assert order_count(orders) == 1
+    store = PostgresPersistenceLayer(dsn=orders)
+    app = WSGIIdempotencyMiddleware(_wsgi_app(orders, then="ok"), persistence_store=store)
+    try:
+        for _ in range(3):
+            reply = _post(app, "tx-die")
+            assert reply.status_code == 409
+            assert reply.json["type"].endswith("/idempotency-response-not-replayable")
+    finally:
+        store.close()
+    assert order_count(orders) == 1
+
+
+def test_business_rollback_releases_and_the_retry_runs_once(orders: str) -> None:
+    assert _run_child(_serve_once, orders, "raise", "tx-raise") == 0
+    assert order_count(orders) == 0
+    store = PostgresPersistenceLayer(dsn=orders)
+    app = WSGIIdempotencyMiddleware(_wsgi_app(orders, then="ok"), persistence_store=store)
+    try:
+        first = _post(app, "tx-raise")
+        assert first.status_code == 201
+        again = _post(app, "tx-raise")
+        assert again.status_code == 201
+        assert again.headers["idempotent-replayed"] == "true"
+    finally:
+        store.close()
+    assert order_count(orders) == 1
+
+
+def test_handler_error_after_its_commit_keeps_the_key(orders: str) -> None:
+    """Committed, then raised: the release must not free the key the business committed."""
+    store = PostgresPersistenceLayer(dsn=orders)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        claim = current_claim()
+        assert claim is not None
+        with psycopg.connect(orders) as conn:
+            conn.execute("INSERT INTO orders (note) VALUES ('x')")
+            claim.record_executed(conn)
+        raise RuntimeError("failed after the commit")
+
+    wrapped = WSGIIdempotencyMiddleware(app, persistence_store=store)
+    try:
+        with pytest.raises(RuntimeError):
+            _post(wrapped, "tx-late-error")
+        reply = _post(wrapped, "tx-late-error")
+        assert reply.status_code == 409
+    finally:
+        store.close()
+    assert order_count(orders) == 1
+
+
+def _call_function_once(dsn: str, then: str) -> None:
+    store = PostgresPersistenceLayer(dsn=dsn)
+
+    @idempotent_function(data_keyword_argument="order", persistence_store=store)
+    def place(order: dict[str, Any]) -> dict[str, Any]:
+        claim = current_claim()
+        assert claim is not None
+        with psycopg.connect(dsn) as conn:
+            conn.execute("INSERT INTO orders (note) VALUES ('f')")
+            claim.record_executed(conn)
+        if then == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {"placed": order["id"]}
+
+    place(order={"id": 1})
+
+
+def test_idempotent_function_killed_after_commit_never_runs_again(orders: str) -> None:
+    assert _run_child(_call_function_once, orders, "die") == -signal.SIGKILL
+    with pytest.raises(IdempotencyOutcomeUnknownError):
+        _call_function_once(orders, "ok")
+    assert order_count(orders) == 1
+
+
+def test_record_executed_async_and_completion_replaces_the_marker(orders: str) -> None:
+    store = PostgresPersistenceLayer(dsn=orders)
+
+    @idempotent_function(data_keyword_argument="order", persistence_store=store)
+    async def place(order: dict[str, Any]) -> int:
+        claim = current_claim()
+        assert claim is not None
+        seen.append(claim)
+        async with await psycopg.AsyncConnection.connect(orders) as conn:
+            await conn.execute("INSERT INTO orders (note) VALUES ('a')")
+            await claim.record_executed_async(conn)
+        return 7
+
+    async def main() -> list[int]:
+        return [await place(order={"id": 2}) for _ in range(3)]
+
+    seen: list[Any] = []
+    try:
+        assert asyncio.run(main()) == [7, 7, 7]
+        assert len(seen) == 1
+        assert not seen[0].active  # ended by the completion
+        (key,) = [k for k in _keys(orders)]
+        stored = store._get_record(key)
+        assert stored.status == STATUS_COMPLETED
+        assert stored.response_data == b"7"
+    finally:
+        store.close()
+    assert order_count(orders) == 1
+
+
+def _keys(dsn: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT idempotency_key FROM idempotency_records")]
+
+
+def test_record_executed_refuses_a_lost_claim(layer: PostgresPersistenceLayer, orders: str) -> None:
+    """Fenced: once another execution owns the key, the marker fails and the business rolls
+    back with it."""
+    stale = layer.new_inprogress_record("lost#k", "fp", -1, 60)
+    layer._put_record(stale)
+    newer = layer.new_inprogress_record("lost#k", "fp", 30, 60)
+    layer._put_record(newer)
+    with (
+        psycopg.connect(orders) as conn,
+        pytest.raises(IdempotencyOwnershipError),
+        conn.transaction(),
+    ):
+        conn.execute("INSERT INTO orders (note) VALUES ('stale')")
+        layer.record_executed(conn, stale, 60)
+    assert order_count(orders) == 0
+    assert layer._get_record("lost#k").status == STATUS_INPROGRESS
+
+
+def test_current_claim_outside_a_handler_is_none() -> None:
+    # A fresh context: tests that drive the core's claim directly leave theirs bound here.
+    assert contextvars.Context().run(current_claim) is None
+
+
+def test_layer_on_a_callers_pools(postgres_dsn: str) -> None:
+    """``pool=`` and ``async_pool=``: psycopg_pool pools the application already has."""
+    import psycopg_pool
+
+    pool = psycopg_pool.ConnectionPool(postgres_dsn, min_size=1, max_size=2, open=True)
+    try:
+        store = PostgresPersistenceLayer(pool=pool)
+        record = store.new_inprogress_record("pool#k", "fp", 30, 60)
+        store._put_record(record)
+        store._update_record(store.completed_record(record, b"done", 60))
+
+        async def main() -> bytes | None:
+            async_pool = psycopg_pool.AsyncConnectionPool(
+                postgres_dsn, min_size=1, max_size=2, open=False
+            )
+            await async_pool.open()
+            try:
+                both = PostgresPersistenceLayer(pool=pool, async_pool=async_pool)
+                return (await both._get_record_async("pool#k")).response_data
+            finally:
+                await async_pool.close()
+
+        assert asyncio.run(main()) == b"done"
+        # Connections given back as they were lent: not in a transaction, autocommit restored.
+        with pool.connection() as conn:
+            assert conn.autocommit is False
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    finally:
+        pool.close()
+
+
+def test_forked_child_opens_its_own_connections(
+    layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    """``gunicorn --preload``: the child must not use (nor close) the parent's socket."""
+    first = layer.new_inprogress_record("fork#parent", "fp", 30, 60)
+    layer._put_record(first)
+    parent_pid = _backend_pid(layer)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            record = layer.new_inprogress_record("fork#child", "fp", 30, 60)
+            layer._put_record(record)
+            (conn,) = layer._connections.idle
+            code = 0 if conn.info.backend_pid != parent_pid else 2
+            layer.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _backend_pid(layer) == parent_pid  # the parent's connection still works
+    assert layer._get_record("fork#child").status == STATUS_INPROGRESS
+
+
+def test_a_status_assigned_later_is_refused_typed(layer: PostgresPersistenceLayer) -> None:
+    from idempotent_middleware import DataRecord, IdempotencyInvalidStatusError
+
+    record = DataRecord("status#k", STATUS_COMPLETED, 1.0e10, None, b"x", "", b"o" * 16)
+    record.status = "EXPIRED"
+    for write in (layer._put_record, layer._update_record, layer._renew_lease):
+        with pytest.raises(IdempotencyInvalidStatusError):
+            write(record)
+    with pytest.raises(IdempotencyItemNotFoundError):
+        layer._get_record("status#k")
