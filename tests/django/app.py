@@ -19,7 +19,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import viewsets
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
-from rest_framework.decorators import action
+from rest_framework.decorators import action, api_view, authentication_classes
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -143,6 +143,13 @@ class OrderViewSet(viewsets.ViewSet):
         return Response(_answer("viewset_preview", request), status=200)
 
 
+@idempotent(raise_on_no_idempotency_key=True)
+@api_view(["POST"])
+@authentication_classes([TokenOnly])
+def api_function(request: Any) -> Response:
+    return Response(_answer("api_function", request), status=201)
+
+
 urlpatterns = [
     path("plain", csrf_exempt(plain)),
     path("required", required),
@@ -157,6 +164,7 @@ urlpatterns = [
     path("cbv-exempt", ExemptOrders.as_view()),
     path("api/orders", ApiOrders.as_view()),
     path("api/exempt", ApiExempt.as_view()),
+    path("api/function", api_function),
     path("api/viewset", OrderViewSet.as_view({"post": "create"})),
     path("api/viewset/preview", OrderViewSet.as_view({"post": "preview"})),
 ]

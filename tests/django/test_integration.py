@@ -131,11 +131,13 @@ def test_drf_apiview_viewset_and_action() -> None:
     client = Client(HTTP_AUTHORIZATION=f"Token {token}")
     assert client.post("/api/orders", ORDER, content_type=JSON).status_code == 400
     assert client.post("/api/viewset", ORDER, content_type=JSON).status_code == 400
+    assert client.post("/api/function", ORDER, content_type=JSON).status_code == 400
     for path, name, expected in [
         ("/api/orders", "api", 1),
         ("/api/viewset", "viewset_create", 1),
         ("/api/viewset/preview", "viewset_preview", 2),
         ("/api/exempt", "api_exempt", 2),
+        ("/api/function", "api_function", 1),
     ]:
         key = _key()
         replies = [_post(client, path, key) for _ in range(2)]

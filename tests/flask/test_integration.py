@@ -293,3 +293,31 @@ def test_disable_switch_runs_every_call(monkeypatch: pytest.MonkeyPatch) -> None
     for _ in range(2):
         client.post("/orders", json=ORDER, headers=key)
     assert runs["orders"] == 2
+
+
+def test_method_view_methods_carry_their_options() -> None:
+    from flask.views import MethodView
+
+    app = Flask("method-view")
+    idempotency = Idempotency(app)
+    runs: list[str] = []
+
+    class Orders(MethodView):
+        @idempotency.idempotent(raise_on_no_idempotency_key=True)
+        def post(self) -> Any:
+            runs.append("post")
+            return {"n": len(runs)}, 201
+
+        @idempotency.exempt
+        def patch(self) -> Any:  # PATCH is covered by default: exempt makes it run each time
+            runs.append("patch")
+            return {"n": len(runs)}, 201
+
+    app.add_url_rule("/orders", view_func=Orders.as_view("orders"))
+    client, key = app.test_client(), _key()
+    assert client.post("/orders", json=ORDER).status_code == 400
+    client.post("/orders", json=ORDER, headers=key)
+    client.post("/orders", json=ORDER, headers=key)
+    client.patch("/orders", json=ORDER, headers=key)
+    client.patch("/orders", json=ORDER, headers=key)
+    assert runs == ["post", "patch", "patch"]
