@@ -35,10 +35,22 @@ PATH = "/orders"
 
 
 def _store(kind: str) -> Any:
-    from idempotent_middleware import InMemoryPersistenceLayer, RedisPersistenceLayer
+    from idempotent_middleware import (
+        InMemoryPersistenceLayer,
+        RedisPersistenceLayer,
+        SQLitePersistenceLayer,
+    )
 
     if kind == "redis":
         return RedisPersistenceLayer(url=os.environ["REDIS_URL"])
+    if kind == "sqlite":
+        return SQLitePersistenceLayer(os.environ["BENCH_SQLITE"])
+    if kind == "postgres":
+        from idempotent_middleware import PostgresPersistenceLayer  # the postgres extra
+
+        store = PostgresPersistenceLayer(dsn=os.environ["POSTGRES_DSN"])
+        store.create_schema()
+        return store
     return InMemoryPersistenceLayer()
 
 
@@ -246,7 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=["asgi", "wsgi"], required=True)
     parser.add_argument("--app", required=True)
-    parser.add_argument("--store", choices=["memory", "redis"], default="memory")
+    parser.add_argument(
+        "--store", choices=["memory", "redis", "sqlite", "postgres"], default="memory"
+    )
     parser.add_argument("--path", choices=["first", "replay", "pass"], required=True)
     parser.add_argument("-n", type=int, required=True)
     args = parser.parse_args(argv)

@@ -13,8 +13,9 @@ no server or socket cost is counted on the client side.
 
 Cells:
   *-minimal  a raw ASGI/WSGI callable answering one small JSON body, bare or inside our
-             middleware on the in-memory store and on Redis (a redis-server this script
-             starts); "ours" rows also show the cost minus the bare app of the same path;
+             middleware on the in-memory store, Redis, SQLite and PostgreSQL (the servers
+             this script starts: redis-server, and the test suite's initdb + pg_ctl one);
+             "ours" rows also show the cost minus the bare app of the same path;
   *-app      the wrk benchmark's FastAPI/Flask apps (benchmarks/apps) on Redis, bare, ours
              and the peers whose virtualenv ``benchmarks/run.py`` prepared (skipped
              otherwise), with the ratio to the bare app.
@@ -35,6 +36,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import benchlib
 from benchlib import BENCH_DIR, RESULTS_DIR, RedisServer
@@ -79,6 +81,11 @@ def cells(with_peers: bool) -> list[Cell]:
             out.append(Cell(group, kind, "minimal-bare", "bare", path))
             out.append(Cell(group, kind, "minimal-ours", "ours-memory", path))
             out.append(Cell(group, kind, "minimal-ours", "ours-redis", path, store="redis"))
+            if path != "pass":  # the stores differ only on keyed paths
+                out.append(Cell(group, kind, "minimal-ours", "ours-sqlite", path, store="sqlite"))
+                out.append(
+                    Cell(group, kind, "minimal-ours", "ours-postgres", path, store="postgres")
+                )
     for path in ("first", "replay"):
         out.append(Cell("asgi-app", "asgi", "module:asgi_bare", "bare", path))
         out.append(
@@ -117,12 +124,15 @@ def _instructions(output: Path) -> int:
     return int(match.group(1))
 
 
-def count(cell: Cell, n: int, redis: RedisServer | None, run: int, workdir: Path) -> int:
+def count(cell: Cell, n: int, servers: Servers, run: int, workdir: Path) -> int:
     """Instructions of one driver process answering ``n`` requests of ``cell``."""
     env = {**os.environ, "PYTHONHASHSEED": "0", "BENCH_RUN": str(run), **dict(cell.env)}
-    if redis is not None:
-        env["REDIS_URL"] = redis.url
-        benchlib.redis_call(redis.port, "FLUSHALL")
+    env["BENCH_SQLITE"] = str(workdir / f"store.{run}.sqlite3")
+    if servers.redis is not None:
+        env["REDIS_URL"] = servers.redis.url
+        benchlib.redis_call(servers.redis.port, "FLUSHALL")
+    if servers.postgres_dsn is not None:
+        env["POSTGRES_DSN"] = servers.postgres_dsn
     env["PYTHONPATH"] = os.pathsep.join(
         [str(benchlib.REPO_ROOT), str(BENCH_DIR / "apps"), env.get("PYTHONPATH", "")]
     )
@@ -152,14 +162,45 @@ def count(cell: Cell, n: int, redis: RedisServer | None, run: int, workdir: Path
     return _instructions(output)
 
 
-def measure(selected: list[Cell], n1: int, n2: int, redis: RedisServer | None) -> list[Row]:
+@dataclass
+class Servers:
+    """The stores' servers this run started (None: no selected cell needs it)."""
+
+    redis: RedisServer | None = None
+    postgres: Any = None
+
+    @property
+    def postgres_dsn(self) -> str | None:
+        return None if self.postgres is None else str(self.postgres.dsn)
+
+    @classmethod
+    def start(cls, selected: list[Cell]) -> Servers:
+        servers = cls()
+        if any(c.store == "redis" or "redis" in c.label for c in selected):
+            servers.redis = RedisServer.start()
+        if any(c.store == "postgres" for c in selected):
+            # The test suite's throw-away PostgreSQL (initdb + pg_ctl in a temp dir).
+            sys.path.insert(0, str(benchlib.REPO_ROOT))
+            from tests.pg_servers import start_postgres
+
+            servers.postgres = start_postgres()
+        return servers
+
+    def stop(self) -> None:
+        if self.redis is not None:
+            self.redis.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+def measure(selected: list[Cell], n1: int, n2: int, servers: Servers) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
         workdir = Path(tmp)
         for index, cell in enumerate(selected):
             started = time.monotonic()
-            low = count(cell, n1, redis, 2 * index, workdir)
-            high = count(cell, n2, redis, 2 * index + 1, workdir)
+            low = count(cell, n1, servers, 2 * index, workdir)
+            high = count(cell, n2, servers, 2 * index + 1, workdir)
             per_request = (high - low) / (n2 - n1)
             rows.append(Row(cell.name, cell.group, cell.label, cell.path, round(per_request)))
             print(
@@ -204,20 +245,18 @@ def main(argv: list[str] | None = None) -> int:
         c
         for c in cells(with_peers=not args.no_peers)
         if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)
-        and not (args.smoke and c.store == "redis")
+        and not (args.smoke and c.store != "memory")
     ]
     if not selected:
         print(f"no cell matches {only!r}", file=sys.stderr)
         return 2
-    needs_redis = any(c.store == "redis" or "redis" in c.label for c in selected)
     benchlib.install_teardown()
-    redis = RedisServer.start() if needs_redis else None
+    servers = Servers.start(selected)
     try:
         print(f"callgrind, N1={n1}, N2={n2}, {len(selected)} cells")
-        rows = measure(selected, n1, n2, redis)
+        rows = measure(selected, n1, n2, servers)
     finally:
-        if redis is not None:
-            redis.stop()
+        servers.stop()
     print_table(rows)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     meta = {"n1": n1, "n2": n2, "python": benchlib.python_version(), "smoke": args.smoke}
