@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from .._core import Claimed, Replay, plan_claim, plan_complete, plan_release
+from .._core import Claimed, Replay, completion_record, plan_claim, plan_complete, plan_release
 from .._steps import Plan
 from ..config import IdempotencyConfig, RouteOptions
 from ..exceptions import (
@@ -261,6 +261,15 @@ class HttpIdempotency:
         before a release, but only after a completion has been written)."""
         return outcome is None or (
             outcome.finished and not outcome.interrupted and not self.store_status(outcome.status)
+        )
+
+    def completion(self, action: Execute, outcome: StoredResponse | None) -> DataRecord:
+        """The record ``finish`` writes for a stored ``outcome``: what the lease writes in its
+        place when the write was interrupted (it may or may not have landed; writing it again
+        is fenced and idempotent)."""
+        assert outcome is not None
+        return completion_record(
+            self.store, action.claim, outcome.encode(), action.expires_after_seconds
         )
 
     def finish(self, action: Execute, outcome: StoredResponse | None) -> Plan[DataRecord | None]:

@@ -73,7 +73,11 @@ class Execution:
             drive(engine.store, engine.finish(action, outcome))
             return
         lease.closing = True
-        pending = drive(engine.store, engine.finish(action, outcome))
+        try:
+            pending = drive(engine.store, engine.finish(action, outcome))
+        except BaseException:  # interrupted mid-write: it may or may not have landed
+            lease.finish_later(engine.completion(action, outcome))
+            raise
         if pending is None:
             lease.stop()
         else:
@@ -157,7 +161,11 @@ class AsyncExecution:
             await drive_async(engine.store, engine.finish(action, outcome))
             return
         lease.closing = True
-        pending = await drive_async(engine.store, engine.finish(action, outcome))
+        try:
+            pending = await drive_async(engine.store, engine.finish(action, outcome))
+        except BaseException:  # interrupted mid-write: it may or may not have landed
+            lease.finish_later(engine.completion(action, outcome))
+            raise
         if pending is None:
             lease.stop()
         else:

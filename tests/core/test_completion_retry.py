@@ -7,6 +7,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from werkzeug.test import create_environ, run_wsgi_app
 
 from idempotent_middleware import (
@@ -95,6 +97,47 @@ def test_wsgi_completion_refused_twice_is_written_by_the_lease() -> None:
         return status, b"".join(body), headers
 
     assert call()[0].startswith("201")
+    time.sleep(1.6)
+    status, body, headers = call()
+    assert runs == [1]
+    assert status.startswith("201")
+    assert body == b"paid"
+    assert headers.get("Idempotent-Replayed") == "true"
+
+
+class Interrupting(InMemoryPersistenceLayer):
+    """The first completion write is interrupted (a signal handler's exception, Ctrl-C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupts = 1
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        if self.interrupts:
+            self.interrupts -= 1
+            raise KeyboardInterrupt
+        super()._update_record(data_record)
+
+
+def test_wsgi_completion_write_interrupted_is_written_by_the_lease() -> None:
+    # Before the fix the lease was left "closing" with nothing to write: the key stayed held
+    # until max_lease_hold_seconds, then freed for a second run.
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        start_response("201 Created", [("Content-Length", "4")])
+        return [b"paid"]
+
+    middleware = WSGIIdempotencyMiddleware(app, persistence_store=Interrupting(), config=CONFIG)
+
+    def call() -> tuple[str, bytes, Any]:
+        environ = create_environ("/pay", method="POST", headers={"Idempotency-Key": "k"})
+        body, status, headers = run_wsgi_app(middleware, environ, buffered=True)
+        return status, b"".join(body), headers
+
+    with pytest.raises(KeyboardInterrupt):
+        call()
     time.sleep(1.6)
     status, body, headers = call()
     assert runs == [1]
