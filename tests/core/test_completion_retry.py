@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-
 from werkzeug.test import create_environ, run_wsgi_app
 
 from idempotent_middleware import (
