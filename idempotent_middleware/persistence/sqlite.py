@@ -264,6 +264,8 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         self._executors_pid = 0
         self._claims = 0
         self._abspath = os.path.abspath(self.path)
+        #: (device, inode) of the file the first connection opened: see ``_check_same_file``.
+        self._file_id: tuple[int, int] | None = None
         _layers.add(self)
 
     # --- Connections ------------------------------------------------------------------------
@@ -309,6 +311,7 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
             ) from exc
         try:
             self._prepare(conn)
+            self._check_same_file()
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -317,6 +320,25 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
                 ) from exc
             raise
         return conn
+
+    def _check_same_file(self) -> None:
+        """Refuse a connection to another file than this layer's first one: the file was
+        deleted or replaced under the running process, and the connections still open use
+        the old one; two stores behind one path would let a key run twice."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise IdempotencyPersistenceLayerError(
+                f"SQLite: cannot stat {self.path!r}: {exc}"
+            ) from exc
+        file_id = (st.st_dev, st.st_ino)
+        if self._file_id is None:
+            self._file_id = file_id
+        elif file_id != self._file_id:
+            raise IdempotencyPersistenceLayerError(
+                f"SQLite: {self.path!r} was deleted or replaced while this process used it; "
+                "restart every worker"
+            )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """WAL mode, durability, and the table (idempotent; every worker may be first).

@@ -287,10 +287,10 @@ def _rows(db: Path) -> int:
 
 def test_purge_expired_in_bounded_batches(layer: SQLitePersistenceLayer, db: Path) -> None:
     for i in range(25):
-        layer._put_record(new_claim(layer, f"scope#old{i}", lease=0.05))
+        layer._put_record(new_claim(layer, f"scope#old{i}", lease=0.4))
     for i in range(5):
         layer._put_record(new_claim(layer, f"scope#live{i}"))
-    time.sleep(0.1)
+    time.sleep(0.5)
     assert layer.purge_expired(batch=10, max_batches=1) == 10
     assert _rows(db) == 20
     assert layer.purge_expired(batch=10) == 15
@@ -302,8 +302,8 @@ def test_purge_expired_in_bounded_batches(layer: SQLitePersistenceLayer, db: Pat
 def test_every_nth_claim_purges_one_batch(db: Path) -> None:
     store = SQLitePersistenceLayer(db, purge_every=10, purge_batch=4)
     for i in range(9):
-        store._put_record(new_claim(store, f"scope#old{i}", lease=0.05))
-    time.sleep(0.1)
+        store._put_record(new_claim(store, f"scope#old{i}", lease=0.4))
+    time.sleep(0.5)
     assert _rows(db) == 9
     store._put_record(new_claim(store, "scope#tenth"))  # the tenth claim purges 4
     assert _rows(db) == 6

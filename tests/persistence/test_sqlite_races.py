@@ -317,3 +317,32 @@ def test_a_lone_surrogate_in_the_key_is_a_typed_key_error(db: Path) -> None:
         assert store._connection() is conn
     finally:
         store.close()
+
+
+# --- The database file deleted (or replaced) under a running process ---------------------------
+def test_a_new_connection_to_a_replaced_file_is_refused_typed(db: Path) -> None:
+    """Old connections go on with the unlinked file; a new one (a new thread) would create a
+    fresh file: two stores behind one path. The layer notices the other inode and refuses."""
+    store = SQLitePersistenceLayer(db)
+    store._put_record(store.new_inprogress_record("scope#warm", "fp", 30, 60))
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink()
+    winners = []
+    refused = []
+
+    def claim(who: str) -> None:
+        try:
+            store._put_record(store.new_inprogress_record(KEY, "fp", 30, 60))
+            winners.append(who)
+        except IdempotencyItemAlreadyExistsError:
+            pass
+        except IdempotencyPersistenceLayerError as exc:
+            refused.append(str(exc))
+
+    claim("main thread, old connection")
+    t = threading.Thread(target=claim, args=("new thread, new connection",))
+    t.start()
+    t.join(30)
+    store.close()
+    assert len(winners) <= 1, f"two winners for one key: {winners}"
+    assert refused and "deleted or replaced" in refused[0]
