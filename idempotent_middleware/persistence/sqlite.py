@@ -47,6 +47,7 @@ from ..exceptions import (
     IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
+    IdempotencyKeyError,
     IdempotencyOwnershipError,
     IdempotencyPersistenceLayerError,
 )
@@ -65,6 +66,14 @@ _layers: weakref.WeakSet[SQLitePersistenceLayer] = weakref.WeakSet()
 #: Connections inherited through ``fork``: parked, never used or closed in the child (SQLite
 #: forbids carrying a connection across a fork; closing it could touch the parent's locks).
 _inherited: list[sqlite3.Connection] = []
+
+#: Database files (absolute paths) of which this process inherited a connection that was busy
+#: in another thread at fork time: SQLite's per-process lock bookkeeping for those files is
+#: the parent's, so no statement here can be run safely on them (see ``_before_fork``).
+_tainted: set[str] = set()
+
+#: How long a fork waits, in all, for statements in flight on other threads to end.
+_FORK_WAIT = 2.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS "{table}" (
@@ -168,11 +177,13 @@ class _Slot:
     goes and closes the connection (no connection outlives its thread). In a forked child
     (another pid) it parks the connection instead of closing it."""
 
-    __slots__ = ("__weakref__", "conn", "pid")
+    __slots__ = ("__weakref__", "busy", "conn", "pid")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection | None) -> None:
         self.conn: sqlite3.Connection | None = conn
         self.pid = os.getpid()
+        #: Held while a statement runs on ``conn``: a fork closes only idle connections.
+        self.busy = threading.Lock()
 
     def release(self) -> None:
         conn, self.conn = self.conn, None
@@ -252,20 +263,38 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         self._executors: list[ThreadPoolExecutor] = []
         self._executors_pid = 0
         self._claims = 0
+        self._abspath = os.path.abspath(self.path)
+        #: (device, inode) of the file the first connection opened: see ``_check_same_file``.
+        self._file_id: tuple[int, int] | None = None
         _layers.add(self)
 
     # --- Connections ------------------------------------------------------------------------
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection; a new one in a forked child (never the parent's)."""
+    def _slot(self) -> _Slot:
+        """This thread's slot (registered for ``close()`` and the fork hook)."""
         slot: _Slot | None = getattr(self._local, "slot", None)
-        if slot is not None:
-            if slot.conn is not None and slot.pid == os.getpid():
-                return slot.conn
-            slot.release()  # closed by close(), or the parent's: parked
+        if slot is None:
+            slot = self._local.slot = _Slot(None)
+            with self._lock:  # held by the fork hook: no slot appears during a fork
+                self._slots.add(slot)
+        return slot
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection; a new one in a forked child (never the parent's).
+
+        Call with the slot's ``busy`` lock held (``_run`` does), so that a fork does not close
+        it under the statement."""
+        if self._abspath in _tainted:
+            raise IdempotencyPersistenceLayerError(
+                f"SQLite: this process was forked while a statement on {self.path!r} ran in "
+                "another thread, so it inherited an open connection and cannot use the file "
+                "safely; open the store after fork, or close() it before forking"
+            )
+        slot = self._slot()
+        if slot.conn is not None and slot.pid == os.getpid():
+            return slot.conn
+        slot.release()  # closed by close() or a fork, or the parent's: parked
         conn = self._connect()
-        slot = self._local.slot = _Slot(conn)
-        with self._lock:
-            self._slots.add(slot)
+        slot.conn, slot.pid = conn, os.getpid()
         return conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -282,6 +311,7 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
             ) from exc
         try:
             self._prepare(conn)
+            self._check_same_file()
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):
@@ -290,6 +320,25 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
                 ) from exc
             raise
         return conn
+
+    def _check_same_file(self) -> None:
+        """Refuse a connection to another file than this layer's first one: the file was
+        deleted or replaced under the running process, and the connections still open use
+        the old one; two stores behind one path would let a key run twice."""
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise IdempotencyPersistenceLayerError(
+                f"SQLite: cannot stat {self.path!r}: {exc}"
+            ) from exc
+        file_id = (st.st_dev, st.st_ino)
+        if self._file_id is None:
+            self._file_id = file_id
+        elif file_id != self._file_id:
+            raise IdempotencyPersistenceLayerError(
+                f"SQLite: {self.path!r} was deleted or replaced while this process used it; "
+                "restart every worker"
+            )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """WAL mode, durability, and the table (idempotent; every worker may be first).
@@ -333,9 +382,19 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
         an interruption (``KeyboardInterrupt``, a signal's exception) it is closed and
         replaced, so that no connection can stay inside a transaction holding the lock.
         """
-        conn = self._connection()
+        with self._slot().busy:
+            conn = self._connection()
+            return self._run_on(conn, operation)
+
+    def _run_on(self, conn: sqlite3.Connection, operation: Callable[[sqlite3.Connection], T]) -> T:
         try:
             return operation(conn)
+        except UnicodeError as exc:
+            # A key (or prefix) with a lone surrogate cannot be bound as TEXT; nothing ran, so
+            # the connection is fine. Bad input from the caller: a typed key error (400).
+            raise IdempotencyKeyError(
+                f"idempotency key cannot be stored as UTF-8 text: {exc}"
+            ) from exc
         except sqlite3.Error as exc:
             try:
                 if conn.in_transaction:
@@ -371,16 +430,33 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
     def _put_record(self, data_record: DataRecord) -> None:
         key = data_record.idempotency_key
 
-        def claim(conn: sqlite3.Connection) -> DataRecord | None:
-            if self._changes(conn, self._sql["claim"], _params(data_record)):
-                return None
-            # Lost: read what holds the key (a separate statement; if it has gone meanwhile,
-            # the core claims again, as with any layer whose conflict carries no record).
-            return self._read(conn, key)
+        started = time.time() * 1000
 
-        existing = self._run(claim)
-        if existing is not None:
+        def claim(conn: sqlite3.Connection) -> tuple[bool, DataRecord | None]:
+            if self._changes(conn, self._sql["claim"], _params(data_record)):
+                return True, None
+            # Lost: read what holds the key (a separate statement; if it has gone meanwhile,
+            # released or run out, ``None``: the core claims again, at most a few times).
+            return False, self._read(conn, key)
+
+        won, existing = self._run(claim)
+        if not won:
+            # Lost even when the record vanished before the read: no row of ours was written.
             raise IdempotencyItemAlreadyExistsError(existing)
+        lease = data_record.in_progress_expiry_timestamp
+        if lease is not None:
+            # The lease end was fixed before the INSERT waited (up to busy_timeout) for the
+            # write lock. If more than half of the lease went by in that wait, the first
+            # renewal (due lease/2 after we return) would come after the lease ends and
+            # another claimer could take the key over while the handler runs: give the
+            # claim back (fenced) and answer 503 instead.
+            now = time.time() * 1000
+            if now - started > (lease - started) / 2:
+                self._release_quietly(data_record)
+                raise IdempotencyPersistenceLayerError(
+                    f"SQLite: the claim of {key!r} waited for the write lock longer than half "
+                    "its lease; given back"
+                )
         if self._claims_since_purge():
             # Housekeeping: if it fails, the claim stands all the same.
             with contextlib.suppress(IdempotencyPersistenceLayerError):
@@ -525,19 +601,69 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
             slot.release()
 
 
+def _before_fork() -> None:
+    """Close every idle connection of this process before a fork (waiting a little for the
+    statements in flight), and keep new ones from opening until the fork is done.
+
+    SQLite's unix VFS keeps its POSIX-lock bookkeeping once per file per process; a child that
+    inherits an open connection shares the parent's record, so its own connections take no
+    real lock, and the parent's later last close deletes the ``-wal`` and ``-shm`` files under
+    it (or a fork during a write leaves the child locked out for good). With no connection
+    open at fork time the child starts clean. A connection still busy after ``_FORK_WAIT``
+    seconds is inherited; the child then refuses to use that file (``_tainted``)."""
+    deadline = time.monotonic() + _FORK_WAIT
+    held: list[threading.Lock] = []
+    _fork_busy.clear()
+    for layer in list(_layers):
+        layer._lock.acquire()
+        held.append(layer._lock)
+        for slot in list(layer._slots):
+            if slot.conn is None:
+                continue
+            if slot.busy.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                held.append(slot.busy)
+                if slot.pid == os.getpid():
+                    slot.release()  # closed: its thread reopens on next use
+            else:  # still busy: the child will inherit it open
+                _fork_busy.add(layer._abspath)
+    _fork_held[:] = held
+
+
+#: The locks ``_before_fork`` holds across the fork (released in the parent), and the files
+#: of the connections it could not close (the child's slots of other threads may already be
+#: gone when its hook runs, so the parent notes them before the fork).
+_fork_held: list[threading.Lock] = []
+_fork_busy: set[str] = set()
+
+
+def _after_fork_in_parent() -> None:
+    held, _fork_held[:] = list(_fork_held), []
+    _fork_busy.clear()
+    for lock in reversed(held):
+        lock.release()
+
+
 def _after_fork_in_child() -> None:
     """In a forked child: a fresh lock (one held by a parent thread at fork time would never
     be released here), and the parent's connections parked, so that neither use nor garbage
     collection (when their threads' objects go) ever runs SQLite on them in the child. The
     worker threads are replaced on first use (pid check)."""
+    _fork_held.clear()
+    _tainted.update(_fork_busy)
+    _fork_busy.clear()
     for layer in list(_layers):
         layer._lock = threading.Lock()
         for slot in list(layer._slots):
+            slot.busy = threading.Lock()  # possibly held across the fork by the hook
             slot.release()  # another pid now: parked, not closed
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 async def _settled(future: Future[Any]) -> None:

@@ -287,10 +287,10 @@ def _rows(db: Path) -> int:
 
 def test_purge_expired_in_bounded_batches(layer: SQLitePersistenceLayer, db: Path) -> None:
     for i in range(25):
-        layer._put_record(new_claim(layer, f"scope#old{i}", lease=0.05))
+        layer._put_record(new_claim(layer, f"scope#old{i}", lease=0.4))
     for i in range(5):
         layer._put_record(new_claim(layer, f"scope#live{i}"))
-    time.sleep(0.1)
+    time.sleep(0.5)
     assert layer.purge_expired(batch=10, max_batches=1) == 10
     assert _rows(db) == 20
     assert layer.purge_expired(batch=10) == 15
@@ -302,8 +302,8 @@ def test_purge_expired_in_bounded_batches(layer: SQLitePersistenceLayer, db: Pat
 def test_every_nth_claim_purges_one_batch(db: Path) -> None:
     store = SQLitePersistenceLayer(db, purge_every=10, purge_batch=4)
     for i in range(9):
-        store._put_record(new_claim(store, f"scope#old{i}", lease=0.05))
-    time.sleep(0.1)
+        store._put_record(new_claim(store, f"scope#old{i}", lease=0.4))
+    time.sleep(0.5)
     assert _rows(db) == 9
     store._put_record(new_claim(store, "scope#tenth"))  # the tenth claim purges 4
     assert _rows(db) == 6
@@ -465,9 +465,10 @@ def _child_after_fork(layer: SQLitePersistenceLayer, inherited: sqlite3.Connecti
     try:
         from idempotent_middleware.persistence import sqlite as sqlite_module
 
+        # The fork hook closed the parent's idle connection: nothing is inherited or parked.
         parked = any(conn is inherited for conn in sqlite_module._inherited)
         mine = layer._connection()
-        fresh = mine is not inherited and parked
+        fresh = mine is not inherited and not parked
         layer._put_record(layer.new_inprogress_record("scope#child", "fp", 30, 60))
 
         async def claim_async() -> None:
@@ -501,7 +502,9 @@ def test_forked_child_never_uses_the_parents_connection_or_threads(
     assert outcome == ("ok", True)
     assert layer._get_record("scope#child").status == STATUS_INPROGRESS
     assert layer._get_record("scope#child2").status == STATUS_INPROGRESS
-    assert layer._connection() is inherited  # the parent's own goes on
+    with pytest.raises(sqlite3.ProgrammingError):  # closed by the fork hook, idle at fork
+        inherited.execute("SELECT 1")
+    assert layer._connection() is not inherited  # the parent reopened on next use
     assert layer._get_record(KEY).status == STATUS_INPROGRESS
 
 
