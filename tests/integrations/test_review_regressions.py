@@ -470,3 +470,18 @@ def test_plain_asgi_apps_under_root_paths_never_share_a_record() -> None:
 
     assert asyncio.run(call("a")) == b"a"
     assert asyncio.run(call("b")) == b"b"
+
+
+def test_fastapi_sync_endpoint_error_after_it_returned_never_runs_it_again() -> None:
+    runs = []
+    app = FastAPI()
+    Idempotency(app, persistence_store=InMemoryPersistenceLayer())
+
+    @app.post("/charge", response_model=_Out)
+    def charge() -> Any:  # run in FastAPI's thread pool
+        runs.append("charged the card")
+        return {"amount": "not an int"}
+
+    _, retry = fa_post(app, [("/charge", KEY), ("/charge", KEY)])
+    assert len(runs) == 1, runs
+    assert retry.status_code == 409
