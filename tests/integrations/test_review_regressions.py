@@ -485,3 +485,37 @@ def test_fastapi_sync_endpoint_error_after_it_returned_never_runs_it_again() -> 
     _, retry = fa_post(app, [("/charge", KEY), ("/charge", KEY)])
     assert len(runs) == 1, runs
     assert retry.status_code == 409
+
+
+def test_nested_wsgi_layers_run_the_app_once_and_store_its_response() -> None:
+    import io
+
+    from idempotent_middleware.wsgi import IdempotencyMiddleware as WsgiMiddleware
+
+    runs = []
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        runs.append(1)
+        start_response("201 Created", [("Content-Length", "2")])
+        return [b"ok"]
+
+    store = InMemoryPersistenceLayer()
+    nested = WsgiMiddleware(WsgiMiddleware(app, store), store)
+
+    def call() -> str:
+        status: list[str] = []
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/orders",
+            "QUERY_STRING": "",
+            "CONTENT_LENGTH": "2",
+            "HTTP_IDEMPOTENCY_KEY": "same-key",
+            "wsgi.input": io.BytesIO(b"{}"),
+        }
+        body = nested(environ, lambda s, h, e=None: status.append(s))
+        b"".join(body)
+        getattr(body, "close", lambda: None)()
+        return status[0]
+
+    assert (call(), call()) == ("201 Created", "201 Created")
+    assert runs == [1]
