@@ -72,7 +72,9 @@ class RoutedIdempotency:
             raise_on_no_idempotency_key=cfg.raise_on_no_idempotency_key
             if options.raise_on_no_idempotency_key is None
             else options.raise_on_no_idempotency_key,
-            expires_after_seconds=options.expires_after_seconds or cfg.expires_after_seconds,
+            expires_after_seconds=cfg.expires_after_seconds
+            if options.expires_after_seconds is None
+            else options.expires_after_seconds,
             routes={},
             include_paths=None,
             exclude_paths=(),

@@ -12,20 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote
 
 from ._disabled import idempotency_disabled
 from ._steps import drive_async
 from .config import IdempotencyConfig
 from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete, Respond
 from .http.execution import AsyncExecution
-from .http.request import HttpRequest
+from .http.request import HANDLED, HttpRequest
 from .http.response import StoredResponse
+from .http.routes import Rule
 from .persistence.base import BasePersistenceLayer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+#: Set by an integration once the endpoint returned: an exception after that (a framework's
+#: response validation, a dependency teardown) leaves the key executed, never released.
+RETURNED = "idempotent_middleware.returned"
 
 
 class IdempotencyMiddleware:
@@ -41,7 +47,7 @@ class IdempotencyMiddleware:
         self.engine = HttpIdempotency.for_middleware(persistence_store, config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or idempotency_disabled():
+        if scope["type"] != "http" or idempotency_disabled() or HANDLED in scope:
             await self.app(scope, receive, send)
             return
         engine = self.engine
@@ -50,7 +56,11 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         request = HttpRequest(
-            scope["method"], scope["path"], scope.get("query_string", b""), scope["headers"], scope
+            scope["method"],
+            full_path(scope),
+            scope.get("query_string", b""),
+            scope["headers"],
+            scope,
         )
         early = engine.precheck(request, rule)
         if early is PASS:
@@ -59,6 +69,16 @@ class IdempotencyMiddleware:
         if isinstance(early, Respond):
             await _respond(send, early.response)
             return
+        scope[HANDLED] = True  # until we are done: a nested layer passes it through
+        try:
+            await self._handle(request, rule, scope, receive, send)
+        finally:
+            scope.pop(HANDLED, None)
+
+    async def _handle(
+        self, request: HttpRequest, rule: Rule, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        engine = self.engine
         if engine.content_length_too_large(request):
             await _respond(send, engine.too_large(request))
             return
@@ -121,11 +141,33 @@ class IdempotencyMiddleware:
         except BaseException as exc:
             # Raised, cancelled (Daphne cancels the app once its client left), or send()
             # raised: only an application exception before any response releases (C3).
-            await execution.record(exc, False, client_gone)
+            error = None if scope.get(RETURNED) else exc  # the endpoint ran: executed
+            await execution.record(error, False, client_gone)
             raise
         # Returned without a response (Django does when the client disconnects) or without
         # the final body message: executed, never run again.
         await execution.record(None, False, client_gone)
+
+
+def full_path(scope: Scope) -> str:
+    """The path the client asked for, whatever a router cut off before us: the storage key
+    and the fingerprint use it, so two apps mounted on one store never share a record.
+
+    Litestar strips its mount prefix and ``root_path`` from ``scope["path"]`` before its
+    middleware runs; ``raw_path`` (the request target as sent, percent-decoded as servers
+    decode ``path``) is left whole. ``root_path`` is prefixed unless the path already holds
+    it (ASGI lets ``path`` include it; a proxy that stripped the prefix sent a path without).
+    """
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes) and raw:
+        target = raw.split(b"?", 1)[0].decode("latin-1")
+        path = unquote(target) if "%" in target else target
+    else:
+        path = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and not path.startswith(root):
+        return root + path
+    return path
 
 
 async def _read_body(receive: Receive, cap: int) -> bytes | Incomplete | None:

@@ -52,6 +52,22 @@ class RouteOptions:
     methods: Collection[str] | None = None
     enabled: bool = True
 
+    def __post_init__(self) -> None:
+        # Refused here, at declaration: a wrong value would otherwise be a 500 per request
+        # or, worse, a route silently unprotected.
+        ttl = self.expires_after_seconds
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+            raise ValueError(f"expires_after_seconds must be a positive int, not {ttl!r}")
+        if isinstance(self.methods, (str, bytes)):
+            # "PUT" is a Collection[str] of "P", "U", "T": the route would not be covered.
+            raise TypeError(f"methods must be a collection of method names, not {self.methods!r}")
+        if self.methods is not None and not all(isinstance(m, str) for m in self.methods):
+            raise TypeError(f"methods must be strings, not {self.methods!r}")
+        if self.raise_on_no_idempotency_key not in (None, True, False):
+            raise TypeError("raise_on_no_idempotency_key must be a bool or None")
+        if self.enabled not in (True, False):
+            raise TypeError("enabled must be a bool")
+
 
 @dataclass(frozen=True)
 class IdempotencyConfig:

@@ -111,3 +111,16 @@ class IdempotencyConfigurationError(IdempotencyPersistenceLayerError, ValueError
     """The store was configured in a way that cannot work (e.g. a Redis client that decodes
     responses: records are bytes). Raised at construction where possible, else at first use,
     where the middlewares answer 503 like any store that refuses work."""
+
+
+class IdempotencyScopeError(IdempotencyError):
+    """A ``scope`` hook cannot tell whose request this is (e.g. ``user_scope`` with no
+    ``scope["user"]``: the authentication middleware runs after ours). Nothing is claimed:
+    an unscoped key would let one user receive another's response. The HTTP adapters answer
+    a 503 problem and log it: it is a set-up error, not the client's."""
+
+
+class IdempotencyScopeRefusedError(IdempotencyScopeError):
+    """The caller is anonymous and the hook refuses anonymous keyed requests (``user_scope``
+    ``anonymous="refuse"``, ``credential_scope(required=True)``): answered with a 401
+    problem (RFC 9110 section 15.5.2), nothing claimed."""

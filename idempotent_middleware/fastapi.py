@@ -13,9 +13,12 @@ the credential with ``idempotent_middleware.scopes.credential_scope`` (see the R
 
 from __future__ import annotations
 
-import copy
+import functools
+import inspect
+import re
 import warnings
 from collections.abc import Callable, Collection
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 try:
@@ -35,7 +38,7 @@ from ._openapi import (
     replay_header,
 )
 from ._routed import RoutedIdempotency, run_route
-from .asgi import Receive, Scope, Send
+from .asgi import RETURNED, Receive, Scope, Send
 from .config import IdempotencyConfig, RouteOptions
 from .http.engine import HttpIdempotency
 from .persistence.base import BasePersistenceLayer
@@ -54,8 +57,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 _OPTIONS_ATTRIBUTE = "__idempotency_options__"
 #: ``app.state`` attribute holding the installed ``Idempotency``.
 _STATE_ATTRIBUTE = "idempotent_middleware"
-#: Operation extension carrying a route's declared options to the OpenAPI step.
-_MARKER = "x-idempotency"
+#: The operation extension holding a covered route's resolved options.
+_EXTENSION = "x-idempotency"
 
 
 def idempotent(
@@ -72,7 +75,7 @@ def idempotent(
     options = RouteOptions(
         raise_on_no_idempotency_key=raise_on_no_idempotency_key,
         expires_after_seconds=expires_after_seconds,
-        methods=None if methods is None else tuple(methods),
+        methods=methods if methods is None or isinstance(methods, str) else tuple(methods),
     )
 
     def mark(endpoint: F) -> F:
@@ -100,17 +103,18 @@ class IdempotentRoute(APIRoute):
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        options: RouteOptions | None = getattr(endpoint, _OPTIONS_ATTRIBUTE, None)
-        extra = copy.deepcopy(kwargs.get("openapi_extra") or {})
-        kwargs["openapi_extra"] = extra
         super().__init__(path, endpoint, **kwargs)
-        self.idempotency_options = options
         self._idempotency_engine: tuple[Idempotency, HttpIdempotency | None] | None = None
-        # Read back by Idempotency.document, which knows the configuration.
-        extra[_MARKER] = {
-            "options": None if options is None else _options_document(options),
-            "route_methods": sorted(self.methods or ()),
-        }
+        call = self.dependant.call
+        if call is not None:
+            self.dependant.call = _marking_returned(call)
+
+    @property
+    def idempotency_options(self) -> RouteOptions | None:
+        """Read from the endpoint when needed (first request, OpenAPI), not when the route is
+        made: ``@idempotent`` above ``@app.post`` marks the same function, so it counts too."""
+        options: RouteOptions | None = getattr(self.endpoint, _OPTIONS_ATTRIBUTE, None)
+        return options
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self.methods and scope["method"] not in self.methods):
@@ -128,7 +132,48 @@ class IdempotentRoute(APIRoute):
         else:  # once per route (and app): the options and methods never change
             engine = installed.routed.engine_for(self.idempotency_options, self.methods or ())
             self._idempotency_engine = (installed, engine)
-        await run_route(engine, super().handle, scope, receive, send)
+        token = _scope.set(scope)
+        try:
+            await run_route(engine, super().handle, scope, receive, send)
+        finally:
+            _scope.reset(token)
+
+
+#: The ASGI scope of the request being served, for the endpoint wrapper to mark.
+_scope: ContextVar[Scope | None] = ContextVar("idempotent_middleware_fastapi_scope", default=None)
+
+
+def _marking_returned(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap the endpoint so the adapter learns it returned: FastAPI may still raise after
+    that (response_model validation, a dependency's teardown), and the side effects have
+    happened, so that must not release the key (started means may have side effects)."""
+
+    def mark() -> None:
+        scope = _scope.get()
+        if scope is not None:
+            scope[RETURNED] = True
+
+    if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(
+        getattr(call, "__call__", None)  # noqa: B004 - an async callable instance
+    ):
+
+        @functools.wraps(call)
+        async def endpoint_async(*args: Any, **kwargs: Any) -> Any:
+            result = await call(*args, **kwargs)
+            mark()
+            return result
+
+        return endpoint_async
+    if inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call):
+        return call  # a streaming endpoint: its response starts as it runs
+
+    @functools.wraps(call)
+    def endpoint(*args: Any, **kwargs: Any) -> Any:
+        result = call(*args, **kwargs)
+        mark()
+        return result
+
+    return endpoint
 
 
 class Idempotency:
@@ -149,6 +194,7 @@ class Idempotency:
         self.routed = RoutedIdempotency(persistence_store, config)
         self.config = self.routed.config
         self.store = self.routed.store
+        self._apps: list[FastAPI] = []
         if app is not None:
             self.init_app(app)
 
@@ -174,6 +220,7 @@ class Idempotency:
                 "APIRouter(route_class=IdempotentRoute) for included routers"
             )
         setattr(app.state, _STATE_ATTRIBUTE, self)
+        self._apps.append(app)
         include = app.include_router
 
         def include_router(router: APIRouter, *args: Any, **kwargs: Any) -> None:
@@ -210,29 +257,36 @@ class Idempotency:
     def document(self, schema: dict[str, Any]) -> None:
         """Add the contract to every covered operation of a generated schema, in place.
 
+        Operations are matched to the app's ``IdempotentRoute`` routes by path and method,
+        so a custom generator (FastAPI's ``app.openapi = custom_openapi`` recipe) calls
+        ``idempotency.document(schema)`` on its schema; nothing internal is left in it.
+
         Covered: the key header parameter (header mode), the replay header on the operation's
         own responses, and the problems the middleware may answer with (RFC 9457), each with
         the bodies this configuration really sends as examples.
         """
         covered = False
-        for path, item in schema.get("paths", {}).items():
-            for method, operation in item.items():
-                if not isinstance(operation, dict):
+        paths = schema.get("paths", {})
+        for app in self._apps:
+            for route, route_path in _routes(app):
+                if not isinstance(route, IdempotentRoute) or not route.include_in_schema:
                     continue
-                marker = operation.pop(_MARKER, None)
-                if marker is None:
+                item = paths.get(route_path)
+                if not isinstance(item, dict):
                     continue
-                options = marker.get("options")
-                engine = self.routed.engine_for(
-                    None if options is None else RouteOptions(**options),
-                    marker.get("route_methods", ()),
-                )
-                rule = None if engine is None else engine.rule(method, path)
-                if engine is None or rule is None:
+                engine = self.routed.engine_for(route.idempotency_options, route.methods or ())
+                if engine is None:
                     continue
-                covered = True
-                self._document_operation(operation, engine, rule.key_required)
-                operation[_MARKER] = extension(engine, rule)
+                for method in route.methods or ():
+                    operation = item.get(method.lower())
+                    rule = engine.rule(method, route_path)
+                    if not isinstance(operation, dict) or rule is None:
+                        continue
+                    if _EXTENSION in operation:
+                        continue  # documented already (a schema passed twice)
+                    covered = True
+                    self._document_operation(operation, engine, rule.key_required)
+                    operation[_EXTENSION] = extension(engine, rule)
         if covered:
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas[PROBLEM_SCHEMA] = problem_schema()
@@ -261,10 +315,19 @@ class Idempotency:
             response.setdefault("headers", {}).update(ours.get("headers", {}))
 
 
-def _options_document(options: RouteOptions) -> dict[str, Any]:
-    return {
-        "raise_on_no_idempotency_key": options.raise_on_no_idempotency_key,
-        "expires_after_seconds": options.expires_after_seconds,
-        "methods": None if options.methods is None else sorted(options.methods),
-        "enabled": options.enabled,
-    }
+def _routes(app: FastAPI) -> list[tuple[Any, str]]:
+    """``(route, documented path)`` for every route, included routers' too: FastAPI 0.13x
+    and later keep an included router nested, with its prefix, instead of copying routes."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: included routes are copied into app.routes
+        return [(route, getattr(route, "path_format", "")) for route in app.routes]
+    found = []
+    for context in iter_route_contexts(app.routes):
+        path = context.path or ""
+        # Starlette's convertors ("{id:int}") are not part of the documented path.
+        found.append((context.original_route, _CONVERTOR.sub(r"{\1}", path)))
+    return found
+
+
+_CONVERTOR = re.compile(r"{([^}:]+):[^}]*}")

@@ -30,7 +30,7 @@ from ._openapi import (
     replay_header,
 )
 from ._routed import RoutedIdempotency, route_options, run_route
-from .config import IdempotencyConfig
+from .config import IdempotencyConfig, RouteOptions
 from .http.engine import HttpIdempotency
 from .persistence.base import BasePersistenceLayer
 
@@ -71,8 +71,42 @@ class IdempotencyPlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.middleware.append(self.middleware)
+        app_config.on_startup.append(self.validate)
         app_config.on_startup.append(self.document)
         return app_config
+
+    def declared(self, handler: Any) -> tuple[bool, RouteOptions | None]:
+        """``(exempt, options)`` for a handler: the nearest layer (the handler, then its
+        controller, routers, the app) that sets ``opt_key`` or ``exclude_opt_key`` decides,
+        so a handler's own options beat a skip inherited from its router. Litestar merges
+        ``opt`` into the handler's, so the handler's own keys are those whose value is not
+        the one its owners gave."""
+        keys = [k for k in (self.exclude_opt_key, self.opt_key) if k is not None]
+        layers = list(getattr(handler, "ownership_layers", (handler,)))
+        inherited: dict[str, Any] = {}
+        for layer in layers[:-1]:
+            inherited.update(getattr(layer, "opt", None) or {})
+        own = {
+            k: v
+            for k, v in (handler.opt or {}).items()
+            if k in keys and (k not in inherited or inherited[k] is not v)
+        }
+        for opt in [own, *(getattr(layer, "opt", None) or {} for layer in reversed(layers[:-1]))]:
+            if not any(k in opt for k in keys):
+                continue
+            if self.exclude_opt_key is not None and opt.get(self.exclude_opt_key):
+                return True, None
+            return False, route_options(opt.get(self.opt_key))
+        return False, None
+
+    def validate(self, app: Any) -> None:
+        """Read every handler's options at startup: a misspelt ``opt`` is a set-up error,
+        raised before anything is served, never a 500 per request."""
+        for route in app.routes:
+            for handler in getattr(route, "route_handlers", ()):
+                exempt, options = self.declared(handler)
+                if not exempt:
+                    self.routed.engine_for(options, getattr(handler, "http_methods", ()))
 
     # --- OpenAPI ------------------------------------------------------------------------------
     def document(self, app: Any) -> None:
@@ -89,11 +123,11 @@ class IdempotencyPlugin(InitPluginProtocol):
             if item is None:
                 continue
             for handler in getattr(route, "route_handlers", ()):
-                opt = handler.opt
-                if self.exclude_opt_key is not None and opt.get(self.exclude_opt_key):
+                exempt, options = self.declared(handler)
+                if exempt:
                     continue
                 methods = getattr(handler, "http_methods", ())
-                engine = self.routed.engine_for(route_options(opt.get(self.opt_key)), methods)
+                engine = self.routed.engine_for(options, methods)
                 if engine is None:
                     continue
                 for method in methods:
@@ -111,7 +145,7 @@ class IdempotencyPlugin(InitPluginProtocol):
 class LitestarIdempotencyMiddleware:
     """One per route handler (Litestar builds the stack per handler); no per-request state.
 
-    The exclusion key is read per request (cheap), the engine once per handler.
+    The handler's declared options and its engine are resolved once per handler.
     """
 
     def __init__(self, app: Any, plugin: IdempotencyPlugin) -> None:
@@ -127,18 +161,16 @@ class LitestarIdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         plugin = self.plugin
-        opt = handler.opt
-        if plugin.exclude_opt_key is not None and opt.get(plugin.exclude_opt_key):
-            await self.app(scope, receive, send)
-            return
         cached = self._cached
         if cached is not None and cached[0] is handler:
             engine = cached[1]
         else:  # Litestar builds one stack per handler: this runs once
-            engine = plugin.routed.engine_for(
-                # ``@asgi`` handlers declare no methods: the configuration's then apply.
-                route_options(opt.get(plugin.opt_key)),
-                getattr(handler, "http_methods", ()),
+            exempt, options = plugin.declared(handler)
+            # ``@asgi`` handlers declare no methods: the configuration's then apply.
+            engine = (
+                None
+                if exempt
+                else plugin.routed.engine_for(options, getattr(handler, "http_methods", ()))
             )
             self._cached = (handler, engine)
         await run_route(engine, self.app, scope, receive, send)

@@ -21,7 +21,7 @@ from ._steps import drive
 from .config import IdempotencyConfig
 from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete, Respond
 from .http.execution import CapturingIterable, Execution
-from .http.request import HttpRequest
+from .http.request import HANDLED, HttpRequest
 from .http.response import StoredResponse
 from .persistence.base import BasePersistenceLayer
 
@@ -46,7 +46,7 @@ class IdempotencyMiddleware:
         self.engine = HttpIdempotency.for_middleware(persistence_store, config)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
-        if idempotency_disabled():
+        if idempotency_disabled() or HANDLED in environ:
             return self.app(environ, start_response)
         engine = self.engine
         method = environ["REQUEST_METHOD"]
@@ -64,6 +64,7 @@ class IdempotencyMiddleware:
         early = engine.precheck(request, rule)
         if early is PASS:
             return self.app(environ, start_response)
+        environ[HANDLED] = True  # a nested layer of this middleware passes it through
         if isinstance(early, Respond):
             return _respond(start_response, early.response)
         if engine.content_length_too_large(request):

@@ -20,6 +20,7 @@ from ..exceptions import (
     IdempotencyCorruptRecordError,
     IdempotencyKeyError,
     IdempotencyPersistenceLayerError,
+    IdempotencyScopeRefusedError,
     IdempotencyValidationError,
 )
 from ..persistence.base import BasePersistenceLayer, DataRecord, KeyScheme
@@ -163,7 +164,16 @@ class HttpIdempotency:
         cfg = self.config
         tenant = None
         if cfg.scope is not None:
-            found_tenant = cfg.scope(request)
+            try:
+                found_tenant = cfg.scope(request)
+            except IdempotencyScopeRefusedError as exc:
+                logger.debug("401 %s %s: %s", request.method, request.path, exc)
+                return Respond(self.problems.unauthenticated)
+            except Exception:
+                # A hook that cannot tell whose request this is must not run it unscoped
+                # (another user's record) nor leak a 500: nothing is claimed.
+                logger.exception("scope hook raised for %s %s", request.method, request.path)
+                return Respond(self.problems.scope_unavailable)
             tenant = None if found_tenant is None else str(found_tenant)
         if request.key is not None:
             # Header mode: hash the raw key bytes, after the tenant (NUL never occurs in either).

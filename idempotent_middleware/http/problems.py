@@ -78,6 +78,19 @@ class Problems:
             "The stored record for this key cannot be read; it was logged.",
             retry_after=self.retry_after,
         )
+        self.unauthenticated = self._make(
+            401,
+            "idempotency-scope-unauthenticated",
+            "Authentication required",
+            "Keyed requests to this endpoint must be authenticated; nothing was processed.",
+        )
+        self.scope_unavailable = self._make(
+            503,
+            "idempotency-scope-unavailable",
+            "Idempotency scope unavailable",
+            "The server could not tell whose request this is; nothing was processed. "
+            "It was logged.",
+        )
         self._in_progress = {
             seconds: self._in_progress_response(seconds) for seconds in range(1, 31)
         }

@@ -8,6 +8,11 @@ from urllib.parse import parse_qsl
 
 Headers = list[tuple[bytes, bytes]]
 
+#: Set in the ASGI scope (and the WSGI environ) by the layer that handles a request: a
+#: second layer of the middleware on the same request passes it through, instead of finding
+#: the outer layer's claim and storing its own 409 as the response for the whole TTL.
+HANDLED = "idempotent_middleware.handled"
+
 
 def normalise_method(method: str) -> str:
     """The method as Werkzeug and Django route it (``post`` is POST); the ASGI spec asks

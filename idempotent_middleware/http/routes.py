@@ -87,7 +87,9 @@ class RouteTable:
             config.raise_on_no_idempotency_key
             if options.raise_on_no_idempotency_key is None
             else options.raise_on_no_idempotency_key,
-            options.expires_after_seconds or config.expires_after_seconds,
+            config.expires_after_seconds
+            if options.expires_after_seconds is None
+            else options.expires_after_seconds,
         )
         return rule, methods
 

@@ -146,6 +146,10 @@ def test_plain_wsgi_middleware() -> None:
 
 
 def test_user_scope_reads_the_scope_user() -> None:
+    from idempotent_middleware.exceptions import (
+        IdempotencyScopeError,
+        IdempotencyScopeRefusedError,
+    )
     from idempotent_middleware.scopes import user_scope
 
     class Anonymous:
@@ -157,7 +161,17 @@ def test_user_scope_reads_the_scope_user() -> None:
     scope = user_scope("id")
     assert scope(raw({"id": 7})) == "int:7"
     assert scope(raw({"id": "7"})) == "str:7"
-    assert scope(raw(Anonymous())) is None
-    assert scope(raw(None)) is None
-    assert scope(HttpRequest("POST", "/x", b"", [], {"type": "http"})) is None
-    assert scope(HttpRequest("POST", "/x", b"", [], None)) is None  # WSGI-like raw
+    # Fails closed: anonymous callers are refused, a missing user is a set-up error.
+    with pytest.raises(IdempotencyScopeRefusedError):
+        scope(raw(Anonymous()))
+    with pytest.raises(IdempotencyScopeRefusedError):
+        scope(raw(None))
+    with pytest.raises(IdempotencyScopeError):
+        scope(HttpRequest("POST", "/x", b"", [], {"type": "http"}))
+    with pytest.raises(IdempotencyScopeError):
+        scope(raw({"name": "no id"}))
+    opted_in = user_scope("id", anonymous="unscoped")
+    assert opted_in(raw(Anonymous())) is None
+    assert opted_in(raw(None)) is None
+    assert opted_in(HttpRequest("POST", "/x", b"", [], {"type": "http"})) is None
+    assert opted_in(HttpRequest("POST", "/x", b"", [], None)) is None  # WSGI-like raw
