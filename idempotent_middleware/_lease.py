@@ -102,6 +102,17 @@ class _Hold:
         """Whether to renew now; False (and a warning, once) when the hold cap is reached."""
         if now < self.give_up_at:
             return True
+        if self.pending is not None:
+            # The handler ran: its completion must land before the key may free (a freed
+            # key would run it again). The hold cap bounds renewals, never this write.
+            if self.give_up_at != float("inf"):
+                self.give_up_at = float("inf")
+                logger.error(
+                    "completion for %s still not written after max_lease_hold_seconds: "
+                    "keeping the key and retrying the write",
+                    self.claim.idempotency_key,
+                )
+            return True
         self.lost = True
         self.book.held.pop(id(self), None)
         logger.warning(

@@ -13,28 +13,37 @@ Settings: ``IDEMPOTENCY = {"STORE": "redis://...", "EXPIRES_AFTER_SECONDS": 3600
 store (a URL or a store object) and any ``IdempotencyConfig`` option by name. Without it: the
 defaults and the in-memory store (one process only).
 
-Keys are scoped by the authenticated user by default (``user_scope``): two users who send the
-same key never share a record. Django REST Framework authenticates inside the view, so for a
-DRF view whose ``request.user`` is anonymous here the view's own authenticators are asked.
-A ``SCOPE`` setting replaces this (``None`` turns scoping off).
+Keys are scoped by the authenticated user by default (``user_scope``: its model and pk): two
+users who send the same key never share a record. Django REST Framework authenticates inside
+the view: with no Django user, a request carrying a credential header (``CREDENTIAL_HEADERS``:
+Authorization, X-API-Key) is scoped by an HMAC of it (key derived from ``SECRET_KEY``), and
+otherwise a DRF view's own authenticators are asked (they then run twice: here and in the
+view). A ``SCOPE`` setting replaces all this (``None`` turns scoping off).
+
+A keyed request to a covered view has its body read (and capped) in ``__call__``, before any
+inner middleware: ``CsrfViewMiddleware`` parses ``request.POST`` before ``process_view``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
-from collections.abc import AsyncIterator, Callable, Iterable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from ._disabled import idempotency_disabled
 from ._steps import drive, drive_async
 from .http.engine import PASS, Execute, HttpIdempotency, Respond
 from .http.execution import AsyncCapturingIterable, AsyncExecution, CapturingIterable, Execution
-from .http.request import Headers, HttpRequest
+from .http.request import Headers, HttpRequest, normalise_method
 from .http.response import StoredResponse
 from .http.routes import Rule
 from .http.settings import engine_from
 from .http.views import exempt as idempotent_exempt
 from .http.views import idempotent, options_of
+from .scopes import credential_scope
 from .wsgi import LENGTH_REQUIRED, environ_headers
 from .wsgi import read_body as read_wsgi_body
 
@@ -42,12 +51,21 @@ try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
     from django.conf import settings
     from django.http import HttpResponse
+    from django.urls import Resolver404, resolve
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "idempotent_middleware.django needs Django: pip install 'idempotent-middleware[django]'"
     ) from exc
 
-__all__ = ["IdempotencyMiddleware", "idempotent", "idempotent_exempt", "user_scope"]
+__all__ = [
+    "IdempotencyMiddleware",
+    "default_scope",
+    "idempotent",
+    "idempotent_exempt",
+    "user_scope",
+]
+
+logger = logging.getLogger(__name__)
 
 #: Where process_view leaves the execution for __call__ (one per request).
 _EXECUTION = "_idempotency_execution"
@@ -55,31 +73,78 @@ _EXECUTION = "_idempotency_execution"
 USER_ATTRIBUTE = "idempotency_user"
 
 
+#: Headers that carry a credential: a request with one and no user known here is scoped by
+#: its keyed hash (``credential_scope``). ``CREDENTIAL_HEADERS`` in ``IDEMPOTENCY`` replaces it.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+#: Label of the HMAC key derived from ``SECRET_KEY`` for credential scopes: the project's own
+#: secret, never used as is (each use of a secret gets its own derived key).
+_SECRET_LABEL = b"idempotent_middleware.django.credential_scope"
+
+
 def user_scope(request: HttpRequest) -> str | None:
-    """The default scope: ``user:<pk>`` for an authenticated user, else None (no scope)."""
+    """The user part of the default scope: ``user:<app_label.model>:<pk>`` for an
+    authenticated user, else None. The model is part of it: a DRF authenticator may return a
+    principal from another table (API clients, service accounts) whose pk a User also has;
+    an object without ``_meta`` is named by its class (``module.QualName``)."""
     user = getattr(request.raw, USER_ATTRIBUTE, None)
     if user is None or not getattr(user, "is_authenticated", False):
         return None
-    return f"user:{user.pk}"
+    meta = getattr(user, "_meta", None)
+    label = getattr(meta, "label_lower", None)
+    if not isinstance(label, str):
+        kind = type(user)
+        label = f"{kind.__module__}.{kind.__qualname__}"
+    return f"user:{label}:{user.pk}"
 
 
-_cache: tuple[object, HttpIdempotency] | None = None
+def default_scope(headers: Sequence[str]) -> Callable[[HttpRequest], str | None]:
+    """The default scope: the user (``user_scope``), else the credential the request carries
+    (HMAC of ``headers`` under a key derived from ``settings.SECRET_KEY``), else None. The
+    credential covers views that authenticate inside themselves where we cannot see it (a
+    DRF view behind a wrapper that hides its class): two credentials never share a record."""
+    if not headers:
+        return user_scope
+    secret = hmac.new(settings.SECRET_KEY.encode("utf-8"), _SECRET_LABEL, hashlib.sha256)
+    credentials = credential_scope(tuple(headers), secret=secret.digest())
+
+    def scope(request: HttpRequest) -> str | None:
+        user = user_scope(request)
+        if user is not None:
+            return user
+        credential = credentials(request)
+        return None if credential is None else f"credential:{credential}"
+
+    return scope
+
+
+_cache: tuple[object, HttpIdempotency, tuple[str, ...]] | None = None
 _ABSENT = object()
 
 
 def engine() -> HttpIdempotency:
     """The engine for the current ``settings.IDEMPOTENCY`` (shared by every handler that
     Django builds, so that the test client's handlers share one in-memory store)."""
+    return _configured()[0]
+
+
+def _configured() -> tuple[HttpIdempotency, tuple[str, ...]]:
+    """The engine and the credential headers as ``META`` names."""
     global _cache
     value = getattr(settings, "IDEMPOTENCY", _ABSENT)
     cached = _cache
     if cached is not None and cached[0] is value:
-        return cached[1]
+        return cached[1], cached[2]
     given = {} if value is _ABSENT else dict(value)  # type: ignore[call-overload]
     store = given.pop("STORE", given.pop("store", None))
-    built = engine_from(store, given, user_scope)
-    _cache = (value, built)
-    return built
+    headers = given.pop("CREDENTIAL_HEADERS", given.pop("credential_headers", CREDENTIAL_HEADERS))
+    built = engine_from(store, given, default_scope(tuple(headers)))
+    names = tuple(_meta_name(name) for name in headers)
+    _cache = (value, built, names)
+    return built, names
+
+
+def _meta_name(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
 
 
 class IdempotencyMiddleware:
@@ -90,7 +155,8 @@ class IdempotencyMiddleware:
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
-        self.engine = engine()
+        self.engine, self.credential_headers = _configured()
+        self.key_header = _meta_name(self.engine.config.header_name)
         self.async_mode = iscoroutinefunction(get_response)
         # Django adapts process_view to the handler's mode; an async one keeps the claim
         # on the loop instead of a thread.
@@ -110,13 +176,7 @@ class IdempotencyMiddleware:
         rule = engine.view_rule(request.method, request.path, _view_options(view_func, request))
         if rule is None:
             return None
-        http_request = HttpRequest(
-            request.method,
-            request.path,
-            request.META.get("QUERY_STRING", "").encode("latin-1"),
-            environ_headers(request.META),
-            request,
-        )
+        http_request = _http_request(request)
         early = engine.precheck(http_request, rule)
         if early is PASS:
             return None
@@ -134,7 +194,7 @@ class IdempotencyMiddleware:
         prepared = self._prepare(request, view_func)
         if not isinstance(prepared, HttpRequest):
             return None if prepared is None else to_django(prepared.response)
-        setattr(request, USER_ATTRIBUTE, _user(request, view_func))
+        setattr(request, USER_ATTRIBUTE, _user(request, view_func, self.credential_headers))
         engine = self.engine
         action = drive(engine.store, engine.begin(prepared, _rule(request)))
         if isinstance(action, Respond):
@@ -149,7 +209,7 @@ class IdempotencyMiddleware:
         prepared = self._prepare(request, view_func)
         if not isinstance(prepared, HttpRequest):
             return None if prepared is None else to_django(prepared.response)
-        setattr(request, USER_ATTRIBUTE, await _auser(request, view_func))
+        setattr(request, USER_ATTRIBUTE, await _auser(request, view_func, self.credential_headers))
         engine = self.engine
         action = await drive_async(engine.store, engine.begin(prepared, _rule(request)))
         if isinstance(action, Respond):
@@ -159,9 +219,34 @@ class IdempotencyMiddleware:
         return None
 
     # --- the record, once the view answered -------------------------------------------------
+    def _buffer(self, request: Any) -> Any:
+        """Read a keyed request's body for a covered view before any inner middleware or the
+        view runs: ``CsrfViewMiddleware.process_view`` parses ``request.POST`` before our
+        ``process_view``, and a multipart parse consumes the stream without keeping the bytes
+        we must fingerprint. Buffered here, every parser reads ``request._body``. A problem
+        (413, 411, 400) as a response, or None."""
+        engine = self.engine
+        if not engine.routes.routable(normalise_method(request.method)):
+            return None
+        if engine.header_mode and not request.META.get(self.key_header):
+            return None
+        if "_body" in request.__dict__ or idempotency_disabled():
+            return None
+        try:
+            view = resolve(request.path_info, getattr(request, "urlconf", None)).func
+        except Resolver404:
+            return None  # Django answers 404; nothing of ours to claim
+        if engine.view_rule(request.method, request.path, _view_options(view, request)) is None:
+            return None
+        problem = _read_body(engine, request, _http_request(request))
+        return None if problem is None else to_django(problem)
+
     def __call__(self, request: Any) -> Any:
         if self.async_mode:
             return self._call_async(request)
+        early = self._buffer(request)
+        if early is not None:
+            return early
         try:
             response = self.get_response(request)
         except BaseException as exc:
@@ -208,6 +293,9 @@ class IdempotencyMiddleware:
         return response
 
     async def _call_async(self, request: Any) -> Any:
+        early = self._buffer(request)
+        if early is not None:
+            return early
         try:
             response = await self.get_response(request)
         except BaseException as exc:
@@ -242,6 +330,16 @@ class IdempotencyMiddleware:
         return response
 
 
+def _http_request(request: Any) -> HttpRequest:
+    return HttpRequest(
+        request.method,
+        request.path,
+        request.META.get("QUERY_STRING", "").encode("latin-1"),
+        environ_headers(request.META),
+        request,
+    )
+
+
 def _rule(request: Any) -> Rule:
     rule: Rule = request.__dict__.pop("_idempotency_rule")
     return rule
@@ -267,15 +365,24 @@ def _view_options(view_func: Any, request: Any) -> Any:
     return None
 
 
-def _user(request: Any, view_func: Any) -> Any:
-    """Django's authenticated user, else the DRF view's authenticators' (token auth)."""
+def _user(request: Any, view_func: Any, credential_headers: Sequence[str]) -> Any:
+    """Django's authenticated user, else the DRF view's authenticators' (token auth). A
+    request that carries a credential header is scoped by that credential instead: the
+    view's authenticators then run once (in the view), not twice."""
     user = getattr(request, "user", None)
     if user is not None and getattr(user, "is_authenticated", False):
+        return user
+    if _has_credential(request, credential_headers):
         return user
     return _drf_user(request, view_func, user)
 
 
-async def _auser(request: Any, view_func: Any) -> Any:
+def _has_credential(request: Any, credential_headers: Sequence[str]) -> bool:
+    meta = request.META
+    return any(meta.get(name) for name in credential_headers)
+
+
+async def _auser(request: Any, view_func: Any, credential_headers: Sequence[str]) -> Any:
     """The same on the event loop: ``request.auser()`` (Django 5) loads the session's user
     without blocking; DRF's authenticators are sync-only, so they run in a thread."""
     auser = getattr(request, "auser", None)
@@ -285,7 +392,7 @@ async def _auser(request: Any, view_func: Any) -> Any:
         user = await sync_to_async(lambda: getattr(request, "user", None))()
     if user is not None and getattr(user, "is_authenticated", False):
         return user
-    if getattr(view_func, "cls", None) is None:
+    if getattr(view_func, "cls", None) is None or _has_credential(request, credential_headers):
         return user
     return await sync_to_async(_drf_user)(request, view_func, user)
 
@@ -294,6 +401,10 @@ def _drf_user(request: Any, view_func: Any, user: Any) -> Any:
     cls = getattr(view_func, "cls", None)
     if cls is None or not hasattr(cls, "get_authenticators"):
         return user
+    # DRF's Request sets the user it found on the Django request too: left there, the view's
+    # own SessionAuthentication would take a token client for a session user (CSRF: 403) or
+    # read Django-user attributes off another kind of principal (500). Put it back.
+    saved = {name: request.__dict__[name] for name in _USER_SLOTS if name in request.__dict__}
     try:
         from rest_framework.request import Request as DrfRequest
 
@@ -301,19 +412,46 @@ def _drf_user(request: Any, view_func: Any, user: Any) -> Any:
         drf_user = DrfRequest(request, authenticators=view.get_authenticators()).user
     except Exception:  # bad credentials: the view itself will refuse them
         return user
+    finally:
+        for name in _USER_SLOTS:
+            request.__dict__.pop(name, None)
+        request.__dict__.update(saved)
     return drf_user
+
+
+#: Where Django keeps the request's user (``AuthenticationMiddleware``'s lazy object, its
+#: cache); DRF's Request assigns ``user`` on the Django request.
+_USER_SLOTS = ("user", "_cached_user")
 
 
 def _read_body(engine: HttpIdempotency, request: Any, http_request: HttpRequest) -> Any:
     """Read the body as the adapters do: 413 past the cap, 400 when cut short or unreadable,
     411 when it has no length and the server does not end it. Under WSGI the adapter's own
     reader runs on the environ (a chunked upload that gunicorn ends is read, where Django's
-    request alone would see no body); under ASGI Django has received the whole body."""
-    if engine.content_length_too_large(http_request):
-        return engine.too_large(http_request)
+    request alone would see no body); under ASGI Django has received the whole body.
+
+    Django's own ``DATA_UPLOAD_MAX_MEMORY_SIZE`` applies as ``request.body`` applies it (to
+    any body but multipart): the view reads our buffer, so Django can no longer check it."""
     cap = engine.config.max_request_body_bytes
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    if limit is not None and getattr(request, "content_type", "") != "multipart/form-data":
+        cap = min(cap, limit)
+    if engine.content_length_too_large(http_request) or _declared_length(request) > cap:
+        return engine.too_large(http_request)
     if "_body" in request.__dict__:  # read by earlier code (request.body)
         body: Any = request._body
+        if len(body) > cap:
+            body = None
+    elif request.__dict__.get("_read_started"):
+        # Code outside ours parsed the stream (request.POST in a middleware before ours) and
+        # kept no bytes: an empty fingerprint would let another body share the key.
+        logger.warning(
+            "%s %s: the body was read before the idempotency middleware; put it before any "
+            "middleware that reads request.POST",
+            request.method,
+            request.path,
+        )
+        return engine.incomplete(http_request)
     elif "wsgi.input" in request.META:
         body = read_wsgi_body(request.META, cap)
         if body is LENGTH_REQUIRED:
@@ -335,6 +473,13 @@ def _read_body(engine: HttpIdempotency, request: Any, http_request: HttpRequest)
     request.META["CONTENT_LENGTH"] = str(len(body))  # form parsers read it
     http_request.body = body
     return None
+
+
+def _declared_length(request: Any) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
 
 
 def _start(execution: Execution | AsyncExecution, response: Any) -> None:

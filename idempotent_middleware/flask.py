@@ -14,10 +14,16 @@ in-memory store) and ``IDEMPOTENCY_<OPTION>`` for any ``IdempotencyConfig`` opti
 Keys are scoped by the logged-in user by default: ``flask_login.current_user``'s id when
 Flask-Login is installed and the user is authenticated, else no scope. ``IDEMPOTENCY_SCOPE``
 (a callable, or None) replaces it.
+
+Records are namespaced by the app (``IDEMPOTENCY_NAMESPACE``, default ``app.import_name``):
+one extension object ``init_app``'ed on several apps that share a store gives each app its
+own key space. Apps that must share records (one service under two entry points) set the
+same namespace; ``""`` turns it off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import weakref
 from collections.abc import Callable, Collection
@@ -30,7 +36,7 @@ from .http.engine import PASS, Execute, HttpIdempotency, Respond
 from .http.execution import CapturingIterable, Execution
 from .http.request import Headers, HttpRequest
 from .http.response import StoredResponse
-from .http.settings import engine_from
+from .http.settings import Scope, config_from, store_from
 from .http.views import exempt, idempotent, options_of
 from .persistence.base import BasePersistenceLayer
 from .wsgi import LENGTH_REQUIRED, environ_headers, read_body
@@ -67,6 +73,18 @@ def login_scope(request: HttpRequest) -> str | None:
     return f"user:{user.get_id()}"
 
 
+def namespaced(namespace: str, scope: Scope | None) -> Scope:
+    """``scope`` inside the app's namespace: the namespace is length-prefixed and an absent
+    inner scope differs from an empty one, so no two (namespace, scope) pairs share a tenant."""
+    prefix = f"app:{len(namespace)}:{namespace}"
+
+    def app_scope(request: HttpRequest) -> str | None:
+        inner = None if scope is None else scope(request)
+        return prefix if inner is None else f"{prefix}:{inner}"
+
+    return app_scope
+
+
 class Idempotency:
     """The Flask extension: ``Idempotency(app)`` or ``Idempotency()`` then ``init_app``."""
 
@@ -88,12 +106,16 @@ class Idempotency:
             if name.startswith(_PREFIX)
         }
         store = options.pop("store", None)
+        namespace = options.pop("namespace", app.import_name)
         if self.persistence_store is not None:
             store = self.persistence_store
         if self.config is not None:
             options.setdefault("config", self.config)
         wrapped = "idempotency" in app.extensions
-        app.extensions["idempotency"] = engine_from(store, options, login_scope)
+        config = config_from(options, login_scope)
+        if namespace:
+            config = dataclasses.replace(config, scope=namespaced(str(namespace), config.scope))
+        app.extensions["idempotency"] = HttpIdempotency(config, store_from(store))
         if wrapped:  # init_app again: new settings, never a second claim per request
             return
         dispatch = app.dispatch_request

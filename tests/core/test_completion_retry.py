@@ -4,6 +4,7 @@ already ran, so the key must never free for a second run (review finding F2)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -138,6 +139,50 @@ def test_wsgi_completion_write_interrupted_is_written_by_the_lease() -> None:
     with pytest.raises(KeyboardInterrupt):
         call()
     time.sleep(1.6)
+    status, body, headers = call()
+    assert runs == [1]
+    assert status.startswith("201")
+    assert body == b"paid"
+    assert headers.get("Idempotent-Replayed") == "true"
+
+
+class Outage(InMemoryPersistenceLayer):
+    """Refuses every completion write until ``back`` is set (a store outage that outlasts
+    ``max_lease_hold_seconds``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.back = threading.Event()
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        if data_record.response_data and not self.back.is_set():
+            raise IdempotencyPersistenceLayerError("store unavailable")
+        super()._update_record(data_record)
+
+
+def test_pending_completion_outlives_the_hold_cap() -> None:
+    # Before the fix the hold cap dropped the pending completion: the write never came and
+    # the key freed for a second run of a handler that had already run.
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        start_response("201 Created", [("Content-Length", "4")])
+        return [b"paid"]
+
+    store = Outage()
+    config = IdempotencyConfig(lease_seconds=0.2, max_lease_hold_seconds=0.4)
+    middleware = WSGIIdempotencyMiddleware(app, persistence_store=store, config=config)
+
+    def call() -> tuple[str, bytes, Any]:
+        environ = create_environ("/pay", method="POST", headers={"Idempotency-Key": "k"})
+        body, status, headers = run_wsgi_app(middleware, environ, buffered=True)
+        return status, b"".join(body), headers
+
+    assert call()[0].startswith("201")
+    time.sleep(0.8)  # past the hold cap while the completion is still refused
+    store.back.set()
+    time.sleep(1.0)  # a few of the lease's retries (backoff capped at a fraction of the lease)
     status, body, headers = call()
     assert runs == [1]
     assert status.startswith("201")
