@@ -14,6 +14,7 @@ that may have lapsed is reported (a warning and ``lost``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._core import plan_renew, plan_store
 from ._steps import drive, drive_async
+from .exceptions import IdempotencyPersistenceLayerError
 
 if TYPE_CHECKING:
     from .persistence.base import BasePersistenceLayer, DataRecord
@@ -82,8 +84,20 @@ class _Hold:
     def plan(self) -> Any:
         """The periodic step: renew the claim, or write the completion still pending."""
         if self.pending is not None:
-            return plan_store(self.pending)
+            return self._plan_pending(self.pending)
         return plan_renew(self.claim, self.lease)
+
+    def _plan_pending(self, record: DataRecord) -> Any:
+        """Write the pending completion; while the store refuses it, keep the in-progress
+        claim renewed, so the key never lapses meanwhile (a store that takes claims but not
+        this completion, a full in-memory store for one, would otherwise let a retry claim
+        the lapsed key and run the handler again)."""
+        try:
+            return (yield from plan_store(record))
+        except IdempotencyPersistenceLayerError:
+            with contextlib.suppress(IdempotencyPersistenceLayerError):
+                yield from plan_renew(self.claim, self.lease)
+            raise
 
     def finish_later(self, record: DataRecord) -> None:
         """The handler's completion failed to reach the store: keep holding the key (a

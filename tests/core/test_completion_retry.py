@@ -188,3 +188,45 @@ def test_pending_completion_outlives_the_hold_cap() -> None:
     assert status.startswith("201")
     assert body == b"paid"
     assert headers.get("Idempotent-Replayed") == "true"
+
+
+class RefusesCompletions(InMemoryPersistenceLayer):
+    """Takes claims and renewals but refuses completions until ``until`` (monotonic): a store
+    with room for a small claim and none for the response, say."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__()
+        self.until = until
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        if time.monotonic() < self.until:
+            raise IdempotencyPersistenceLayerError("no room for the response")
+        super()._update_record(data_record)
+
+
+def test_claim_stays_renewed_while_its_completion_is_refused() -> None:
+    # Before the fix the lease retried only the completion: the in-progress claim lapsed after
+    # one lease and a retry claimed the key and ran the handler a second time.
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        start_response("201 Created", [("Content-Length", "4")])
+        return [b"paid"]
+
+    store = RefusesCompletions(until=time.monotonic() + 2.5)
+    middleware = WSGIIdempotencyMiddleware(app, persistence_store=store, config=CONFIG)
+
+    def call() -> tuple[str, bytes, Any]:
+        environ = create_environ("/pay", method="POST", headers={"Idempotency-Key": "k"})
+        body, status, headers = run_wsgi_app(middleware, environ, buffered=True)
+        return status, b"".join(body), headers
+
+    assert call()[0].startswith("201")
+    time.sleep(1.6)  # more than the 1 s lease, while completions are still refused
+    assert call()[0].startswith("409")
+    time.sleep(2.0)  # the store takes the completion now; the lease writes it
+    status, body, headers = call()
+    assert runs == [1]
+    assert status.startswith("201") and body == b"paid"
+    assert headers.get("Idempotent-Replayed") == "true"
