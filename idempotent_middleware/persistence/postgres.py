@@ -8,8 +8,9 @@ Statements, one round trip each (autocommit: no BEGIN/COMMIT around them):
   whether another owner holds the key.
 
 Time is the database's: every statement passes durations and compares with
-``statement_timestamp()``, so the app servers' clocks never decide whether a lease or a record
-has run out. Records read back carry app-clock timestamps computed from the time the database
+``clock_timestamp()`` read after any row-lock wait, so the app servers' clocks never decide
+whether a lease or a record has run out, and a claim that waited is not born expired. Row-lock
+waits are bounded by ``lock_timeout`` (a store error, not a hang). Records read back carry app-clock timestamps computed from the time the database
 says is left (``now + remaining``), which is what ``DataRecord.is_expired`` compares with.
 
 Connections come from psycopg_pool pools given by the caller (``pool=`` / ``async_pool=``), or,
@@ -61,29 +62,43 @@ def _import_psycopg() -> tuple[Any, Any]:
 
 
 # --- SQL ----------------------------------------------------------------------------------------
-# {t} is the (schema-qualified) table, quoted by psycopg.sql. Every statement reads the clock
-# once as statement_timestamp(): the same instant for the whole statement, and the statement's
-# own even inside a caller's long transaction (now() would be the transaction's start).
-_NOW = "statement_timestamp()"
+# {t} is the (schema-qualified) table, quoted by psycopg.sql. Time is clock_timestamp(): the
+# moment the expression is evaluated. Not statement_timestamp() (or now()): those are fixed
+# when the statement starts, before ON CONFLICT or UPDATE may wait for a row lock another
+# transaction holds (a business transaction holding the marker, say); a claim written after a
+# wait longer than its lease would be born expired and a later claimer would win as well.
+# SET and WHERE of DO UPDATE run after the lock is taken, so their clock reads are current.
+_NOW = "clock_timestamp()"
 _COLUMNS = "status, owner, payload_hash, response_data, lease_expires_at, expires_at"
+_DATA = ("status", "owner", "payload_hash", "response_data")
+_LEASE = f"{_NOW} + make_interval(secs => %(lease)s)"
+_TTL = f"{_NOW} + make_interval(secs => %(ttl)s)"
 #: What a read returns: the row, with its times as seconds left by the database's clock.
 _RETURNING = (
     "status, owner, payload_hash, response_data, "
     f"extract(epoch FROM lease_expires_at - {_NOW})::float8, "
     f"extract(epoch FROM expires_at - {_NOW})::float8"
 )
-_VALUES = (
-    "(%(key)s, %(status)s, %(owner)s, %(hash)s, %(response)s, "
-    f"{_NOW} + make_interval(secs => %(lease)s), {_NOW} + make_interval(secs => %(ttl)s))"
-)
+# The INSERT's VALUES are evaluated before the unique index check, which may wait for a
+# concurrent inserter's uncommitted row: a fresh row can start its lease early by that wait
+# (bounded by lock_timeout). RETURNING reports it, and ``_claimed`` refuses a claim whose lease
+# is already over (the caller gets a store error, nothing runs under it).
+_VALUES = f"(%(key)s, %(status)s, %(owner)s, %(hash)s, %(response)s, {_LEASE}, {_TTL})"
 _INSERT = f"INSERT INTO {{t}} AS r (idempotency_key, {_COLUMNS}) VALUES {_VALUES}"
+#: The values a winning upsert writes, times read after the row lock.
+_NEW = {**{c: f"EXCLUDED.{c}" for c in _DATA}, "lease_expires_at": _LEASE, "expires_at": _TTL}
+
+
+def _set_all() -> str:
+    return ", ".join(f"{c} = {v}" for c, v in _NEW.items())
 
 
 def _replace_columns_when(condition: str) -> str:
-    return ", ".join(
-        f"{c} = CASE WHEN {condition} THEN EXCLUDED.{c} ELSE r.{c} END"
-        for c in _COLUMNS.split(", ")
-    )
+    """Every column from one evaluation of ``condition`` (a volatile clock read per column
+    could split the row between two owners at the boundary)."""
+    columns = ", ".join(_NEW)
+    picks = ", ".join(f"CASE WHEN w.won THEN {v} ELSE r.{c} END" for c, v in _NEW.items())
+    return f"({columns}) = (SELECT {picks} FROM (SELECT {condition} AS won) AS w)"
 
 
 # Claim or read, in one statement. Why it cannot miss a row a concurrent claimer just inserted
@@ -104,15 +119,13 @@ _CLAIM = (
 _GET = f"SELECT {_RETURNING} FROM {{t}} WHERE idempotency_key = %(key)s AND live_until > {_NOW}"
 # Complete: this owner's row (claim or marker), or a row nobody holds any more.
 _COMPLETE = (
-    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS.split(", "))
-    + f" WHERE r.owner = EXCLUDED.owner OR r.live_until <= {_NOW} RETURNING 1"
+    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET {_set_all()}"
+    f" WHERE r.owner = EXCLUDED.owner OR r.live_until <= {_NOW} RETURNING 1"
 )
 # Renew (contract C1): this owner's in-progress claim, or a key nobody holds any more.
 _RENEW = (
-    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS.split(", "))
-    + f" WHERE (r.owner = EXCLUDED.owner AND r.status = '{STATUS_INPROGRESS}')"
+    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET {_set_all()}"
+    f" WHERE (r.owner = EXCLUDED.owner AND r.status = '{STATUS_INPROGRESS}')"
     f" OR r.live_until <= {_NOW} RETURNING 1"
 )
 # Release: this owner's row, unless it is the "executed, outcome unknown" marker committed by
@@ -129,7 +142,7 @@ _RELEASE = (
 # this owner's in-progress claim: a lost lease makes it fail, and the business rolls back.
 _EXECUTED = (
     f"UPDATE {{t}} SET status = '{STATUS_COMPLETED}', response_data = NULL,"
-    f" lease_expires_at = NULL, expires_at = {_NOW} + make_interval(secs => %(ttl)s)"
+    f" lease_expires_at = NULL, expires_at = {_TTL}"
     f" WHERE idempotency_key = %(key)s AND owner = %(owner)s AND status = '{STATUS_INPROGRESS}'"
 )
 _PURGE = (
@@ -200,18 +213,30 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         schema: str | None = None,
         max_size: int = 10,
         timeout: float = 5.0,
+        lock_timeout: float = 5.0,
     ) -> None:
         super().__init__()
         psycopg, _ = _import_psycopg()
         if dsn is None and pool is None and async_pool is None:
             raise ValueError("pass dsn=, pool= or async_pool=")
+        if not lock_timeout > 0:
+            raise ValueError("lock_timeout must be positive")
+        self.lock_timeout = lock_timeout
         self.dsn = dsn
         self.table = table
         self.schema = schema
         self._sync_pool = pool
         self._async_pool = async_pool
-        self._connections = _SyncConnections(dsn, max_size, timeout)
-        self._async_connections = _AsyncConnections(dsn, max_size, timeout)
+        # Every statement of the layer's own connections waits at most lock_timeout for a row
+        # lock (a business transaction holding the marker): LockNotAvailable, a store error,
+        # instead of a request hanging for the length of someone's transaction. Set as a
+        # connection option, so no extra round trip; any options of the DSN are kept.
+        options = f"-c lock_timeout={max(1, round(lock_timeout * 1000))}"
+        given = psycopg.conninfo.conninfo_to_dict(dsn).get("options") if dsn else None
+        if given:
+            options = f"{given} {options}"
+        self._connections = _SyncConnections(dsn, max_size, timeout, options)
+        self._async_connections = _AsyncConnections(dsn, max_size, timeout, options)
         sql = psycopg.sql
         self._ident = sql.Identifier(schema, table) if schema is not None else sql.Identifier(table)
         self._sql = {
@@ -312,12 +337,19 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
 
     # --- The operations: the statement's result read once, for both drivers ----------------
     @staticmethod
-    def _claimed(record: DataRecord, row: tuple[Any, ...] | None) -> None:
+    def _claimed(record: DataRecord, row: tuple[Any, ...] | None, lease: float | None) -> None:
         if row is None:  # pragma: no cover - the upsert always returns its row
             raise IdempotencyItemAlreadyExistsError(None)
         existing = _record(record.idempotency_key, row)
         if existing.owner != record.owner:
             raise IdempotencyItemAlreadyExistsError(existing)
+        lease_left = row[4]
+        if lease is not None and lease > 0 and lease_left is not None and lease_left <= 0:
+            # Won only after waiting longer than the lease (see _VALUES): the row is already
+            # reclaimable, so running the handler under it could run it twice.
+            raise IdempotencyPersistenceLayerError(
+                f"claim of {record.idempotency_key!r} waited past its lease; not run"
+            )
 
     @staticmethod
     def _found(key: str, row: tuple[Any, ...] | None) -> DataRecord:
@@ -339,7 +371,8 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         return self._found(idempotency_key, self._fetch("get", {"key": idempotency_key}))
 
     def _put_record(self, data_record: DataRecord) -> None:
-        self._claimed(data_record, self._fetch("claim", _params(data_record)))
+        params = _params(data_record)
+        self._claimed(data_record, self._fetch("claim", params), params["lease"])
 
     def _update_record(self, data_record: DataRecord) -> None:
         self._fenced(data_record, self._fetch("complete", _params(data_record)))
@@ -356,7 +389,8 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         return self._found(idempotency_key, row)
 
     async def _put_record_async(self, data_record: DataRecord) -> None:
-        self._claimed(data_record, await self._fetch_async("claim", _params(data_record)))
+        params = _params(data_record)
+        self._claimed(data_record, await self._fetch_async("claim", params), params["lease"])
 
     async def _update_record_async(self, data_record: DataRecord) -> None:
         self._fenced(data_record, await self._fetch_async("complete", _params(data_record)))
@@ -438,8 +472,9 @@ class _SyncConnections:
     send the parent's server a goodbye on the shared socket) and opens its own.
     """
 
-    def __init__(self, dsn: str | None, max_size: int, timeout: float) -> None:
+    def __init__(self, dsn: str | None, max_size: int, timeout: float, options: str) -> None:
         self.dsn = dsn
+        self.options = options
         self.max_size = max_size
         self.timeout = timeout
         self.idle: list[Any] = []
@@ -472,7 +507,10 @@ class _SyncConnections:
             conn = self._take()
             if conn is None:
                 conn = psycopg.connect(
-                    self.dsn, autocommit=True, connect_timeout=max(1, int(self.timeout))
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self.timeout)),
+                    options=self.options,
                 )
             try:
                 yield conn
@@ -512,8 +550,9 @@ class _AsyncConnections:
     no loop state at all, so the idle ones can serve the next loop.
     """
 
-    def __init__(self, dsn: str | None, max_size: int, timeout: float) -> None:
+    def __init__(self, dsn: str | None, max_size: int, timeout: float, options: str) -> None:
         self.dsn = dsn
+        self.options = options
         self.max_size = max_size
         self.timeout = timeout
         self.idle: list[Any] = []
@@ -548,7 +587,10 @@ class _AsyncConnections:
                         conn = candidate
             if conn is None:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=max(1, int(self.timeout))
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self.timeout)),
+                    options=self.options,
                 )
             try:
                 yield conn
