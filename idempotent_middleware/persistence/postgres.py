@@ -10,7 +10,8 @@ Statements, one round trip each (autocommit: no BEGIN/COMMIT around them):
 Time is the database's: every statement passes durations and compares with
 ``clock_timestamp()`` read after any row-lock wait, so the app servers' clocks never decide
 whether a lease or a record has run out, and a claim that waited is not born expired. Row-lock
-waits are bounded by ``lock_timeout`` (a store error, not a hang). Records read back carry app-clock timestamps computed from the time the database
+waits are bounded by ``lock_timeout`` (a store error, not a hang).
+Records read back carry app-clock timestamps computed from the time the database
 says is left (``now + remaining``), which is what ``DataRecord.is_expired`` compares with.
 
 Connections come from psycopg_pool pools given by the caller (``pool=`` / ``async_pool=``), or,
