@@ -123,11 +123,17 @@ _COMPLETE = (
     f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET {_set_all()}"
     f" WHERE r.owner = EXCLUDED.owner OR r.live_until <= {_NOW} RETURNING 1"
 )
-# Renew (contract C1): this owner's in-progress claim, or a key nobody holds any more.
+# Renew (contract C1): this owner's in-progress claim, or a key nobody holds any more. The
+# owner's own live "executed" marker (its transaction committed it) counts as renewed and is
+# left as it is: the key is still this execution's, which is all a renewal has to establish.
+_OWN_MARKER = (
+    f"r.owner = EXCLUDED.owner AND r.status = '{STATUS_COMPLETED}' AND r.response_data IS NULL"
+)
 _RENEW = (
-    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET {_set_all()}"
-    f" WHERE (r.owner = EXCLUDED.owner AND r.status = '{STATUS_INPROGRESS}')"
-    f" OR r.live_until <= {_NOW} RETURNING 1"
+    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET "
+    + _replace_columns_when(f"NOT ({_OWN_MARKER} AND r.live_until > {_NOW})")
+    + f" WHERE (r.owner = EXCLUDED.owner AND r.status = '{STATUS_INPROGRESS}')"
+    f" OR ({_OWN_MARKER}) OR r.live_until <= {_NOW} RETURNING 1"
 )
 # Release: this owner's row, unless it is the "executed, outcome unknown" marker committed by
 # the handler's own transaction (``record_executed``): once that committed, the handler's
@@ -140,11 +146,14 @@ _RELEASE = (
     f" AND owner <> %(owner)s AND live_until > {_NOW})"
 )
 # The marker written on the caller's connection, inside the business transaction. Only over
-# this owner's in-progress claim: a lost lease makes it fail, and the business rolls back.
+# this owner's in-progress claim, or its own marker (recorded again, in the same or a later
+# transaction of the handler: idempotent): a lost lease makes it fail, and the business rolls
+# back.
 _EXECUTED = (
     f"UPDATE {{t}} SET status = '{STATUS_COMPLETED}', response_data = NULL,"
     f" lease_expires_at = NULL, expires_at = {_TTL}"
-    f" WHERE idempotency_key = %(key)s AND owner = %(owner)s AND status = '{STATUS_INPROGRESS}'"
+    f" WHERE idempotency_key = %(key)s AND owner = %(owner)s AND (status = '{STATUS_INPROGRESS}'"
+    f" OR (status = '{STATUS_COMPLETED}' AND response_data IS NULL))"
 )
 _PURGE = (
     f"DELETE FROM {{t}} WHERE idempotency_key IN (SELECT idempotency_key FROM {{t}}"
@@ -411,23 +420,39 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         self, connection: Any, claim: DataRecord, expires_after_seconds: float
     ) -> None:
         """Mark ``claim`` "executed, outcome unknown" on the caller's psycopg ``connection``
-        (in its transaction, so it commits or rolls back with the business writes).
+        (in its transaction, so it commits or rolls back with the business writes). Calling it
+        again for the same claim (same or a later transaction) is a no-op.
 
-        ``IdempotencyOwnershipError`` when this execution no longer holds its claim: the caller
-        should then roll its transaction back.
+        ``IdempotencyOwnershipError`` when this execution no longer holds its claim;
+        ``IdempotencyConfigurationError`` on an autocommit connection outside a transaction
+        (the marker would commit alone, before the business writes: a later rollback would
+        leave the key blocked though nothing happened) or when the table is not reachable on
+        that connection (another database, another search_path); another typed store error
+        for any other database failure. After any of these, roll the transaction back.
         """
-        cursor = connection.execute(
-            self._sql["executed"], self._executed_params(claim, expires_after_seconds)
-        )
+        psycopg, _ = _import_psycopg()
+        _require_transaction(psycopg, connection, claim)
+        try:
+            cursor = connection.execute(
+                self._sql["executed"], self._executed_params(claim, expires_after_seconds)
+            )
+        except psycopg.Error as exc:
+            raise _marker_error(psycopg, exc) from exc
         if cursor.rowcount != 1:
             raise IdempotencyOwnershipError(claim.idempotency_key)
 
     async def record_executed_async(
         self, connection: Any, claim: DataRecord, expires_after_seconds: float
     ) -> None:
-        cursor = await connection.execute(
-            self._sql["executed"], self._executed_params(claim, expires_after_seconds)
-        )
+        """``record_executed`` on a psycopg ``AsyncConnection``."""
+        psycopg, _ = _import_psycopg()
+        _require_transaction(psycopg, connection, claim)
+        try:
+            cursor = await connection.execute(
+                self._sql["executed"], self._executed_params(claim, expires_after_seconds)
+            )
+        except psycopg.Error as exc:
+            raise _marker_error(psycopg, exc) from exc
         if cursor.rowcount != 1:
             raise IdempotencyOwnershipError(claim.idempotency_key)
 
@@ -615,6 +640,32 @@ class _AsyncConnections:
             idle, self.idle = self.idle, []
         for conn in idle:
             conn.pgconn.finish()  # no await needed: nothing is in flight on an idle connection
+
+
+def _require_transaction(psycopg: Any, connection: Any, claim: DataRecord) -> None:
+    """The marker must share the business writes' transaction: refuse an autocommit
+    connection outside an explicit ``transaction()`` block (psycopg's transaction status)."""
+    idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    if connection.autocommit and idle:
+        raise IdempotencyConfigurationError(
+            f"record_executed({claim.idempotency_key!r}) needs the business transaction: the "
+            "connection is in autocommit mode outside a transaction() block"
+        )
+
+
+def _marker_error(psycopg: Any, exc: Exception) -> Exception:
+    """A typed error for the marker's statement on the caller's connection. A missing table
+    or schema, or no privilege on it, is the caller's setup (another database or
+    search_path); anything else is a store failure."""
+    errors = psycopg.errors
+    if isinstance(
+        exc, (errors.UndefinedTable, errors.InvalidSchemaName, errors.InsufficientPrivilege)
+    ):
+        return IdempotencyConfigurationError(
+            f"record_executed: the idempotency table is not usable on this connection "
+            f"({type(exc).__name__}: {exc}); roll the transaction back"
+        )
+    return _store_error("record_executed", exc)
 
 
 def _store_error(what: str, exc: Exception) -> Exception:
