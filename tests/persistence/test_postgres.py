@@ -573,6 +573,38 @@ def test_a_claim_that_waited_on_a_lock_is_not_born_expired(
     assert len(won) == 1, f"claimers that won the same key: {won}"
 
 
+def test_a_fresh_insert_that_waited_past_its_lease_is_refused(
+    wide_layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    """A fresh row's values are computed before the insert waits on a competing uncommitted
+    insert of the same key; after a wait longer than the lease the row would be born
+    expired (reclaimable while the handler runs). Refused, and nothing runs under it."""
+    layer = wide_layer
+    outcome: list[BaseException | None] = []
+    with psycopg.connect(postgres_dsn) as competing:
+        competing.execute(
+            "INSERT INTO idempotency_records (idempotency_key, status, owner, payload_hash,"
+            " expires_at) VALUES ('insert#wait', 'INPROGRESS', '\\x00', 'h', now())"
+        )
+
+        def claim() -> None:
+            try:
+                layer._put_record(layer.new_inprogress_record("insert#wait", "h", 0.5, 60))
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=claim)
+        waiter.start()
+        time.sleep(1.0)  # longer than the lease
+        competing.rollback()
+        waiter.join()
+    (error,) = outcome
+    assert isinstance(error, IdempotencyPersistenceLayerError), error
+    assert "waited past its lease" in str(error)
+    layer._put_record(layer.new_inprogress_record("insert#wait", "h", 30, 60))  # free again
+
+
 def test_a_lock_held_past_lock_timeout_is_a_typed_store_error(postgres_dsn: str) -> None:
     """The layer's statements wait at most ``lock_timeout`` for a row someone's transaction
     holds: a typed store error (503), never a hang for the length of that transaction."""
