@@ -35,6 +35,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import (
+    IdempotencyAlreadyInProgressError,
     IdempotencyConfigurationError,
     IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
@@ -238,8 +239,9 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         self._sync_pool = pool
         self._async_pool = async_pool
         # Every statement of the layer's own connections waits at most lock_timeout for a row
-        # lock (a business transaction holding the marker): LockNotAvailable, a store error,
-        # instead of a request hanging for the length of someone's transaction. Set as a
+        # lock (a business transaction holding the marker): LockNotAvailable, a typed error
+        # (a claim: in progress; renew, complete, release: a store error), instead of a
+        # request hanging for the length of someone's transaction. Set as a
         # connection option, so no extra round trip; any options of the DSN are kept.
         options = f"-c lock_timeout={max(1, round(lock_timeout * 1000))}"
         given = psycopg.conninfo.conninfo_to_dict(dsn).get("options") if dsn else None
@@ -332,7 +334,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
                 row: tuple[Any, ...] | None = conn.execute(self._sql[name], params).fetchone()
                 return row
         except Exception as exc:
-            raise _store_error(name, exc) from exc
+            raise _store_error(name, exc, params) from exc
 
     async def _fetch_async(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         if self._async_pool is None and self.dsn is None:
@@ -343,7 +345,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
                 row: tuple[Any, ...] | None = await cursor.fetchone()
                 return row
         except Exception as exc:
-            raise _store_error(name, exc) from exc
+            raise _store_error(name, exc, params) from exc
 
     # --- The operations: the statement's result read once, for both drivers ----------------
     @staticmethod
@@ -668,9 +670,17 @@ def _marker_error(psycopg: Any, exc: Exception) -> Exception:
     return _store_error("record_executed", exc)
 
 
-def _store_error(what: str, exc: Exception) -> Exception:
+def _store_error(what: str, exc: Exception, params: dict[str, Any] | None = None) -> Exception:
     if isinstance(exc, (IdempotencyPersistenceLayerError, IdempotencyConfigurationError)):
         return exc
+    if what == "claim" and isinstance(exc, _import_psycopg()[0].errors.LockNotAvailable):
+        # The row is locked by a live transaction that wrote it (a handler's business
+        # transaction holding its marker): the key is held, the store is up. In progress (409,
+        # retry later), not an outage: with fail_open an outage would run the handler again.
+        key = params["key"] if params else "?"
+        return IdempotencyAlreadyInProgressError(
+            f"the record of {key!r} stayed locked past lock_timeout (a transaction holds it)"
+        )
     return IdempotencyPersistenceLayerError(f"{what} failed: {type(exc).__name__}: {exc}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import psycopg
 import pytest
 
 from idempotent_middleware import (
+    IdempotencyAlreadyInProgressError,
     IdempotencyConfigurationError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
@@ -605,23 +607,52 @@ def test_a_fresh_insert_that_waited_past_its_lease_is_refused(
     layer._put_record(layer.new_inprogress_record("insert#wait", "h", 30, 60))  # free again
 
 
-def test_a_lock_held_past_lock_timeout_is_a_typed_store_error(postgres_dsn: str) -> None:
+def test_a_lock_held_past_lock_timeout_is_a_typed_error(postgres_dsn: str) -> None:
     """The layer's statements wait at most ``lock_timeout`` for a row someone's transaction
-    holds: a typed store error (503), never a hang for the length of that transaction."""
+    holds, never for the length of that transaction: a renewal gets a store error, a claim
+    "in progress" (the key is held by a live transaction; not an outage)."""
     store = PostgresPersistenceLayer(dsn=postgres_dsn, lock_timeout=0.2)
     try:
         record = store.new_inprogress_record("locked#k", "h", 30, 60)
         store._put_record(record)
+        other = store.new_inprogress_record("locked#k", "h", 30, 60)
         with row_locked(postgres_dsn, "locked#k"):
             with pytest.raises(IdempotencyPersistenceLayerError, match="LockNotAvailable"):
                 store._renew_lease(record)
-            with pytest.raises(IdempotencyPersistenceLayerError, match="LockNotAvailable"):
-                asyncio.run(
-                    store._put_record_async(store.new_inprogress_record("locked#k", "h", 30, 60))
-                )
+            with pytest.raises(IdempotencyAlreadyInProgressError, match="lock_timeout"):
+                store._put_record(other)
+            with pytest.raises(IdempotencyAlreadyInProgressError, match="lock_timeout"):
+                asyncio.run(store._put_record_async(other))
         store._renew_lease(record)  # the connection is usable again
     finally:
         store.close()
+
+
+def test_a_locked_record_is_in_progress_even_with_fail_open(postgres_dsn: str) -> None:
+    """A handler's transaction holds its marker's row lock: a retry meanwhile gets 409 in
+    progress after lock_timeout. Were it a store outage, fail_open would run it again."""
+    store = PostgresPersistenceLayer(dsn=postgres_dsn, lock_timeout=0.2)
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = IdempotencyMiddleware(
+        app, persistence_store=store, config=IdempotencyConfig(fail_open=True)
+    )
+    key = "POST /held#" + hashlib.sha256(b"held-1").hexdigest()
+    owner = store.new_inprogress_record(key, "h", 30, 60)
+    store._put_record(owner)
+    try:
+        with psycopg.connect(postgres_dsn) as business:
+            store.record_executed(business, owner, 60)
+            status = _asgi_post(middleware, "/held", "held-1")
+            business.rollback()
+    finally:
+        store.close()
+    assert (status, runs) == (409, [])
 
 
 def test_record_executed_twice_is_not_an_ownership_loss(
