@@ -56,9 +56,11 @@ class CurrentClaim:
     def record_executed(self, connection: Any) -> None:
         """Record, in ``connection``'s open transaction, that this execution happened.
 
-        Call it after the business writes and before the commit. Raises
+        Call it after the business writes and before the commit; again is a no-op. Raises
         ``IdempotencyOwnershipError`` if the claim is no longer this execution's (its lease was
-        lost and another execution took the key): roll the transaction back then.
+        lost and another execution took the key), ``IdempotencyConfigurationError`` when the
+        connection is not in a transaction (autocommit: the marker would commit alone) or
+        cannot see the idempotency table: roll the transaction back then.
         """
         self._check()
         self.layer.record_executed(connection, self.record, self.expires_after_seconds)

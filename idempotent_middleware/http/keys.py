@@ -52,7 +52,7 @@ def _parse_sf_string(value: bytes) -> bytes | None:
 
 def storage_key(scheme: KeyScheme, method: str, path: str, digest: str) -> str:
     """``"{METHOD} {path}#{digest}"`` for a path of at most ``KEY_PATH_MAX_BYTES`` UTF-8
-    bytes; else ``"{METHOD} {first KEY_PATH_PREFIX_BYTES bytes of the path}...#{H}"``,
+    bytes and no NUL; else ``"{METHOD} {first KEY_PATH_PREFIX_BYTES bytes of the path}...#{H}"``,
     where H hashes the byte 0xFF followed by the UTF-8 of the short form. The README gives
     the same recipe to operators.
 
@@ -60,16 +60,20 @@ def storage_key(scheme: KeyScheme, method: str, path: str, digest: str) -> str:
     path, tenant and key: two long paths sharing a prefix never share a key. No UTF-8 text
     and no printable key contains the byte 0xFF, so H's input can never equal the input of
     a short form's digest.
+
+    NUL (an ASGI path is percent-decoded: ``/orders/%00``) never reaches a store: PostgreSQL
+    text refuses it, which would read as a store outage (503, or a run per retry with
+    ``fail_open``). A path with one takes the hashed form, and the prefix drops its NULs.
     """
     try:
         raw = path.encode()
     except UnicodeEncodeError:  # lone surrogates: no store could encode that key name
         raw = path.encode("utf-8", "surrogatepass")
     else:
-        if len(raw) <= KEY_PATH_MAX_BYTES:
+        if len(raw) <= KEY_PATH_MAX_BYTES and b"\x00" not in raw:
             return f"{method} {path}#{digest}"
     readable = method.encode("utf-8", "surrogatepass") + b" " + raw + b"#" + digest.encode()
     folded = scheme.generate_hash(b"\xff" + readable)
     # Cut at a character boundary; "ignore" also drops any lone surrogate from the prefix.
-    prefix = raw[:KEY_PATH_PREFIX_BYTES].decode("utf-8", "ignore")
+    prefix = raw[:KEY_PATH_PREFIX_BYTES].decode("utf-8", "ignore").replace("\x00", "")
     return f"{method} {prefix}...#{folded}"

@@ -8,8 +8,10 @@ Statements, one round trip each (autocommit: no BEGIN/COMMIT around them):
   whether another owner holds the key.
 
 Time is the database's: every statement passes durations and compares with
-``statement_timestamp()``, so the app servers' clocks never decide whether a lease or a record
-has run out. Records read back carry app-clock timestamps computed from the time the database
+``clock_timestamp()`` read after any row-lock wait, so the app servers' clocks never decide
+whether a lease or a record has run out, and a claim that waited is not born expired. Row-lock
+waits are bounded by ``lock_timeout`` (a store error, not a hang).
+Records read back carry app-clock timestamps computed from the time the database
 says is left (``now + remaining``), which is what ``DataRecord.is_expired`` compares with.
 
 Connections come from psycopg_pool pools given by the caller (``pool=`` / ``async_pool=``), or,
@@ -33,6 +35,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import (
+    IdempotencyAlreadyInProgressError,
     IdempotencyConfigurationError,
     IdempotencyInvalidStatusError,
     IdempotencyItemAlreadyExistsError,
@@ -61,29 +64,43 @@ def _import_psycopg() -> tuple[Any, Any]:
 
 
 # --- SQL ----------------------------------------------------------------------------------------
-# {t} is the (schema-qualified) table, quoted by psycopg.sql. Every statement reads the clock
-# once as statement_timestamp(): the same instant for the whole statement, and the statement's
-# own even inside a caller's long transaction (now() would be the transaction's start).
-_NOW = "statement_timestamp()"
+# {t} is the (schema-qualified) table, quoted by psycopg.sql. Time is clock_timestamp(): the
+# moment the expression is evaluated. Not statement_timestamp() (or now()): those are fixed
+# when the statement starts, before ON CONFLICT or UPDATE may wait for a row lock another
+# transaction holds (a business transaction holding the marker, say); a claim written after a
+# wait longer than its lease would be born expired and a later claimer would win as well.
+# SET and WHERE of DO UPDATE run after the lock is taken, so their clock reads are current.
+_NOW = "clock_timestamp()"
 _COLUMNS = "status, owner, payload_hash, response_data, lease_expires_at, expires_at"
+_DATA = ("status", "owner", "payload_hash", "response_data")
+_LEASE = f"{_NOW} + make_interval(secs => %(lease)s)"
+_TTL = f"{_NOW} + make_interval(secs => %(ttl)s)"
 #: What a read returns: the row, with its times as seconds left by the database's clock.
 _RETURNING = (
     "status, owner, payload_hash, response_data, "
     f"extract(epoch FROM lease_expires_at - {_NOW})::float8, "
     f"extract(epoch FROM expires_at - {_NOW})::float8"
 )
-_VALUES = (
-    "(%(key)s, %(status)s, %(owner)s, %(hash)s, %(response)s, "
-    f"{_NOW} + make_interval(secs => %(lease)s), {_NOW} + make_interval(secs => %(ttl)s))"
-)
+# The INSERT's VALUES are evaluated before the unique index check, which may wait for a
+# concurrent inserter's uncommitted row: a fresh row can start its lease early by that wait
+# (bounded by lock_timeout). RETURNING reports it, and ``_claimed`` refuses a claim whose lease
+# is already over (the caller gets a store error, nothing runs under it).
+_VALUES = f"(%(key)s, %(status)s, %(owner)s, %(hash)s, %(response)s, {_LEASE}, {_TTL})"
 _INSERT = f"INSERT INTO {{t}} AS r (idempotency_key, {_COLUMNS}) VALUES {_VALUES}"
+#: The values a winning upsert writes, times read after the row lock.
+_NEW = {**{c: f"EXCLUDED.{c}" for c in _DATA}, "lease_expires_at": _LEASE, "expires_at": _TTL}
+
+
+def _set_all() -> str:
+    return ", ".join(f"{c} = {v}" for c, v in _NEW.items())
 
 
 def _replace_columns_when(condition: str) -> str:
-    return ", ".join(
-        f"{c} = CASE WHEN {condition} THEN EXCLUDED.{c} ELSE r.{c} END"
-        for c in _COLUMNS.split(", ")
-    )
+    """Every column from one evaluation of ``condition`` (a volatile clock read per column
+    could split the row between two owners at the boundary)."""
+    columns = ", ".join(_NEW)
+    picks = ", ".join(f"CASE WHEN w.won THEN {v} ELSE r.{c} END" for c, v in _NEW.items())
+    return f"({columns}) = (SELECT {picks} FROM (SELECT {condition} AS won) AS w)"
 
 
 # Claim or read, in one statement. Why it cannot miss a row a concurrent claimer just inserted
@@ -104,16 +121,20 @@ _CLAIM = (
 _GET = f"SELECT {_RETURNING} FROM {{t}} WHERE idempotency_key = %(key)s AND live_until > {_NOW}"
 # Complete: this owner's row (claim or marker), or a row nobody holds any more.
 _COMPLETE = (
-    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS.split(", "))
-    + f" WHERE r.owner = EXCLUDED.owner OR r.live_until <= {_NOW} RETURNING 1"
+    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET {_set_all()}"
+    f" WHERE r.owner = EXCLUDED.owner OR r.live_until <= {_NOW} RETURNING 1"
 )
-# Renew (contract C1): this owner's in-progress claim, or a key nobody holds any more.
+# Renew (contract C1): this owner's in-progress claim, or a key nobody holds any more. The
+# owner's own live "executed" marker (its transaction committed it) counts as renewed and is
+# left as it is: the key is still this execution's, which is all a renewal has to establish.
+_OWN_MARKER = (
+    f"r.owner = EXCLUDED.owner AND r.status = '{STATUS_COMPLETED}' AND r.response_data IS NULL"
+)
 _RENEW = (
     f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS.split(", "))
+    + _replace_columns_when(f"NOT ({_OWN_MARKER} AND r.live_until > {_NOW})")
     + f" WHERE (r.owner = EXCLUDED.owner AND r.status = '{STATUS_INPROGRESS}')"
-    f" OR r.live_until <= {_NOW} RETURNING 1"
+    f" OR ({_OWN_MARKER}) OR r.live_until <= {_NOW} RETURNING 1"
 )
 # Release: this owner's row, unless it is the "executed, outcome unknown" marker committed by
 # the handler's own transaction (``record_executed``): once that committed, the handler's
@@ -126,11 +147,14 @@ _RELEASE = (
     f" AND owner <> %(owner)s AND live_until > {_NOW})"
 )
 # The marker written on the caller's connection, inside the business transaction. Only over
-# this owner's in-progress claim: a lost lease makes it fail, and the business rolls back.
+# this owner's in-progress claim, or its own marker (recorded again, in the same or a later
+# transaction of the handler: idempotent): a lost lease makes it fail, and the business rolls
+# back.
 _EXECUTED = (
     f"UPDATE {{t}} SET status = '{STATUS_COMPLETED}', response_data = NULL,"
-    f" lease_expires_at = NULL, expires_at = {_NOW} + make_interval(secs => %(ttl)s)"
-    f" WHERE idempotency_key = %(key)s AND owner = %(owner)s AND status = '{STATUS_INPROGRESS}'"
+    f" lease_expires_at = NULL, expires_at = {_TTL}"
+    f" WHERE idempotency_key = %(key)s AND owner = %(owner)s AND (status = '{STATUS_INPROGRESS}'"
+    f" OR (status = '{STATUS_COMPLETED}' AND response_data IS NULL))"
 )
 _PURGE = (
     f"DELETE FROM {{t}} WHERE idempotency_key IN (SELECT idempotency_key FROM {{t}}"
@@ -200,18 +224,31 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         schema: str | None = None,
         max_size: int = 10,
         timeout: float = 5.0,
+        lock_timeout: float = 5.0,
     ) -> None:
         super().__init__()
         psycopg, _ = _import_psycopg()
         if dsn is None and pool is None and async_pool is None:
             raise ValueError("pass dsn=, pool= or async_pool=")
+        if not lock_timeout > 0:
+            raise ValueError("lock_timeout must be positive")
+        self.lock_timeout = lock_timeout
         self.dsn = dsn
         self.table = table
         self.schema = schema
         self._sync_pool = pool
         self._async_pool = async_pool
-        self._connections = _SyncConnections(dsn, max_size, timeout)
-        self._async_connections = _AsyncConnections(dsn, max_size, timeout)
+        # Every statement of the layer's own connections waits at most lock_timeout for a row
+        # lock (a business transaction holding the marker): LockNotAvailable, a typed error
+        # (a claim: in progress; renew, complete, release: a store error), instead of a
+        # request hanging for the length of someone's transaction. Set as a
+        # connection option, so no extra round trip; any options of the DSN are kept.
+        options = f"-c lock_timeout={max(1, round(lock_timeout * 1000))}"
+        given = psycopg.conninfo.conninfo_to_dict(dsn).get("options") if dsn else None
+        if given:
+            options = f"{given} {options}"
+        self._connections = _SyncConnections(dsn, max_size, timeout, options)
+        self._async_connections = _AsyncConnections(dsn, max_size, timeout, options)
         sql = psycopg.sql
         self._ident = sql.Identifier(schema, table) if schema is not None else sql.Identifier(table)
         self._sql = {
@@ -297,7 +334,7 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
                 row: tuple[Any, ...] | None = conn.execute(self._sql[name], params).fetchone()
                 return row
         except Exception as exc:
-            raise _store_error(name, exc) from exc
+            raise _store_error(name, exc, params) from exc
 
     async def _fetch_async(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         if self._async_pool is None and self.dsn is None:
@@ -308,16 +345,23 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
                 row: tuple[Any, ...] | None = await cursor.fetchone()
                 return row
         except Exception as exc:
-            raise _store_error(name, exc) from exc
+            raise _store_error(name, exc, params) from exc
 
     # --- The operations: the statement's result read once, for both drivers ----------------
     @staticmethod
-    def _claimed(record: DataRecord, row: tuple[Any, ...] | None) -> None:
+    def _claimed(record: DataRecord, row: tuple[Any, ...] | None, lease: float | None) -> None:
         if row is None:  # pragma: no cover - the upsert always returns its row
             raise IdempotencyItemAlreadyExistsError(None)
         existing = _record(record.idempotency_key, row)
         if existing.owner != record.owner:
             raise IdempotencyItemAlreadyExistsError(existing)
+        lease_left = row[4]
+        if lease is not None and lease > 0 and lease_left is not None and lease_left <= 0:
+            # Won only after waiting longer than the lease (see _VALUES): the row is already
+            # reclaimable, so running the handler under it could run it twice.
+            raise IdempotencyPersistenceLayerError(
+                f"claim of {record.idempotency_key!r} waited past its lease; not run"
+            )
 
     @staticmethod
     def _found(key: str, row: tuple[Any, ...] | None) -> DataRecord:
@@ -339,7 +383,8 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         return self._found(idempotency_key, self._fetch("get", {"key": idempotency_key}))
 
     def _put_record(self, data_record: DataRecord) -> None:
-        self._claimed(data_record, self._fetch("claim", _params(data_record)))
+        params = _params(data_record)
+        self._claimed(data_record, self._fetch("claim", params), params["lease"])
 
     def _update_record(self, data_record: DataRecord) -> None:
         self._fenced(data_record, self._fetch("complete", _params(data_record)))
@@ -356,7 +401,8 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         return self._found(idempotency_key, row)
 
     async def _put_record_async(self, data_record: DataRecord) -> None:
-        self._claimed(data_record, await self._fetch_async("claim", _params(data_record)))
+        params = _params(data_record)
+        self._claimed(data_record, await self._fetch_async("claim", params), params["lease"])
 
     async def _update_record_async(self, data_record: DataRecord) -> None:
         self._fenced(data_record, await self._fetch_async("complete", _params(data_record)))
@@ -376,23 +422,39 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         self, connection: Any, claim: DataRecord, expires_after_seconds: float
     ) -> None:
         """Mark ``claim`` "executed, outcome unknown" on the caller's psycopg ``connection``
-        (in its transaction, so it commits or rolls back with the business writes).
+        (in its transaction, so it commits or rolls back with the business writes). Calling it
+        again for the same claim (same or a later transaction) is a no-op.
 
-        ``IdempotencyOwnershipError`` when this execution no longer holds its claim: the caller
-        should then roll its transaction back.
+        ``IdempotencyOwnershipError`` when this execution no longer holds its claim;
+        ``IdempotencyConfigurationError`` on an autocommit connection outside a transaction
+        (the marker would commit alone, before the business writes: a later rollback would
+        leave the key blocked though nothing happened) or when the table is not reachable on
+        that connection (another database, another search_path); another typed store error
+        for any other database failure. After any of these, roll the transaction back.
         """
-        cursor = connection.execute(
-            self._sql["executed"], self._executed_params(claim, expires_after_seconds)
-        )
+        psycopg, _ = _import_psycopg()
+        _require_transaction(psycopg, connection, claim)
+        try:
+            cursor = connection.execute(
+                self._sql["executed"], self._executed_params(claim, expires_after_seconds)
+            )
+        except psycopg.Error as exc:
+            raise _marker_error(psycopg, exc) from exc
         if cursor.rowcount != 1:
             raise IdempotencyOwnershipError(claim.idempotency_key)
 
     async def record_executed_async(
         self, connection: Any, claim: DataRecord, expires_after_seconds: float
     ) -> None:
-        cursor = await connection.execute(
-            self._sql["executed"], self._executed_params(claim, expires_after_seconds)
-        )
+        """``record_executed`` on a psycopg ``AsyncConnection``."""
+        psycopg, _ = _import_psycopg()
+        _require_transaction(psycopg, connection, claim)
+        try:
+            cursor = await connection.execute(
+                self._sql["executed"], self._executed_params(claim, expires_after_seconds)
+            )
+        except psycopg.Error as exc:
+            raise _marker_error(psycopg, exc) from exc
         if cursor.rowcount != 1:
             raise IdempotencyOwnershipError(claim.idempotency_key)
 
@@ -438,8 +500,9 @@ class _SyncConnections:
     send the parent's server a goodbye on the shared socket) and opens its own.
     """
 
-    def __init__(self, dsn: str | None, max_size: int, timeout: float) -> None:
+    def __init__(self, dsn: str | None, max_size: int, timeout: float, options: str) -> None:
         self.dsn = dsn
+        self.options = options
         self.max_size = max_size
         self.timeout = timeout
         self.idle: list[Any] = []
@@ -472,7 +535,10 @@ class _SyncConnections:
             conn = self._take()
             if conn is None:
                 conn = psycopg.connect(
-                    self.dsn, autocommit=True, connect_timeout=max(1, int(self.timeout))
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self.timeout)),
+                    options=self.options,
                 )
             try:
                 yield conn
@@ -512,8 +578,9 @@ class _AsyncConnections:
     no loop state at all, so the idle ones can serve the next loop.
     """
 
-    def __init__(self, dsn: str | None, max_size: int, timeout: float) -> None:
+    def __init__(self, dsn: str | None, max_size: int, timeout: float, options: str) -> None:
         self.dsn = dsn
+        self.options = options
         self.max_size = max_size
         self.timeout = timeout
         self.idle: list[Any] = []
@@ -548,7 +615,10 @@ class _AsyncConnections:
                         conn = candidate
             if conn is None:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=max(1, int(self.timeout))
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self.timeout)),
+                    options=self.options,
                 )
             try:
                 yield conn
@@ -574,9 +644,43 @@ class _AsyncConnections:
             conn.pgconn.finish()  # no await needed: nothing is in flight on an idle connection
 
 
-def _store_error(what: str, exc: Exception) -> Exception:
+def _require_transaction(psycopg: Any, connection: Any, claim: DataRecord) -> None:
+    """The marker must share the business writes' transaction: refuse an autocommit
+    connection outside an explicit ``transaction()`` block (psycopg's transaction status)."""
+    idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    if connection.autocommit and idle:
+        raise IdempotencyConfigurationError(
+            f"record_executed({claim.idempotency_key!r}) needs the business transaction: the "
+            "connection is in autocommit mode outside a transaction() block"
+        )
+
+
+def _marker_error(psycopg: Any, exc: Exception) -> Exception:
+    """A typed error for the marker's statement on the caller's connection. A missing table
+    or schema, or no privilege on it, is the caller's setup (another database or
+    search_path); anything else is a store failure."""
+    errors = psycopg.errors
+    if isinstance(
+        exc, (errors.UndefinedTable, errors.InvalidSchemaName, errors.InsufficientPrivilege)
+    ):
+        return IdempotencyConfigurationError(
+            f"record_executed: the idempotency table is not usable on this connection "
+            f"({type(exc).__name__}: {exc}); roll the transaction back"
+        )
+    return _store_error("record_executed", exc)
+
+
+def _store_error(what: str, exc: Exception, params: dict[str, Any] | None = None) -> Exception:
     if isinstance(exc, (IdempotencyPersistenceLayerError, IdempotencyConfigurationError)):
         return exc
+    if what == "claim" and isinstance(exc, _import_psycopg()[0].errors.LockNotAvailable):
+        # The row is locked by a live transaction that wrote it (a handler's business
+        # transaction holding its marker): the key is held, the store is up. In progress (409,
+        # retry later), not an outage: with fail_open an outage would run the handler again.
+        key = params["key"] if params else "?"
+        return IdempotencyAlreadyInProgressError(
+            f"the record of {key!r} stayed locked past lock_timeout (a transaction holds it)"
+        )
     return IdempotencyPersistenceLayerError(f"{what} failed: {type(exc).__name__}: {exc}")
 
 

@@ -176,6 +176,17 @@ def test_item12_storage_key_is_bounded_whatever_the_path() -> None:
     assert len(key.encode()) <= KEY_BOUND
 
 
+@pytest.mark.parametrize("path", ["/orders/\x00", "/\x00" + "n" * 200, "/a\x00b", "/\x00"])
+def test_storage_key_never_contains_nul(path: str) -> None:
+    """ASGI paths are percent-decoded (``/orders/%00``); PostgreSQL text refuses NUL, so no
+    store may be handed one. Such paths take the hashed form, still one key per path."""
+    engine = HttpIdempotency(IdempotencyConfig(), InMemoryPersistenceLayer())
+    key = _claimed_key(engine, _request("POST", path))
+    assert "\x00" not in key
+    other = _claimed_key(engine, _request("POST", path.replace("\x00", "")))
+    assert key != other
+
+
 def test_item12_long_paths_sharing_a_prefix_are_different_keys() -> None:
     engine = HttpIdempotency(IdempotencyConfig(), InMemoryPersistenceLayer())
     prefix = "/" + "a" * 1024
@@ -268,7 +279,15 @@ def _readme_recipe() -> Any:
 
 
 @pytest.mark.parametrize(
-    "path", ["/orders", "/" + "x" * 127, "/" + "x" * 128, "/" + "\u00e9" * 100, "/" + "a" * 40960]
+    "path",
+    [
+        "/orders",
+        "/" + "x" * 127,
+        "/" + "x" * 128,
+        "/" + "\u00e9" * 100,
+        "/" + "a" * 40960,
+        "/orders/\x00",
+    ],
 )
 @pytest.mark.parametrize("tenant", [None, "tenant-a"])
 def test_item12_readme_key_recipe_matches(path: str, tenant: str | None) -> None:

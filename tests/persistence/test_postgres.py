@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hashlib
+import logging
 import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,14 +21,19 @@ import psycopg
 import pytest
 
 from idempotent_middleware import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyConfigurationError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOutcomeUnknownError,
     IdempotencyOwnershipError,
+    IdempotencyPersistenceLayerError,
     WSGIIdempotencyMiddleware,
     current_claim,
     idempotent_function,
 )
+from idempotent_middleware.asgi import IdempotencyMiddleware
+from idempotent_middleware.config import IdempotencyConfig
 from idempotent_middleware.persistence.base import STATUS_COMPLETED, STATUS_INPROGRESS
 from idempotent_middleware.persistence.postgres import PostgresPersistenceLayer
 from tests.faults.signals import Interrupted
@@ -523,3 +531,261 @@ def test_a_status_assigned_later_is_refused_typed(layer: PostgresPersistenceLaye
             write(record)
     with pytest.raises(IdempotencyItemNotFoundError):
         layer._get_record("status#k")
+
+
+# --- Review findings: lock waits, NUL in keys, record_executed misuse -------------------------
+@pytest.fixture
+def wide_layer(postgres_dsn: str) -> Iterator[PostgresPersistenceLayer]:
+    """A layer with room for concurrent claimers (the ``layer`` fixture has one connection)."""
+    store = PostgresPersistenceLayer(dsn=postgres_dsn)
+    yield store
+    store.close()
+
+
+def test_a_claim_that_waited_on_a_lock_is_not_born_expired(
+    wide_layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    """Two claimers queue behind a business transaction holding the marker's row lock, each
+    longer than the lease; after the rollback exactly one of them wins. The lease written
+    after the wait must start after the wait, not at the statement's start."""
+    layer = wide_layer
+    key = "POST /pay#wait"
+    owner = layer.new_inprogress_record(key, "h", 1.0, 3600)
+    layer._put_record(owner)
+    business = psycopg.connect(postgres_dsn)
+    business.execute(layer._sql["executed"], layer._executed_params(owner, 3600))
+    time.sleep(1.2)  # the owner's lease lapses (its renewal would wait on the same lock)
+    won: list[str] = []
+
+    def claim(name: str) -> None:
+        with contextlib.suppress(IdempotencyItemAlreadyExistsError):
+            layer._put_record(layer.new_inprogress_record(key, "h", 2.0, 3600))
+            won.append(name)
+
+    first = threading.Thread(target=claim, args=("first",))
+    first.start()
+    time.sleep(2.3)  # a retry more than one lease later queues on the lock as well
+    second = threading.Thread(target=claim, args=("second",))
+    second.start()
+    time.sleep(0.5)
+    business.rollback()  # the handler failed after record_executed
+    business.close()
+    first.join()
+    second.join()
+    assert len(won) == 1, f"claimers that won the same key: {won}"
+
+
+def test_a_fresh_insert_that_waited_past_its_lease_is_refused(
+    wide_layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    """A fresh row's values are computed before the insert waits on a competing uncommitted
+    insert of the same key; after a wait longer than the lease the row would be born
+    expired (reclaimable while the handler runs). Refused, and nothing runs under it."""
+    layer = wide_layer
+    outcome: list[BaseException | None] = []
+    with psycopg.connect(postgres_dsn) as competing:
+        competing.execute(
+            "INSERT INTO idempotency_records (idempotency_key, status, owner, payload_hash,"
+            " expires_at) VALUES ('insert#wait', 'INPROGRESS', '\\x00', 'h', now())"
+        )
+
+        def claim() -> None:
+            try:
+                layer._put_record(layer.new_inprogress_record("insert#wait", "h", 0.5, 60))
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=claim)
+        waiter.start()
+        time.sleep(1.0)  # longer than the lease
+        competing.rollback()
+        waiter.join()
+    (error,) = outcome
+    assert isinstance(error, IdempotencyPersistenceLayerError), error
+    assert "waited past its lease" in str(error)
+    layer._put_record(layer.new_inprogress_record("insert#wait", "h", 30, 60))  # free again
+
+
+def test_a_lock_held_past_lock_timeout_is_a_typed_error(postgres_dsn: str) -> None:
+    """The layer's statements wait at most ``lock_timeout`` for a row someone's transaction
+    holds, never for the length of that transaction: a renewal gets a store error, a claim
+    "in progress" (the key is held by a live transaction; not an outage)."""
+    store = PostgresPersistenceLayer(dsn=postgres_dsn, lock_timeout=0.2)
+    try:
+        record = store.new_inprogress_record("locked#k", "h", 30, 60)
+        store._put_record(record)
+        other = store.new_inprogress_record("locked#k", "h", 30, 60)
+        with row_locked(postgres_dsn, "locked#k"):
+            with pytest.raises(IdempotencyPersistenceLayerError, match="LockNotAvailable"):
+                store._renew_lease(record)
+            with pytest.raises(IdempotencyAlreadyInProgressError, match="lock_timeout"):
+                store._put_record(other)
+            with pytest.raises(IdempotencyAlreadyInProgressError, match="lock_timeout"):
+                asyncio.run(store._put_record_async(other))
+        store._renew_lease(record)  # the connection is usable again
+    finally:
+        store.close()
+
+
+def test_a_locked_record_is_in_progress_even_with_fail_open(postgres_dsn: str) -> None:
+    """A handler's transaction holds its marker's row lock: a retry meanwhile gets 409 in
+    progress after lock_timeout. Were it a store outage, fail_open would run it again."""
+    store = PostgresPersistenceLayer(dsn=postgres_dsn, lock_timeout=0.2)
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = IdempotencyMiddleware(
+        app, persistence_store=store, config=IdempotencyConfig(fail_open=True)
+    )
+    key = "POST /held#" + hashlib.sha256(b"held-1").hexdigest()
+    owner = store.new_inprogress_record(key, "h", 30, 60)
+    store._put_record(owner)
+    try:
+        with psycopg.connect(postgres_dsn) as business:
+            store.record_executed(business, owner, 60)
+            status = _asgi_post(middleware, "/held", "held-1")
+            business.rollback()
+    finally:
+        store.close()
+    assert (status, runs) == (409, [])
+
+
+def test_record_executed_twice_is_not_an_ownership_loss(
+    layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    """The live owner may record its execution again (same or a later transaction)."""
+    record = layer.new_inprogress_record("twice#k", "h", 30, 60)
+    layer._put_record(record)
+    with psycopg.connect(postgres_dsn) as conn:
+        layer.record_executed(conn, record, 60)
+        layer.record_executed(conn, record, 60)
+        conn.commit()
+        layer.record_executed(conn, record, 60)  # a second transaction of the same handler
+        conn.commit()
+    assert layer._get_record("twice#k").status == STATUS_COMPLETED
+
+
+def test_record_executed_refuses_an_autocommit_connection(
+    layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    """On an autocommit connection the marker would commit alone, before the business writes;
+    refused, sync and async, and nothing is written."""
+    record = layer.new_inprogress_record("autocommit#k", "h", 30, 60)
+    layer._put_record(record)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        with pytest.raises(IdempotencyConfigurationError, match="transaction"):
+            layer.record_executed(conn, record, 60)
+        with conn.transaction(force_rollback=True):  # an explicit transaction is fine
+            layer.record_executed(conn, record, 60)
+
+    async def on_async() -> None:
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+            await layer.record_executed_async(conn, record, 60)
+
+    with pytest.raises(IdempotencyConfigurationError, match="transaction"):
+        asyncio.run(on_async())
+    assert layer._get_record("autocommit#k").status == STATUS_INPROGRESS
+
+
+def test_record_executed_on_another_database_is_typed(
+    layer: PostgresPersistenceLayer, postgres_dsn: str
+) -> None:
+    """The table missing on the caller's connection (another database, another search_path):
+    a typed configuration error, not psycopg's UndefinedTable."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS idem_other")
+        conn.execute("CREATE DATABASE idem_other")
+    record = layer.new_inprogress_record("otherdb#k", "h", 30, 60)
+    layer._put_record(record)
+    other = postgres_dsn.replace("dbname=postgres", "dbname=idem_other")
+    assert other != postgres_dsn
+    with psycopg.connect(other) as conn, pytest.raises(IdempotencyConfigurationError):
+        layer.record_executed(conn, record, 60)
+
+
+def test_renewal_over_the_own_committed_marker_is_not_a_lost_lease(
+    orders: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the handler's transaction commits the marker, the lease's next renewal finds
+    the owner's own marker: still held, no "lease lost" warning."""
+    store = PostgresPersistenceLayer(dsn=orders)
+    calls: list[int] = []
+
+    @idempotent_function(
+        persistence_store=store,
+        data_keyword_argument="order",
+        config=IdempotencyConfig(lease_seconds=0.4),
+    )
+    def place(order: dict[str, Any]) -> str:
+        claim = current_claim()
+        assert claim is not None
+        with psycopg.connect(orders) as conn:
+            conn.execute("INSERT INTO orders (note) VALUES ('x')")
+            claim.record_executed(conn)
+        calls.append(1)
+        time.sleep(1.0)  # several renewals over the committed marker
+        return "done"
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="idempotent_middleware"):
+            assert place(order={"id": 1}) == "done"
+    finally:
+        store.close()
+    assert calls == [1]
+    assert not [r for r in caplog.records if "lease lost" in r.getMessage()], caplog.text
+
+
+def _asgi_post(app: Any, path: str, key: str) -> int:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("latin-1", "replace"),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"idempotency-key", key.encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"2"),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    return int(next(m for m in sent if m["type"] == "http.response.start")["status"])
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_nul_in_the_path_is_not_a_store_outage(
+    layer: PostgresPersistenceLayer, fail_open: bool
+) -> None:
+    """ASGI paths are percent-decoded: ``POST /orders/%00`` has a NUL, which PostgreSQL text
+    refuses. It must not read as a store outage (503, or with fail_open a run per retry)."""
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = IdempotencyMiddleware(
+        app, persistence_store=layer, config=IdempotencyConfig(fail_open=fail_open)
+    )
+    statuses = [_asgi_post(middleware, "/orders/\x00", "nul-1") for _ in range(2)]
+    assert statuses == [201, 201] and runs == [1], (statuses, runs)

@@ -2,7 +2,7 @@
 -- create_schema() runs this file with the table (and index) names of the layer substituted;
 -- run it by hand (psql -f) for the default name "idempotency_records".
 --
--- One row per idempotency key. Times are the database's own clock (statement_timestamp()):
+-- One row per idempotency key. Times are the database's own clock (clock_timestamp()):
 -- the layer passes durations, never an application server's timestamps.
 CREATE TABLE IF NOT EXISTS "idempotency_records" (
     -- "{scope}#{hash}" (or "{METHOD} {path}#{hash}" for HTTP)
