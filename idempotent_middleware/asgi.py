@@ -160,7 +160,9 @@ def full_path(scope: Scope) -> str:
     """
     raw = scope.get("raw_path")
     if isinstance(raw, bytes) and raw:
-        target = raw.split(b"?", 1)[0].decode("latin-1")
+        # The ASGI spec: raw_path excludes the query string, so a "?" in it is part of the
+        # path (a decoded %3F), never a query to cut off.
+        target = raw.decode("latin-1")
         path = unquote(target) if "%" in target else target
     else:
         path = scope["path"]
