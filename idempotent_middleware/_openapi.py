@@ -60,12 +60,17 @@ def problem_responses(engine: HttpIdempotency, key_required: bool) -> dict[str, 
             ("interrupted", problems.interrupted),
             ("not-replayable", problems.not_replayable(200)),
         ],
+        411: [("length-required", problems.length_required)],
         413: [("too-large", problems.too_large)],
         422: [("reused", problems.reused)],
         503: [("unavailable", problems.unavailable), ("corrupt", problems.corrupt)],
     }
     if key_required:
         by_status[400].insert(0, ("missing", problems.missing))
+    if cfg.scope is not None:  # only a scope hook refuses or fails (``scopes.py``)
+        by_status[401] = [("scope-unauthenticated", problems.unauthenticated)]
+        by_status[503].append(("scope-unavailable", problems.scope_unavailable))
+    by_status = dict(sorted(by_status.items()))
     out: dict[str, dict[str, Any]] = {}
     for status, found in by_status.items():
         bodies = [(name, json.loads(problem.body)) for name, problem in found]

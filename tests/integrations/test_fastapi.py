@@ -240,6 +240,36 @@ async def test_openapi_documents_covered_operations_only(client: httpx.AsyncClie
     assert set(schema["required"]) == {"type", "title", "status", "detail"}
 
 
+async def test_openapi_lists_every_problem_a_covered_operation_can_answer(
+    client: httpx.AsyncClient,
+) -> None:
+    """411 (a body without a length), and with a scope hook its 401 and 503 problems."""
+    responses = (await openapi(client))["paths"]["/payments"]["post"]["responses"]
+    examples = {
+        status: set(responses[status]["content"]["application/problem+json"]["examples"])
+        for status in ("401", "411", "503")
+    }
+    assert examples["411"] == {"length-required"}
+    assert examples["401"] == {"scope-unauthenticated"}
+    assert examples["503"] == {"unavailable", "corrupt", "scope-unavailable"}
+
+    app = FastAPI()
+    Idempotency(app, config=IdempotencyConfig(methods=["POST"]))
+
+    @app.post("/plain")
+    async def plain() -> dict[str, bool]:
+        return {}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        unscoped = (await openapi(c))["paths"]["/plain"]["post"]["responses"]
+    assert "401" not in unscoped
+    assert (
+        "scope-unavailable"
+        not in unscoped["503"]["content"]["application/problem+json"]["examples"]
+    )
+
+
 async def test_openapi_without_a_covered_operation_adds_nothing() -> None:
     app = FastAPI()
     Idempotency(app, config=IdempotencyConfig(methods=["POST"]))
