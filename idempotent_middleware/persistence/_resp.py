@@ -222,14 +222,26 @@ class _Protocol(asyncio.Protocol):
         self.reader.feed(data)
         owner = self.owner
         waiters, settling = owner.waiters, owner.settling
+        gets, next_waiter, hold = self.reader.gets, waiters.popleft, settling.append
         while True:
-            reply = self.reader.gets()
+            reply = gets()
             if reply is False:
                 return
             if not waiters:
                 owner.fail(RedisConnectionError("reply without a request"))
                 return
-            future, _, kind = waiters.popleft()
+            future, _, kind = next_waiter()
+            # The common case first: a data reply of the kind its command expects (what the
+            # general checks below conclude for it too), held until the batch's ECHO.
+            if kind == _BULK:
+                if reply is None or reply.__class__ is bytes:
+                    assert future is not None  # only a batch's ECHO has none
+                    hold((future, reply, None))
+                    continue
+            elif kind == _INT and reply.__class__ is int:
+                assert future is not None
+                hold((future, reply, None))
+                continue
             if kind.__class__ is bytes:  # the batch's ECHO: are these replies its own?
                 refused = _error(reply)
                 if reply != kind and refused is None:
@@ -255,6 +267,7 @@ class _Protocol(asyncio.Protocol):
                     else:
                         waiting.set_result(result)
                 settling = owner.settling
+                hold = settling.append
                 continue
             error = _error(reply)
             assert future is not None
@@ -272,7 +285,7 @@ class _Protocol(asyncio.Protocol):
                     else:
                         future.set_exception(error)
             else:
-                settling.append((future, reply, error))
+                hold((future, reply, error))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.owner.protocol is not self:
@@ -488,6 +501,24 @@ class BlockingConnection:
                 sock.close()
 
 
+def _packable(
+    batch: list[tuple[Command, asyncio.Future[Any]]],
+) -> tuple[list[tuple[Command, asyncio.Future[Any]]], list[bytes]]:
+    """The commands of ``batch`` that pack, and their bytes; the others' callers get the error
+    (nothing of theirs is written or awaited, so the stream stays in step)."""
+    kept: list[tuple[Command, asyncio.Future[Any]]] = []
+    packed: list[bytes] = []
+    for command, future in batch:
+        try:
+            packed.append(pack(command))
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            continue
+        kept.append((command, future))
+    return kept, packed
+
+
 class PipelinedConnection(TickBatcher):
     """One connection per event loop; commands of one tick leave in one write."""
 
@@ -545,6 +576,12 @@ class PipelinedConnection(TickBatcher):
         batch, self.queue = self.queue, []
         if not batch:
             return
+        try:
+            packed = [pack(command) for command, _ in batch]
+        except Exception:  # an argument RESP cannot carry: its caller alone gets the error
+            batch, packed = _packable(batch)
+            if not batch:
+                return
         now = time.monotonic()
         self.sequence += 1
         token = b"%d" % self.sequence
@@ -554,11 +591,8 @@ class PipelinedConnection(TickBatcher):
             for command, future in batch
         )
         waiters.append((None, now, token))
-        echo = b"*2\r\n$4\r\nECHO\r\n$%d\r\n%b\r\n" % (len(token), token)
-        if len(batch) == 1:
-            protocol.transport.write(pack(batch[0][0]) + echo)
-        else:
-            protocol.transport.write(b"".join([pack(command) for command, _ in batch]) + echo)
+        packed.append(b"*2\r\n$4\r\nECHO\r\n$%d\r\n%b\r\n" % (len(token), token))
+        protocol.transport.write(b"".join(packed))
         if self.watchdog is None:
             self.watchdog = self.loop.call_later(self.socket_timeout, self._check_timeout)
 
