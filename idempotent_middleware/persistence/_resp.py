@@ -336,19 +336,23 @@ class RedisAddress:
         return f"{self.host}:{self.port}"
 
 
-def _unsolicited(sock: socket.socket) -> bool:
+def _unsolicited(sock: socket.socket, poller: select.poll) -> bool:
     """Bytes (or EOF) waiting before we sent anything: a duplicated or stray reply, or a
-    connection the server closed. Either way the socket must not serve the next command."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
-        return True  # decrypted bytes already buffered inside the TLS layer
-    poller = select.poll()  # not select(): it fails on descriptors above 1023
-    poller.register(sock, select.POLLIN)
+    connection the server closed. Either way the socket must not serve the next command.
+
+    ``poller`` has ``sock`` registered for reading (one per connection, made at connect: not
+    select(), which fails on descriptors above 1023).
+    """
     if not poller.poll(0):
-        return False
-    if not isinstance(sock, ssl.SSLSocket):
+        return sock.__class__ is not socket.socket and _tls_pending(sock)
+    if sock.__class__ is socket.socket:
         return True  # readable: data or EOF, both unusable for a new command
+    if not isinstance(sock, ssl.SSLSocket):
+        return True
     # TLS 1.3 servers send session tickets after the handshake: the socket is readable with
     # no application data. Only a real byte (or EOF) counts.
+    if sock.pending() > 0:
+        return True
     timeout = sock.gettimeout()
     sock.setblocking(False)
     try:
@@ -357,6 +361,16 @@ def _unsolicited(sock: socket.socket) -> bool:
         return False
     finally:
         sock.settimeout(timeout)
+
+
+def _tls_pending(sock: socket.socket) -> bool:
+    """Decrypted bytes already buffered inside the TLS layer (the descriptor shows none)."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+#: A thread's connection: its socket, reply reader, the pid that opened it, and a poller with
+#: the socket registered (``_unsolicited``).
+_State = tuple[socket.socket, Any, int, select.poll]
 
 
 class BlockingConnection:
@@ -383,21 +397,22 @@ class BlockingConnection:
         # None yet, inherited across fork, or closed by close_all(): connect.
         if state is None or state[2] != os.getpid() or state[0].fileno() < 0:
             state = self._connect()
-        sock, reader, _ = state
         try:
-            reply = self._round_trip(sock, reader, command)
+            reply = self._round_trip(state, command)
         except OSError as exc:
             if isinstance(exc, TimeoutError):
                 raise RedisTimeoutError(
                     f"no reply from Redis within {self.socket_timeout}s"
                 ) from exc
             raise RedisConnectionError(f"Redis connection failed: {exc}") from exc
+        if reply is None or reply.__class__ is bytes or reply.__class__ is int:
+            return reply  # a data reply: no error to look for
         error = _error(reply)
         if error is not None:
             raise error
         return reply
 
-    def _round_trip(self, sock: socket.socket, reader: Any, command: Command) -> Any:
+    def _round_trip(self, state: _State, command: Command) -> Any:
         """Send one command and read its reply; on ANY exception the socket is closed.
 
         A signal handler's exception (``signal.alarm`` timeouts, Celery's soft time limit),
@@ -406,11 +421,18 @@ class BlockingConnection:
         read it as its own. Closing is the only safe way out (redis-py does the same, its
         issue 1128). The exception itself propagates unchanged.
         """
+        sock, reader, _, poller = state
         try:
-            if _unsolicited(sock):
+            if _unsolicited(sock, poller):
                 raise ConnectionResetError("Redis sent data nobody asked for; reconnecting")
             sock.sendall(pack(command))
-            reply = self._read(sock, reader)
+            reply = reader.gets()
+            while reply is False:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionResetError("Redis closed the connection")
+                reader.feed(data)
+                reply = reader.gets()
             if reader.gets() is not False:  # a second reply to one command: out of step
                 raise ConnectionResetError("Redis replies out of step; reconnecting")
             return reply
@@ -418,18 +440,7 @@ class BlockingConnection:
             self.close()
             raise
 
-    @staticmethod
-    def _read(sock: socket.socket, reader: Any) -> Any:
-        while True:
-            reply = reader.gets()
-            if reply is not False:
-                return reply
-            data = sock.recv(65536)
-            if not data:
-                raise ConnectionResetError("Redis closed the connection")
-            reader.feed(data)
-
-    def _connect(self) -> tuple[socket.socket, Any, int]:
+    def _connect(self) -> _State:
         address = self.address
         self._local.state = None
         sock: socket.socket | None = None
@@ -452,12 +463,14 @@ class BlockingConnection:
                 ) from exc
             raise
         reader: Any = hiredis.Reader() if hiredis is not None else PythonReader()
-        state = (sock, reader, os.getpid())
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        state = (sock, reader, os.getpid(), poller)
         self._local.state = state
         self._track(sock)
         for command in address.hello():
             try:
-                error = _error(self._round_trip(sock, reader, command))
+                error = _error(self._round_trip(state, command))
             except OSError as exc:
                 raise RedisConnectionError(f"Redis handshake failed: {exc}") from exc
             if error is not None:
