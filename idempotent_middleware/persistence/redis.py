@@ -71,7 +71,8 @@ _RENEW = _script("renew.lua")
 
 def _ms_until(timestamp_seconds: float) -> int:
     """Milliseconds from now until ``timestamp_seconds``, at least 1 (a valid PX)."""
-    return max(int((timestamp_seconds - time.time()) * 1000), 1)
+    ms = int((timestamp_seconds - time.time()) * 1000)
+    return ms if ms > 1 else 1  # max(ms, 1) without the builtin's argument tuple
 
 
 def _lease_ms(record: DataRecord) -> int:
@@ -482,7 +483,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
     # --- The operations, written once ---------------------------------------------------------
     def _ops_get(self, idempotency_key: str) -> Ops:
         try:
-            raw = yield ("GET", self._name(idempotency_key))
+            raw = yield ("GET", self.key_prefix + idempotency_key)
         except Exception as exc:
             raise IdempotencyPersistenceLayerError(
                 f"GET failed: {type(exc).__name__}: {exc}"
@@ -492,7 +493,7 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         return decode_record(idempotency_key, raw)
 
     def _ops_put(self, record: DataRecord) -> Ops:
-        name = self._name(record.idempotency_key)
+        name = self.key_prefix + record.idempotency_key
         value = encode_record(record)
         lease_ms = _lease_ms(record)
         vanished = False
@@ -526,12 +527,12 @@ class RedisPersistenceLayer(BasePersistenceLayer):
 
     def _ops_script(self, script: tuple[bytes, str], record: DataRecord, *args: Any) -> Ops:
         body, sha = script
-        keys_and_args = (1, self._name(record.idempotency_key), record.owner, *args)
+        command = ("EVALSHA", sha, 1, self.key_prefix + record.idempotency_key, record.owner, *args)
         try:
             try:
-                done = yield ("EVALSHA", sha, *keys_and_args)
+                done = yield command
             except NoScriptError:
-                done = yield ("EVAL", body, *keys_and_args)
+                done = yield ("EVAL", body, *command[2:])
         except Exception as exc:
             raise IdempotencyPersistenceLayerError(
                 f"script failed: {type(exc).__name__}: {exc}"
