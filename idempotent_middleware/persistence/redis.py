@@ -77,7 +77,9 @@ def _ms_until(timestamp_seconds: float) -> int:
 
 def _lease_ms(record: DataRecord) -> int:
     """What is left of the record's in-progress lease, in milliseconds (a PX value)."""
-    return _ms_until((record.in_progress_expiry_timestamp or 0) / 1000)
+    # _ms_until's arithmetic, inlined: this runs on every claim.
+    ms = int(((record.in_progress_expiry_timestamp or 0) / 1000 - time.time()) * 1000)
+    return ms if ms > 1 else 1
 
 
 def _is_async_client(client: Any) -> bool:
@@ -467,7 +469,11 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         if self._async_client is None and self.url is None and self._async_client_factory is None:
             # Only a sync client: keep the event loop free.
             return await asyncio.to_thread(self._run, ops)
-        execute = self._executor().execute
+        last = self._last_executor  # _executor()'s fast path, inlined
+        if last is not None and last[0] is asyncio.get_running_loop():
+            execute = last[1].execute
+        else:
+            execute = self._executor().execute
         try:
             command = ops.send(None)
             while True:
