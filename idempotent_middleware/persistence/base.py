@@ -101,14 +101,15 @@ def decode_record(key: str, raw: bytes) -> DataRecord:
         payload_hash = raw[_HEADER.size : start].decode("ascii")
     except (struct.error, ValueError) as exc:
         raise IdempotencyCorruptRecordError(f"undecodable record under {key!r}: {exc}") from exc
+    # Positional (the field order of DataRecord): half the cost of keywords, on every replay.
     return DataRecord(
-        idempotency_key=key,
-        status=_STATUS_NAMES[status],
-        expiry_timestamp=expiry or None,
-        in_progress_expiry_timestamp=lease or None,
-        response_data=raw[start:] if flags & _HAS_RESPONSE else None,
-        payload_hash=payload_hash,
-        owner=owner,
+        key,  # idempotency_key
+        _STATUS_NAMES[status],  # status
+        expiry or None,  # expiry_timestamp
+        lease or None,  # in_progress_expiry_timestamp
+        raw[start:] if flags & _HAS_RESPONSE else None,  # response_data
+        payload_hash,
+        owner,
     )
 
 

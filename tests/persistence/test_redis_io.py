@@ -20,7 +20,7 @@ from idempotent_middleware import (
     IdempotencyPersistenceLayerError,
     RedisPersistenceLayer,
 )
-from idempotent_middleware.persistence._resp import PythonReader, pack
+from idempotent_middleware.persistence._resp import PythonReader, _pack_any, pack
 from idempotent_middleware.persistence.base import DataRecord
 from tests.redis_servers import RedisProcess, redis_binary, start_redis
 
@@ -257,6 +257,44 @@ def test_python_reader_parses_split_replies(values: list[Any], cut: int) -> None
 
 def test_pack_is_resp_array_of_bulk_strings() -> None:
     assert pack(("SET", b"k\r\n", 5)) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$1\r\n5\r\n"
+
+
+_SHA = "a" * 40
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        # The layer's own shapes (templates) ...
+        ("SET", "k", b"v", "NX", "PX", 5, "GET"),
+        ("SET", "k\u00e9\r\n", b"\x00" * 300, "NX", "PX", 10**12, "GET"),
+        ("GET", "k\u00fc"),
+        ("EVALSHA", _SHA, 1, "k", b"o" * 16),
+        ("EVALSHA", _SHA, 1, "k", b"o" * 16, b"record", 77),
+        # ... and near misses, which must take the generic encoder and say the same.
+        ("SET", "k", b"v", "NX", "PX", True, "GET"),
+        ("SET", "k", bytearray(b"v"), "NX", "PX", 5, "GET"),
+        ("SET", b"k", b"v", "NX", "PX", 5, "GET"),
+        ("SET", "k", b"v", "NX", "PX", 5),
+        ("SET", "k", b"v", "XX", "PX", 5, "GET"),
+        ("GET", b"k"),
+        ("EVALSHA", _SHA, True, "k", b"o" * 16, b"record", 77),
+        ("EVALSHA", _SHA, 1, "k", b"o" * 16, b"record"),
+        ("EVALSHA", _SHA, 2, "k", "k2", b"o"),
+        ("EVALSHA", _SHA, 1, "k", "owner-as-text", b"record", 77),
+        ("ECHO", "x"),
+    ],
+)
+def test_pack_templates_send_the_bytes_of_the_generic_encoder(command: tuple[Any, ...]) -> None:
+    assert pack(command) == _pack_any(command)
+
+
+def test_pack_refuses_what_the_generic_encoder_refuses() -> None:
+    for command in [("EVALSHA", _SHA, 1, "k", b"o", b"record", 7.5), ("GET", 1.5)]:
+        with pytest.raises(TypeError):
+            _pack_any(command)
+        with pytest.raises(TypeError):
+            pack(command)
 
 
 def test_a_reply_of_the_wrong_kind_fails_the_connection_instead_of_misleading() -> None:

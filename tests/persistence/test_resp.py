@@ -135,3 +135,34 @@ def test_layer_close_closes_every_threads_socket(redis_url: str) -> None:
     assert not [w for w in caught if "unclosed" in str(w.message)]
     assert layer._get_record("close#k").owner == claim.owner  # reconnects after close()
     layer.close()
+
+
+def test_a_command_that_cannot_be_packed_fails_alone_and_the_stream_stays_in_step(
+    redis_url: str,
+) -> None:
+    """An argument RESP cannot carry (a float) fails its own caller; the commands sent in the
+    same tick, and those after, still get their own replies (nothing was half queued)."""
+    import asyncio
+
+    from idempotent_middleware.persistence._resp import PipelinedConnection
+
+    async def main() -> list[BaseException | bytes]:
+        loop = asyncio.get_running_loop()
+        connection = PipelinedConnection(
+            redis_url, loop, socket_timeout=5, socket_connect_timeout=5
+        )
+        try:
+            await connection.execute(("PING",))  # connected: the next tick flushes at once
+            bad = _result(connection.execute(("GET", 1.5)))
+            good = _result(connection.execute(("SET", "unpackable:a", "value-a")))
+            batch = asyncio.gather(bad, good)
+            await asyncio.sleep(0)
+            after = await _result(connection.execute(("GET", "unpackable:a")))
+            return [*await batch, after]
+        finally:
+            connection.close()
+
+    bad, good, after = asyncio.run(main())
+    assert isinstance(bad, TypeError)
+    assert good == b"OK"
+    assert after == b"value-a"
