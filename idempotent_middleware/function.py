@@ -490,15 +490,21 @@ def _wrap(
         error: BaseException | None = None,
     ) -> Plan[None]:
         """Free the key; the caller's exception, not a store error, is what propagates."""
+        releasing = plan_release(persistence_store, claim)
+        timing = None if observed is None else Timing()
         try:
-            released = yield from plan_release(persistence_store, claim)
+            released = yield from (releasing if timing is None else timed(releasing, timing))
         except IdempotencyPersistenceLayerError as exc:
             if observed is not None and _events._listeners:
-                publish(observed.event(Decision.STORE_ERROR, handler=True, error=_name(exc)))
+                publish(
+                    observed.event(
+                        Decision.STORE_ERROR, timing=timing, handler=True, error=_name(exc)
+                    )
+                )
             return
         if observed is not None and _events._listeners:
             event = (
-                observed.event(decision, handler=True, error=_name(error))
+                observed.event(decision, timing=timing, handler=True, error=_name(error))
                 if released
                 else observed.lease_lost()
             )
@@ -519,19 +525,25 @@ def _wrap(
         ran, so its key must never free for a second run."""
         key = claim.idempotency_key
         lease.closing = True
+        completing = plan_complete(
+            persistence_store,
+            claim,
+            stored,
+            ttl,
+            use_cache=cfg.use_local_cache and stored is not None,
+            background=False,
+        )
+        timing = None if observed is None else Timing()
         try:
-            written = yield from plan_complete(
-                persistence_store,
-                claim,
-                stored,
-                ttl,
-                use_cache=cfg.use_local_cache and stored is not None,
-                background=False,
-            )
+            written = yield from (completing if timing is None else timed(completing, timing))
         except IdempotencyPersistenceLayerError as exc:
             pending: DataRecord | None = getattr(exc, "pending_record", None)
             if observed is not None and _events._listeners:
-                publish(observed.event(Decision.STORE_ERROR, handler=True, error=_name(exc)))
+                publish(
+                    observed.event(
+                        Decision.STORE_ERROR, timing=timing, handler=True, error=_name(exc)
+                    )
+                )
             logger.error(
                 "%s of %s not recorded: %s%s",
                 "result" if stored is not None else "outcome",
@@ -558,7 +570,9 @@ def _wrap(
             event = (
                 observed.lease_lost()
                 if written is None
-                else observed.event(Decision.STORED, handler=True, error=_name(error))
+                else observed.event(
+                    Decision.STORED, timing=timing, handler=True, error=_name(error)
+                )
             )
             if event is not None:
                 publish(event)
