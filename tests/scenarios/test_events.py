@@ -16,7 +16,10 @@ import pytest
 
 from idempotent_middleware import IdempotencyConfig, InMemoryPersistenceLayer, RouteOptions
 from idempotent_middleware.events import Decision, IdempotencyEvent, subscribe
-from idempotent_middleware.exceptions import IdempotencyPersistenceLayerError
+from idempotent_middleware.exceptions import (
+    IdempotencyPersistenceLayerError,
+    IdempotencyScopeRefusedError,
+)
 
 from .drivers import DRIVERS, Driver, Request
 from .test_table import SCENARIOS, Scenario, _run, _store
@@ -241,3 +244,49 @@ def test_lease_lost_when_the_claim_lapses(
     assert lost[0].handler_seconds is not None
     # At most one loss reported per execution (the lease and the completion both find out).
     assert len(lost) <= 2
+
+
+@pytest.mark.parametrize("adapter", list(DRIVERS))
+def test_scope_refusals(adapter: str, events: list[IdempotencyEvent]) -> None:
+    def scope(request: Any) -> str:
+        who = request.header(b"x-who")
+        if who is None:
+            raise IdempotencyScopeRefusedError("no user")
+        if who == b"broken":
+            raise RuntimeError("auth backend down")
+        return str(who)
+
+    driver = DRIVERS[adapter](InMemoryPersistenceLayer(), IdempotencyConfig(scope=scope))
+    headers = [("Idempotency-Key", "k1"), ("Content-Type", "application/json")]
+    try:
+        assert driver.send(Request("POST", "/orders", headers, b"{}")).status == 401
+        broken = [*headers, ("X-Who", "broken")]
+        assert driver.send(Request("POST", "/orders", broken, b"{}")).status == 503
+    finally:
+        driver.close()
+    assert [e.decision for e in events] == [Decision.UNAUTHENTICATED, Decision.SCOPE_ERROR]
+    assert [e.status for e in events] == [401, 503]
+    assert events[1].error == "RuntimeError"
+    assert driver.counter.value == 0
+
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+def test_a_waiting_duplicate_reports_its_wait(adapter: str, events: list[IdempotencyEvent]) -> None:
+    config = IdempotencyConfig(on_in_progress="wait", wait_timeout_seconds=5)
+    driver = DRIVERS[adapter](InMemoryPersistenceLayer(), config)
+    headers = [("Idempotency-Key", "k1"), ("Content-Type", "application/json")]
+    call = Request("POST", "/slow?s=0.4", headers, b"{}")
+    replies: list[Any] = []
+    try:
+        first = threading.Thread(target=lambda: replies.append(driver.send(call)))
+        first.start()
+        time.sleep(0.1)
+        second = driver.send(call)  # waits for the first, then replays it
+        first.join(10)
+    finally:
+        driver.close()
+    assert second.status == 202 and second.header("idempotent-replayed") == "true"
+    assert [e.decision for e in events] == [Decision.EXECUTE, Decision.STORED, Decision.REPLAY]
+    assert events[0].wait_seconds is None  # the first claim never waited
+    waited = events[2].wait_seconds
+    assert waited is not None and waited > 0
