@@ -439,13 +439,14 @@ class HttpIdempotency:
         """
         key = action.claim.idempotency_key
         observed = action.observed if _events._listeners else None
-        timing = None if observed is None else Timing()
-        status = None if outcome is None else outcome.status or None
+        timing = None
         try:
             if self.releases(outcome):
                 if observed is None and not logger.isEnabledFor(DEBUG):
                     yield from plan_release(self.store, action.claim)
                     return None
+                status = _status(outcome)
+                timing = None if observed is None else Timing()
                 releasing = plan_release(self.store, action.claim)
                 released = yield from (releasing if timing is None else timed(releasing, timing))
                 decision = Decision.RELEASED if outcome is None else Decision.NOT_STORED
@@ -459,7 +460,7 @@ class HttpIdempotency:
                 logger.warning(
                     "%s was interrupted after it started: recorded as executed, outcome unknown",
                     key,
-                    extra=self._fields(observed, key, Decision.STORED, status),
+                    extra=self._fields(observed, key, Decision.STORED, _status(outcome)),
                 )
             completing = plan_complete(
                 self.store,
@@ -472,13 +473,15 @@ class HttpIdempotency:
             if observed is None:
                 yield from completing
                 return None
-            written = yield from timed(completing, timing)  # type: ignore[arg-type]
+            timing = Timing()
+            written = yield from timed(completing, timing)
             if written is None:  # fenced: plan_complete logged the loss
                 self._finished(observed, Decision.LEASE_LOST, None, timing, key, None)
             else:
-                self._finished(observed, Decision.STORED, status, timing, key, None)
+                self._finished(observed, Decision.STORED, _status(outcome), timing, key, None)
         except IdempotencyPersistenceLayerError as exc:
             pending: DataRecord | None = getattr(exc, "pending_record", None)
+            status = _status(outcome)
             fields = self._fields(observed, key, Decision.STORE_ERROR, status, exc)
             if observed is not None:
                 publish(
@@ -575,6 +578,11 @@ class HttpIdempotency:
             key=key,
             error=None if error is None else type(error).__name__,
         )
+
+
+def _status(outcome: StoredResponse | None) -> int | None:
+    """An outcome's status for events (None: no response, or none started)."""
+    return None if outcome is None else outcome.status or None
 
 
 def _call_hook(hook: Callable[..., None] | None, *args: Any) -> None:
