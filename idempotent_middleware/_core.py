@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 
 from ._claim import bind, unbind
+from ._observe import fields, store_kind
 from ._steps import BACKGROUND, DELETE, GET, PUT, RENEW, SLEEP, UPDATE, Plan, Step
 from .exceptions import (
     IdempotencyAlreadyInProgressError,
@@ -160,6 +161,7 @@ def plan_complete(
         logger.warning(
             "lease lost for %s: another execution owns the key; result not stored",
             claim.idempotency_key,
+            extra=fields(decision="lease_lost", key=claim.idempotency_key, store=store_kind(layer)),
         )
         return None
     except IdempotencyPersistenceLayerError as exc:
@@ -190,8 +192,9 @@ def plan_store(record: DataRecord) -> Plan[bool]:
     return True
 
 
-def plan_release(layer: BasePersistenceLayer, claim: DataRecord) -> Plan[None]:
-    """Give the key back (handler raised or response not storable), fenced by owner.
+def plan_release(layer: BasePersistenceLayer, claim: DataRecord) -> Plan[bool]:
+    """Give the key back (handler raised or response not storable), fenced by owner; False
+    when another execution owned it (the lease was lost).
 
     A store error is retried once in the background (fenced), then raised.
     """
@@ -204,9 +207,14 @@ def plan_release(layer: BasePersistenceLayer, claim: DataRecord) -> Plan[None]:
         raise
     except IdempotencyOwnershipError:
         logger.warning(
-            "lease lost for %s: not releasing the new owner's claim", claim.idempotency_key
+            "lease lost for %s: not releasing the new owner's claim",
+            claim.idempotency_key,
+            extra=fields(decision="lease_lost", key=claim.idempotency_key, store=store_kind(layer)),
         )
+        layer._delete_from_cache(claim.idempotency_key)
+        return False
     layer._delete_from_cache(claim.idempotency_key)
+    return True
 
 
 def plan_renew(claim: DataRecord, lease_seconds: float) -> Plan[bool]:

@@ -22,11 +22,16 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import idempotent_middleware.events as _events
+
 from ._core import plan_renew, plan_store
+from ._observe import fields, lease_event, publish, store_kind
 from ._steps import drive, drive_async
+from .events import Decision
 from .exceptions import IdempotencyPersistenceLayerError
 
 if TYPE_CHECKING:
+    from ._observe import Observation
     from .persistence.base import BasePersistenceLayer, DataRecord
 
 logger = logging.getLogger("idempotent_middleware")
@@ -55,8 +60,12 @@ class _Hold:
         "layer",
         "lease",
         "lost",
+        "observed",
         "pending",
     )
+    #: The execution's event fields (``_observe.Observation``): set by the caller only when
+    #: someone listens, never in ``__init__`` (read with getattr on the rare paths).
+    observed: Observation | None
 
     def __init__(
         self,
@@ -125,6 +134,7 @@ class _Hold:
                     "completion for %s still not written after max_lease_hold_seconds: "
                     "keeping the key and retrying the write",
                     self.claim.idempotency_key,
+                    extra=self._fields(Decision.STORE_ERROR),
                 )
             return True
         self.lost = True
@@ -133,13 +143,20 @@ class _Hold:
             "lease for %s held longer than max_lease_hold_seconds: renewal stopped, the key "
             "frees when its lease runs out",
             self.claim.idempotency_key,
+            extra=self._fields(Decision.LEASE_LOST),
         )
+        self._emit(Decision.LEASE_LOST)
         return False
 
     def succeeded(self, started: float) -> None:
         if self.pending is not None:  # the completion is written: nothing left to hold
             self.book.held.pop(id(self), None)
-            logger.info("%s recorded on a later attempt", self.claim.idempotency_key)
+            logger.info(
+                "%s recorded on a later attempt",
+                self.claim.idempotency_key,
+                extra=self._fields(Decision.STORED),
+            )
+            self._emit(Decision.STORED)
             return
         if started >= self.expires:  # renewed (taken back) only after the lease had run out
             self._report_lapse("the renewal came late")
@@ -151,7 +168,7 @@ class _Hold:
         if id(self) not in self.book.held:
             return  # the handler finished meanwhile: nothing left to renew or report
         if now >= self.expires:
-            self._report_lapse(f"renewal kept failing ({error!r})")
+            self._report_lapse(f"renewal kept failing ({error!r})", type(error).__name__)
         self.failures += 1
         backoff = self.lease * min(_RETRY_FIRST * 2 ** min(self.failures - 1, 16), _RETRY_MAX)
         self.due = now + max(backoff, 0.005)
@@ -164,9 +181,14 @@ class _Hold:
             if self.closing and self.pending is None:
                 return  # our own completion landed first (plan_complete reports a real loss)
             self.lost = True
-            logger.warning("lease lost for %s while the handler ran", self.claim.idempotency_key)
+            logger.warning(
+                "lease lost for %s while the handler ran",
+                self.claim.idempotency_key,
+                extra=self._fields(Decision.LEASE_LOST),
+            )
+            self._emit(Decision.LEASE_LOST)
 
-    def _report_lapse(self, why: str) -> None:
+    def _report_lapse(self, why: str, error: str | None = None) -> None:
         if not self.lost:
             self.lost = True
             logger.warning(
@@ -174,7 +196,34 @@ class _Hold:
                 "have run meanwhile; still trying to take it back",
                 self.claim.idempotency_key,
                 why,
+                extra=self._fields(Decision.LEASE_LOST, error),
             )
+            self._emit(Decision.LEASE_LOST, error)
+
+    def _emit(self, decision: Decision, error: str | None = None) -> None:
+        """The event of a lease finding (rare: a loss, a late completion), if anyone listens."""
+        if _events._listeners:
+            event = lease_event(
+                getattr(self, "observed", None),
+                self.layer,
+                self.claim.idempotency_key,
+                decision,
+                error,
+            )
+            if event is not None:
+                publish(event)
+
+    def _fields(self, decision: Decision, error: str | None = None) -> dict[str, object]:
+        observed = getattr(self, "observed", None)
+        return fields(
+            decision=decision.value,
+            source=None if observed is None else observed.source,
+            method=None if observed is None else observed.method,
+            route=None if observed is None else observed.route,
+            store=store_kind(self.layer),
+            key=self.claim.idempotency_key,
+            error=error,
+        )
 
     def stop(self) -> None:
         self.book.held.pop(id(self), None)
@@ -189,7 +238,9 @@ class _Hold:
                 "lease for %s: %s; renewal stopped, the key frees when its lease runs out",
                 self.claim.idempotency_key,
                 why,
+                extra=self._fields(Decision.LEASE_LOST),
             )
+            self._emit(Decision.LEASE_LOST)
 
 
 class _Book:

@@ -16,7 +16,7 @@ from typing import Any
 from .asgi import IdempotencyMiddleware, Receive, Scope, Send
 from .config import IdempotencyConfig, RouteOptions
 from .http.engine import HttpIdempotency
-from .http.request import normalise_method
+from .http.request import HttpRequest, normalise_method
 from .persistence.base import BasePersistenceLayer
 
 #: RFC 9110 section 9.2.1: safe methods change nothing, so a route's options never cover them
@@ -30,9 +30,15 @@ class RoutedIdempotency:
     """The engines of one integration: the configuration's own, and one per route options."""
 
     def __init__(
-        self, persistence_store: BasePersistenceLayer | None, config: IdempotencyConfig | None
+        self,
+        persistence_store: BasePersistenceLayer | None,
+        config: IdempotencyConfig | None,
+        source: str = "asgi",
+        route_of: Callable[[HttpRequest], str | None] | None = None,
     ) -> None:
-        self.base = HttpIdempotency.for_middleware(persistence_store, config)
+        #: Events' ``source`` and route template of every engine built here.
+        self.source, self.route_of = source, route_of
+        self.base = self._labelled(HttpIdempotency.for_middleware(persistence_store, config))
         self.config = self.base.config
         self.store = self.base.store
         self._engines: dict[_OptionsKey, HttpIdempotency] = {}
@@ -60,8 +66,14 @@ class RoutedIdempotency:
             with self._lock:
                 engine = self._engines.get(key)
                 if engine is None:
-                    engine = HttpIdempotency(self.route_config(options, methods), self.store)
+                    engine = self._labelled(
+                        HttpIdempotency(self.route_config(options, methods), self.store)
+                    )
                     self._engines[key] = engine
+        return engine
+
+    def _labelled(self, engine: HttpIdempotency) -> HttpIdempotency:
+        engine.source, engine.route_of = self.source, self.route_of
         return engine
 
     def route_config(self, options: RouteOptions, methods: frozenset[str]) -> IdempotencyConfig:

@@ -90,6 +90,7 @@ class IdempotencyMiddleware:
             await _respond(send, engine.incomplete(request))
             return
         if body is INCOMPLETE:
+            engine.client_gone(request)
             return  # the client is gone: no claim, no app, nobody to answer
         if body is None:
             await _respond(send, engine.too_large(request))

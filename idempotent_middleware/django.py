@@ -138,9 +138,24 @@ def _configured() -> tuple[HttpIdempotency, tuple[str, ...]]:
     store = given.pop("STORE", given.pop("store", None))
     headers = given.pop("CREDENTIAL_HEADERS", given.pop("credential_headers", CREDENTIAL_HEADERS))
     built = engine_from(store, given, default_scope(tuple(headers)))
+    built.source, built.route_of = "django", _route
     names = tuple(_meta_name(name) for name in headers)
     _cache = (value, built, names)
     return built, names
+
+
+def _route(request: HttpRequest) -> str | None:
+    """The resolved URL pattern (``request.resolver_match.route``, e.g. ``orders/<int:id>``),
+    for events; resolved here when the decision came before Django resolved it."""
+    raw = request.raw
+    match = getattr(raw, "resolver_match", None)
+    if match is None:
+        try:
+            match = resolve(raw.path_info, getattr(raw, "urlconf", None))
+        except Resolver404:
+            return None
+    found = getattr(match, "route", None)
+    return found if isinstance(found, str) and found else None
 
 
 def _meta_name(header: str) -> str:
@@ -450,6 +465,7 @@ def _read_body(engine: HttpIdempotency, request: Any, http_request: HttpRequest)
             "middleware that reads request.POST",
             request.method,
             request.path,
+            extra={"idempotency_source": "django", "idempotency_method": request.method},
         )
         return engine.incomplete(http_request)
     elif "wsgi.input" in request.META:

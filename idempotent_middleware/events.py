@@ -38,6 +38,12 @@ class Decision(str, enum.Enum):
     STORE_ERROR = "store_error"  #: 503 (or a record that could not be written)
     FAIL_OPEN = "fail_open"  #: the store was unreachable; the handler ran unprotected
     STORED = "stored"  #: the handler's response (or result) was recorded
+    # Added with the emitters (issue 11); the ones above are the first API, never renamed.
+    NO_KEY = "no_key"  #: no key and none required: passed through unprotected
+    UNAUTHENTICATED = "unauthenticated"  #: 401: the scope hook refused (no user to scope by)
+    SCOPE_ERROR = "scope_error"  #: 503: the scope hook raised; nothing claimed
+    LENGTH_REQUIRED = "length_required"  #: 411: a body without a length; nothing claimed
+    BODY_INCOMPLETE = "body_incomplete"  #: 400 (or no answer: client gone): body cut short
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,4 +105,12 @@ def emit(event: IdempotencyEvent) -> None:
         try:
             listener(event)
         except Exception:
-            logger.exception("idempotency event subscriber %r raised", listener)
+            logger.exception(
+                "idempotency event subscriber %r raised",
+                listener,
+                extra={
+                    "idempotency_decision": event.decision.value,
+                    "idempotency_source": event.source,
+                    "idempotency_key": event.key,
+                },
+            )

@@ -41,6 +41,8 @@ from ._routed import RoutedIdempotency, run_route
 from .asgi import RETURNED, Receive, Scope, Send
 from .config import IdempotencyConfig, RouteOptions
 from .http.engine import HttpIdempotency
+from .http.observe import scope_route
+from .http.request import HttpRequest
 from .persistence.base import BasePersistenceLayer
 
 __all__ = [
@@ -191,7 +193,7 @@ class Idempotency:
         persistence_store: BasePersistenceLayer | None = None,
         config: IdempotencyConfig | None = None,
     ) -> None:
-        self.routed = RoutedIdempotency(persistence_store, config)
+        self.routed = RoutedIdempotency(persistence_store, config, "fastapi", _route)
         self.config = self.routed.config
         self.store = self.routed.store
         self._apps: list[FastAPI] = []
@@ -313,6 +315,11 @@ class Idempotency:
             response["description"] = f"{response.get('description', '')}; {ours['description']}"
             response.setdefault("content", {}).update(ours["content"])
             response.setdefault("headers", {}).update(ours.get("headers", {}))
+
+
+def _route(request: HttpRequest) -> str | None:
+    """The matched route's template, as Starlette leaves it in ``scope["route"]``."""
+    return scope_route(request.raw)
 
 
 def _routes(app: FastAPI) -> list[tuple[Any, str]]:

@@ -115,7 +115,9 @@ class Idempotency:
         config = config_from(options, login_scope)
         if namespace:
             config = dataclasses.replace(config, scope=namespaced(str(namespace), config.scope))
-        app.extensions["idempotency"] = HttpIdempotency(config, store_from(store))
+        engine = HttpIdempotency(config, store_from(store))
+        engine.source, engine.route_of = "flask", _route
+        app.extensions["idempotency"] = engine
         if wrapped:  # init_app again: new settings, never a second claim per request
             return
         dispatch = app.dispatch_request
@@ -171,6 +173,13 @@ def _view_options(method: str) -> Any:
         if found is not None:
             return found
     return None
+
+
+def _route(request: HttpRequest) -> str | None:
+    """The matched URL rule's template (``/orders/<int:id>``), for events."""
+    rule = getattr(request.raw, "url_rule", None)
+    found = getattr(rule, "rule", None)
+    return found if isinstance(found, str) else None
 
 
 def _dispatch(engine: HttpIdempotency, dispatch: Callable[[], Any]) -> Any:

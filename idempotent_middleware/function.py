@@ -23,20 +23,23 @@ function is not run again: it ran once already).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import inspect
 import json
 import logging
+import time
 import types
 import typing
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
+import idempotent_middleware.events as _events
+
 from ._core import Claimed, Replay, completion_record, plan_claim, plan_complete, plan_release
 from ._disabled import idempotency_disabled
 from ._lease import AsyncLease, sync_renewer
+from ._observe import Observation, Timing, fields, publish, store_kind, timed
 from ._steps import (
     Op,
     Plan,
@@ -48,12 +51,16 @@ from ._steps import (
     to_the_end,
 )
 from .config import _LAMBDA_CONTEXTS, IdempotencyConfig, LambdaContext
+from .events import Decision, IdempotencyEvent
 from .exceptions import (
+    IdempotencyAlreadyInProgressError,
     IdempotencyCachedError,
     IdempotencyCorruptRecordError,
     IdempotencyError,
+    IdempotencyKeyError,
     IdempotencyOutcomeUnknownError,
     IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
 )
 from .persistence.base import BasePersistenceLayer, DataRecord, KeyScheme, lease_from_remaining
 
@@ -351,15 +358,25 @@ def _wrap(
     ttl = cfg.expires_after_seconds
     check_round_trip = isinstance(serializer, (DataclassSerializer, PydanticSerializer))
 
+    kind = store_kind(persistence_store)
+
     def begin(
         args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Plan[tuple[Replay | Claimed | None, float]]:
+    ) -> Plan[tuple[Replay | Claimed | None, float, Observation | None]]:
         """The decision, and the lease the claim is held with (renewed while the function
-        runs): ``lease_seconds``, or the invocation's remaining time when that is shorter."""
+        runs): ``lease_seconds``, or the invocation's remaining time when that is shorter;
+        and the event fields of this call when someone listens."""
         data = _payload(data_of(args, kwargs))
-        key = scheme.hashed_key(scheme.key_material(data))
+        try:
+            key = scheme.hashed_key(scheme.key_material(data))
+        except IdempotencyKeyError as exc:
+            if _events._listeners:
+                publish(_no_key_event(Decision.KEY_INVALID, kind, exc))
+            raise
         if key is None:
-            return None, 0.0
+            if _events._listeners:
+                publish(_no_key_event(Decision.NO_KEY, kind, None))
+            return None, 0.0, None
         lease_seconds = cfg.lease_seconds
         invocation = cfg.lambda_context
         if invocation is not None:
@@ -367,7 +384,7 @@ def _wrap(
                 lease_from_remaining(invocation.get_remaining_time_in_millis(), lease_seconds),
                 min(_SHORTEST_RENEWED_LEASE, lease_seconds),
             )
-        decision = yield from plan_claim(
+        claiming = plan_claim(
             persistence_store,
             key,
             scheme.payload_hash(data),
@@ -375,7 +392,30 @@ def _wrap(
             expires_after_seconds=ttl,
             use_cache=cfg.use_local_cache,
         )
-        return decision, lease_seconds
+        if not _events._listeners:
+            return (yield from claiming), lease_seconds, None
+        observed = Observation("function", None, None, kind, key)
+        timing = Timing()
+        try:
+            decision = yield from timed(claiming, timing)
+        except (
+            IdempotencyValidationError,
+            IdempotencyAlreadyInProgressError,
+            IdempotencyPersistenceLayerError,
+        ) as exc:
+            refused = (
+                Decision.PAYLOAD_MISMATCH
+                if isinstance(exc, IdempotencyValidationError)
+                else Decision.IN_PROGRESS
+                if isinstance(exc, IdempotencyAlreadyInProgressError)
+                else Decision.STORE_ERROR
+            )
+            publish(observed.event(refused, timing=timing, error=type(exc).__name__))
+            raise
+        done = Decision.REPLAY if isinstance(decision, Replay) else Decision.EXECUTE
+        publish(observed.event(done, timing=timing))
+        observed.started = time.perf_counter()  # the function starts now
+        return decision, lease_seconds, observed
 
     def encode(result: Any) -> bytes:
         if result is None:  # None is None with or without a serializer
@@ -443,12 +483,41 @@ def _wrap(
         # A copy: what the hook does to its record never reaches the stored or cached one.
         return value if hook is None else hook(value, dataclasses.replace(record))
 
-    def release(claim: DataRecord) -> Plan[None]:
+    def release(
+        claim: DataRecord,
+        observed: Observation | None = None,
+        decision: Decision = Decision.RELEASED,
+        error: BaseException | None = None,
+    ) -> Plan[None]:
         """Free the key; the caller's exception, not a store error, is what propagates."""
-        with contextlib.suppress(IdempotencyPersistenceLayerError):
-            yield from plan_release(persistence_store, claim)
+        releasing = plan_release(persistence_store, claim)
+        timing = None if observed is None else Timing()
+        try:
+            released = yield from (releasing if timing is None else timed(releasing, timing))
+        except IdempotencyPersistenceLayerError as exc:
+            if observed is not None and _events._listeners:
+                publish(
+                    observed.event(
+                        Decision.STORE_ERROR, timing=timing, handler=True, error=_name(exc)
+                    )
+                )
+            return
+        if observed is not None and _events._listeners:
+            event = (
+                observed.event(decision, timing=timing, handler=True, error=_name(error))
+                if released
+                else observed.lease_lost()
+            )
+            if event is not None:
+                publish(event)
 
-    def settle(claim: DataRecord, lease: Any, stored: bytes | None) -> Plan[None]:
+    def settle(
+        claim: DataRecord,
+        lease: Any,
+        stored: bytes | None,
+        observed: Observation | None = None,
+        error: BaseException | None = None,
+    ) -> Plan[None]:
         """Write the completion of a run that started (``stored`` None: outcome unknown),
         then stop its lease; as the HTTP adapters do, the lease is stopped only once the
         write landed. A store error or an interruption mid-write hands the completion to
@@ -456,23 +525,38 @@ def _wrap(
         ran, so its key must never free for a second run."""
         key = claim.idempotency_key
         lease.closing = True
+        completing = plan_complete(
+            persistence_store,
+            claim,
+            stored,
+            ttl,
+            use_cache=cfg.use_local_cache and stored is not None,
+            background=False,
+        )
+        timing = None if observed is None else Timing()
         try:
-            yield from plan_complete(
-                persistence_store,
-                claim,
-                stored,
-                ttl,
-                use_cache=cfg.use_local_cache and stored is not None,
-                background=False,
-            )
+            written = yield from (completing if timing is None else timed(completing, timing))
         except IdempotencyPersistenceLayerError as exc:
             pending: DataRecord | None = getattr(exc, "pending_record", None)
+            if observed is not None and _events._listeners:
+                publish(
+                    observed.event(
+                        Decision.STORE_ERROR, timing=timing, handler=True, error=_name(exc)
+                    )
+                )
             logger.error(
                 "%s of %s not recorded: %s%s",
                 "result" if stored is not None else "outcome",
                 key,
                 exc,
                 "; the lease keeps the key and retries" if pending is not None else "",
+                extra=fields(
+                    decision=Decision.STORE_ERROR.value,
+                    source="function",
+                    store=kind,
+                    key=key,
+                    error=_name(exc),
+                ),
             )
             if pending is None:
                 lease.stop()
@@ -482,11 +566,21 @@ def _wrap(
         except BaseException:  # interrupted mid-write: it may or may not have landed
             lease.finish_later(completion_record(persistence_store, claim, stored, ttl))
             raise
+        if observed is not None and _events._listeners:
+            event = (
+                observed.lease_lost()
+                if written is None
+                else observed.event(
+                    Decision.STORED, timing=timing, handler=True, error=_name(error)
+                )
+            )
+            if event is not None:
+                publish(event)
         lease.stop()
 
     def plan(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[Any]:
         """The whole call, written once: the drivers below only perform its steps."""
-        decision, lease_seconds = yield from begin(args, kwargs)
+        decision, lease_seconds, observed = yield from begin(args, kwargs)
         call = functools.partial(func, *args, **kwargs)
         if decision is None:
             return (yield Step(CALL, call))
@@ -498,6 +592,8 @@ def _wrap(
         except BaseException:  # the function has not started: the key may be freed
             yield from release(claim)
             raise
+        if observed is not None:
+            lease.observed = observed
         try:
             result = yield Step(CALL, call)
         except GeneratorExit:
@@ -511,27 +607,37 @@ def _wrap(
                 try:
                     stored = encode_exception(exc)
                 except Exception as failure:  # not storable: released as any other error
-                    logger.error("exception of %s not storable: %r", claim.idempotency_key, failure)
+                    logger.error(
+                        "exception of %s not storable: %r",
+                        claim.idempotency_key,
+                        failure,
+                        extra=fields(
+                            source="function",
+                            store=kind,
+                            key=claim.idempotency_key,
+                            error=_name(failure),
+                        ),
+                    )
             if stored is None:  # the function's own error: release, then let it propagate
                 yield Step(DROP_LEASE, lease)
-                yield from release(claim)
+                yield from release(claim, observed, Decision.RELEASED, exc)
                 raise
-            yield Step(SETTLE, settle(claim, lease, stored))
+            yield Step(SETTLE, settle(claim, lease, stored, observed, exc))
             raise
-        except BaseException:
+        except BaseException as exc:
             # Interrupted after it started (C3): it may have had its effects, so the key
             # is never freed; retries are told the outcome is unknown.
-            yield Step(SETTLE, settle(claim, lease, None))
+            yield Step(SETTLE, settle(claim, lease, None, observed, exc))
             raise
         try:
             encoded = encode(result)
-        except Exception:  # not storable: the caller sees why; a retry may run again
+        except Exception as exc:  # not storable: the caller sees why; a retry may run again
             yield Step(DROP_LEASE, lease)
-            yield from release(claim)
+            yield from release(claim, observed, Decision.NOT_STORED, exc)
             raise
         # A store error is logged and left to the lease: the function ran, its caller gets
         # the result rather than an error that invites a retry.
-        yield Step(SETTLE, settle(claim, lease, encoded))
+        yield Step(SETTLE, settle(claim, lease, encoded, observed))
         return result
 
     def perform(step: Step) -> Any:
@@ -596,6 +702,14 @@ def _wrap(
                 _LAMBDA_CONTEXTS.reset(token)
 
     return cast(F, wrapper)
+
+
+def _name(error: BaseException | None) -> str | None:
+    return None if error is None else type(error).__name__
+
+
+def _no_key_event(decision: Decision, kind: str, error: BaseException | None) -> IdempotencyEvent:
+    return IdempotencyEvent(decision, "function", None, None, None, kind, None, error=_name(error))
 
 
 def _handler_parameters(func: Callable[..., Any]) -> tuple[int, str, int, str | None]:

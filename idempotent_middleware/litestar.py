@@ -32,6 +32,7 @@ from ._openapi import (
 from ._routed import RoutedIdempotency, route_options, run_route
 from .config import IdempotencyConfig, RouteOptions
 from .http.engine import HttpIdempotency
+from .http.request import HttpRequest
 from .persistence.base import BasePersistenceLayer
 
 __all__ = ["IdempotencyPlugin", "LitestarIdempotencyMiddleware"]
@@ -54,7 +55,7 @@ class IdempotencyPlugin(InitPluginProtocol):
         opt_key: str = "idempotency",
         exclude_opt_key: str | None = "skip_idempotency",
     ) -> None:
-        self.routed = RoutedIdempotency(persistence_store, config)
+        self.routed = RoutedIdempotency(persistence_store, config, "litestar", _route)
         self.config = self.routed.config
         self.store = self.routed.store
         self.opt_key = opt_key
@@ -140,6 +141,12 @@ class IdempotencyPlugin(InitPluginProtocol):
         if covered:
             schemas: dict[str, Any] = openapi.components.schemas
             schemas[PROBLEM_SCHEMA] = problem_schema()
+
+
+def _route(request: HttpRequest) -> str | None:
+    """The route handler's path template (``scope["path_template"]``, Litestar's own)."""
+    found = request.raw.get("path_template")
+    return found if isinstance(found, str) and found else None
 
 
 class LitestarIdempotencyMiddleware:

@@ -44,6 +44,7 @@ class IdempotencyMiddleware:
     ) -> None:
         self.app = app
         self.engine = HttpIdempotency.for_middleware(persistence_store, config)
+        self.engine.source = "wsgi"
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         if idempotency_disabled() or HANDLED in environ:

@@ -12,9 +12,13 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+import idempotent_middleware.events as _events
+
 from .._core import Claimed, Replay, completion_record, plan_claim, plan_complete, plan_release
+from .._observe import Observation, Timing, fields, publish, store_kind, timed
 from .._steps import Plan
 from ..config import IdempotencyConfig, RouteOptions
+from ..events import Decision
 from ..exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyCorruptRecordError,
@@ -24,6 +28,7 @@ from ..exceptions import (
     IdempotencyValidationError,
 )
 from ..persistence.base import BasePersistenceLayer, DataRecord, KeyScheme
+from . import observe
 from .fingerprint import fingerprint
 from .keys import parse_key, storage_key
 from .problems import Problems
@@ -32,6 +37,7 @@ from .response import StoredResponse
 from .routes import RouteTable, Rule
 
 logger = logging.getLogger("idempotent_middleware")
+DEBUG = logging.DEBUG
 
 
 @dataclass(slots=True)
@@ -47,6 +53,8 @@ class Execute:
 
     claim: DataRecord
     expires_after_seconds: int
+    #: The execution's event fields, when someone listened at its claim (else None).
+    observed: Observation | None = None
 
 
 class Incomplete:
@@ -65,6 +73,11 @@ PASS = PassThrough()
 
 class HttpIdempotency:
     """One per middleware instance: immutable after ``__init__``, shared by all requests."""
+
+    #: The ``source`` of its events; the adapter or integration that builds it sets its own.
+    source = "asgi"
+    #: The integration's route template of a request (events only), None: the patterns.
+    route_of: Callable[[HttpRequest], str | None] | None = None
 
     @classmethod
     def for_middleware(
@@ -125,30 +138,41 @@ class HttpIdempotency:
         values = request.header_values(self.header_name)
         if not values:
             if rule.key_required:
-                logger.debug("400 %s %s: key missing", request.method, request.path)
+                if _events._listeners or logger.isEnabledFor(DEBUG):
+                    self._note(request, Decision.KEY_INVALID, 400, "key missing")
                 return Respond(self.problems.missing)
-            logger.debug("pass %s %s: no key", request.method, request.path)
+            if _events._listeners or logger.isEnabledFor(DEBUG):
+                self._note(request, Decision.NO_KEY, None, "no key", "pass")
             return PASS
         key = parse_key(values[0]) if len(values) == 1 else None
         if key is None:
-            logger.debug("400 %s %s: key malformed", request.method, request.path)
+            if _events._listeners or logger.isEnabledFor(DEBUG):
+                self._note(request, Decision.KEY_INVALID, 400, "key malformed")
             return Respond(self.problems.invalid)
         request.key = key
         return None
 
     def incomplete(self, request: HttpRequest) -> StoredResponse:
         """The body ended early or could not be read (a cut upload): nothing is claimed."""
-        logger.debug("400 %s %s: body incomplete or unreadable", request.method, request.path)
+        if _events._listeners or logger.isEnabledFor(DEBUG):
+            self._note(request, Decision.BODY_INCOMPLETE, 400, "body incomplete or unreadable")
         return self.problems.incomplete
+
+    def client_gone(self, request: HttpRequest) -> None:
+        """The client left before its body ended (ASGI): nothing claimed, nobody to answer."""
+        if _events._listeners or logger.isEnabledFor(DEBUG):
+            self._note(request, Decision.BODY_INCOMPLETE, None, "client left mid-body", "gone")
 
     def length_required(self, request: HttpRequest) -> StoredResponse:
         """A body the server cannot deliver (chunked, no length, input not terminated): we
         cannot fingerprint it, so the key is not claimed (RFC 9110 section 15.5.12: 411)."""
-        logger.debug("411 %s %s: body without a length", request.method, request.path)
+        if _events._listeners or logger.isEnabledFor(DEBUG):
+            self._note(request, Decision.LENGTH_REQUIRED, 411, "body without a length")
         return self.problems.length_required
 
     def too_large(self, request: HttpRequest) -> StoredResponse:
-        logger.debug("413 %s %s: body over the cap", request.method, request.path)
+        if _events._listeners or logger.isEnabledFor(DEBUG):
+            self._note(request, Decision.TOO_LARGE, 413, "body over the cap")
         return self.problems.too_large
 
     def content_length_too_large(self, request: HttpRequest) -> bool:
@@ -167,12 +191,21 @@ class HttpIdempotency:
             try:
                 found_tenant = cfg.scope(request)
             except IdempotencyScopeRefusedError as exc:
-                logger.debug("401 %s %s: %s", request.method, request.path, exc)
+                if _events._listeners or logger.isEnabledFor(DEBUG):
+                    self._note(request, Decision.UNAUTHENTICATED, 401, "%s", detail=exc)
                 return Respond(self.problems.unauthenticated)
-            except Exception:
+            except Exception as exc:
                 # A hook that cannot tell whose request this is must not run it unscoped
                 # (another user's record) nor leak a 500: nothing is claimed.
-                logger.exception("scope hook raised for %s %s", request.method, request.path)
+                publish(
+                    observe.event(self, request, Decision.SCOPE_ERROR, 503, error=exc),
+                    logger,
+                    logging.ERROR,
+                    "scope hook raised for %s %s",
+                    request.method,
+                    request.path,
+                    exc_info=True,
+                )
                 return Respond(self.problems.scope_unavailable)
             tenant = None if found_tenant is None else str(found_tenant)
         if request.key is not None:
@@ -187,74 +220,186 @@ class HttpIdempotency:
             try:
                 found = self.scheme.key_material(request.document())
             except IdempotencyKeyError:  # a value past its bound (a gzip bomb): refused
-                logger.debug("400 %s %s: key too large", request.method, request.path)
+                if _events._listeners or logger.isEnabledFor(DEBUG):
+                    self._note(request, Decision.KEY_INVALID, 400, "key too large")
                 return Respond(self.problems.invalid)
             except Exception:  # a JMESPath runtime error on this document: no usable key
                 found = None
             if self.scheme.is_missing(found):
                 if rule.key_required:
-                    logger.debug("400 %s %s: key missing", request.method, request.path)
+                    if _events._listeners or logger.isEnabledFor(DEBUG):
+                        self._note(request, Decision.KEY_INVALID, 400, "key missing")
                     return Respond(self.problems.missing)
-                logger.debug("pass %s %s: no key", request.method, request.path)
+                if _events._listeners or logger.isEnabledFor(DEBUG):
+                    self._note(request, Decision.NO_KEY, None, "no key", "pass")
                 return PASS
             try:
                 digest = self.scheme.generate_hash([tenant, found])
             except (RecursionError, TypeError, ValueError):  # nested too deep to serialise
-                logger.debug("400 %s %s: key unusable", request.method, request.path)
+                if _events._listeners or logger.isEnabledFor(DEBUG):
+                    self._note(request, Decision.KEY_INVALID, 400, "key unusable")
                 return Respond(self.problems.invalid)
         key = storage_key(self.scheme, request.method, request.path, digest)
         try:
             request_hash = fingerprint(self.scheme, request)
         except Exception:
             request_hash = self.scheme.generate_hash([request.method, request.path, request.body])
+        claiming = plan_claim(
+            self.store,
+            key,
+            request_hash,
+            lease_seconds=cfg.lease_seconds,
+            expires_after_seconds=rule.expires_after_seconds,
+            wait_seconds=self.wait_seconds,
+            retry_after_seconds=cfg.retry_after_seconds,
+            use_cache=cfg.use_local_cache,
+        )
+        timing = None
+        if _events._listeners:  # durations are measured only for someone
+            timing = Timing()
+            claiming = timed(claiming, timing)
         try:
-            decision = yield from plan_claim(
-                self.store,
-                key,
-                request_hash,
-                lease_seconds=cfg.lease_seconds,
-                expires_after_seconds=rule.expires_after_seconds,
-                wait_seconds=self.wait_seconds,
-                retry_after_seconds=cfg.retry_after_seconds,
-                use_cache=cfg.use_local_cache,
-            )
+            decision = yield from claiming
             if isinstance(decision, Replay):
-                return self._replay(key, decision.record)
+                return self._replay(key, decision.record, request, timing)
         except IdempotencyValidationError:
-            logger.debug("422 %s: key reused with another payload", key)
+            if _events._listeners or logger.isEnabledFor(DEBUG):
+                self._decided(
+                    request,
+                    Decision.PAYLOAD_MISMATCH,
+                    422,
+                    key,
+                    timing,
+                    None,
+                    DEBUG,
+                    "422 %s: key reused with another payload",
+                    key,
+                )
             _call_hook(cfg.on_conflict, key, 422)
             return Respond(self.problems.reused)
         except IdempotencyAlreadyInProgressError as exc:
-            logger.debug("409 %s: in progress", key)
+            if _events._listeners or logger.isEnabledFor(DEBUG):
+                self._decided(
+                    request,
+                    Decision.IN_PROGRESS,
+                    409,
+                    key,
+                    timing,
+                    None,
+                    DEBUG,
+                    "409 %s: in progress",
+                    key,
+                )
             _call_hook(cfg.on_conflict, key, 409)
             return Respond(self.problems.in_progress(exc.retry_after))
         except IdempotencyPersistenceLayerError as exc:
             _call_hook(cfg.on_store_error, exc)
             if isinstance(exc, IdempotencyCorruptRecordError):
-                logger.error("corrupt record for %s: %s", key, exc)
-                return Respond(self.problems.corrupt)
+                answer = self.problems.corrupt
+                self._decided(
+                    request,
+                    Decision.STORE_ERROR,
+                    answer.status,
+                    key,
+                    timing,
+                    exc,
+                    logging.ERROR,
+                    "corrupt record for %s: %s",
+                    key,
+                    exc,
+                )
+                return Respond(answer)
             if cfg.fail_open:
-                logger.warning("store unreachable, running unprotected (fail_open): %s", exc)
+                self._decided(
+                    request,
+                    Decision.FAIL_OPEN,
+                    None,
+                    key,
+                    timing,
+                    exc,
+                    logging.WARNING,
+                    "store unreachable, running unprotected (fail_open): %s",
+                    exc,
+                )
                 return PASS
-            logger.error("store unreachable, answering 503: %s", exc)
+            self._decided(
+                request,
+                Decision.STORE_ERROR,
+                503,
+                key,
+                timing,
+                exc,
+                logging.ERROR,
+                "store unreachable, answering 503: %s",
+                exc,
+            )
             return Respond(self.problems.unavailable)
         assert isinstance(decision, Claimed)
-        logger.debug("execute %s", key)
+        if _events._listeners:
+            observed = observe.observation(self, request, key)
+            self._decided(
+                request, Decision.EXECUTE, None, key, timing, None, DEBUG, "execute %s", key
+            )
+            return Execute(decision.record, rule.expires_after_seconds, observed)
+        if logger.isEnabledFor(DEBUG):
+            self._decided(
+                request, Decision.EXECUTE, None, key, None, None, DEBUG, "execute %s", key
+            )
         return Execute(decision.record, rule.expires_after_seconds)
 
-    def _replay(self, key: str, record: DataRecord) -> Respond:
+    def _replay(
+        self, key: str, record: DataRecord, request: HttpRequest, timing: Timing | None
+    ) -> Respond:
         _call_hook(self.config.on_replay, key)
         if record.outcome_unknown:  # the handler committed its execution, no response stored
-            logger.debug("replay %s: executed in its transaction, response not stored", key)
-            return Respond(self.problems.not_replayable(0))
+            answer = self.problems.not_replayable(0)
+            if _events._listeners or logger.isEnabledFor(DEBUG):
+                self._decided(
+                    request,
+                    Decision.REPLAY,
+                    answer.status,
+                    key,
+                    timing,
+                    None,
+                    DEBUG,
+                    "replay %s: executed in its transaction, response not stored",
+                    key,
+                )
+            return Respond(answer)
         stored = StoredResponse.decode(record.response_data or b"")
         if stored.interrupted:
-            logger.debug("replay %s: executed, outcome unknown", key)
+            if _events._listeners or logger.isEnabledFor(DEBUG):
+                self._decided(
+                    request,
+                    Decision.REPLAY,
+                    self.problems.interrupted.status,
+                    key,
+                    timing,
+                    None,
+                    DEBUG,
+                    "replay %s: executed, outcome unknown",
+                    key,
+                )
             return Respond(self.problems.interrupted)
         if not stored.complete:
-            logger.debug("replay %s: executed, response was not stored", key)
-            return Respond(self.problems.not_replayable(stored.status))
-        logger.debug("replay %s", key)
+            answer = self.problems.not_replayable(stored.status)
+            if _events._listeners or logger.isEnabledFor(DEBUG):
+                self._decided(
+                    request,
+                    Decision.REPLAY,
+                    answer.status,
+                    key,
+                    timing,
+                    None,
+                    DEBUG,
+                    "replay %s: executed, response was not stored",
+                    key,
+                )
+            return Respond(answer)
+        if _events._listeners or logger.isEnabledFor(DEBUG):
+            self._decided(
+                request, Decision.REPLAY, stored.status, key, timing, None, DEBUG, "replay %s", key
+            )
         headers = [*stored.headers, self.replay_header]
         # RFC 9110 section 8.6: no Content-Length on 1xx, 204 and 304.
         if (
@@ -293,18 +438,31 @@ class HttpIdempotency:
         a handler that already ran.
         """
         key = action.claim.idempotency_key
+        observed = action.observed if _events._listeners else None
+        timing = None
         try:
             if self.releases(outcome):
-                logger.debug("release %s", key)
-                yield from plan_release(self.store, action.claim)
+                if observed is None and not logger.isEnabledFor(DEBUG):
+                    yield from plan_release(self.store, action.claim)
+                    return None
+                status = _status(outcome)
+                timing = None if observed is None else Timing()
+                releasing = plan_release(self.store, action.claim)
+                released = yield from (releasing if timing is None else timed(releasing, timing))
+                decision = Decision.RELEASED if outcome is None else Decision.NOT_STORED
+                if released is False:  # fenced: plan_release logged the loss
+                    self._finished(observed, Decision.LEASE_LOST, None, timing, key, None)
+                    return None
+                self._finished(observed, decision, status, timing, key, None, "release %s", key)
                 return None
             assert outcome is not None
             if outcome.interrupted:
                 logger.warning(
                     "%s was interrupted after it started: recorded as executed, outcome unknown",
                     key,
+                    extra=self._fields(observed, key, Decision.STORED, _status(outcome)),
                 )
-            yield from plan_complete(
+            completing = plan_complete(
                 self.store,
                 action.claim,
                 outcome.encode(),
@@ -312,17 +470,119 @@ class HttpIdempotency:
                 use_cache=self.config.use_local_cache,
                 background=False,
             )
+            if observed is None:
+                yield from completing
+                return None
+            timing = Timing()
+            written = yield from timed(completing, timing)
+            if written is None:  # fenced: plan_complete logged the loss
+                self._finished(observed, Decision.LEASE_LOST, None, timing, key, None)
+            else:
+                self._finished(observed, Decision.STORED, _status(outcome), timing, key, None)
         except IdempotencyPersistenceLayerError as exc:
             pending: DataRecord | None = getattr(exc, "pending_record", None)
+            status = _status(outcome)
+            fields = self._fields(observed, key, Decision.STORE_ERROR, status, exc)
+            if observed is not None:
+                publish(
+                    observed.event(
+                        Decision.STORE_ERROR,
+                        status,
+                        timing=timing,
+                        handler=True,
+                        error=type(exc).__name__,
+                    )
+                )
             logger.error(
                 "could not record %s: %s%s",
                 key,
                 exc,
                 "; the lease keeps the key and retries" if pending is not None else "",
+                extra=fields,
             )
             _call_hook(self.config.on_store_error, exc)
             return pending
         return None
+
+    # --- Events and log fields (only called when someone listens or the level is on) ----------
+    def _note(
+        self,
+        request: HttpRequest,
+        decision: Decision,
+        status: int | None,
+        what: str,
+        label: str | None = None,
+        detail: object = None,
+    ) -> None:
+        """A decision taken before any key is known: event and debug line."""
+        message = f"{label or status} %s %s: {what}"
+        args: tuple[object, ...] = (request.method, request.path)
+        if detail is not None:
+            args = (*args, detail)
+        publish(observe.event(self, request, decision, status), logger, DEBUG, message, *args)
+
+    def _decided(
+        self,
+        request: HttpRequest,
+        decision: Decision,
+        status: int | None,
+        key: str,
+        timing: Timing | None,
+        error: BaseException | None,
+        level: int,
+        message: str,
+        *args: object,
+    ) -> None:
+        event = observe.event(self, request, decision, status, key, timing, error)
+        publish(event, logger, level, message, *args)
+
+    def _finished(
+        self,
+        observed: Observation | None,
+        decision: Decision,
+        status: int | None,
+        timing: Timing | None,
+        key: str,
+        error: str | None,
+        message: str = "",
+        *args: object,
+    ) -> None:
+        """An execution's outcome: its event (once per loss) and its debug line, if any."""
+        if observed is not None:
+            event = (
+                observed.lease_lost(error)
+                if decision is Decision.LEASE_LOST
+                else observed.event(decision, status, timing=timing, handler=True, error=error)
+            )
+            if event is not None:
+                publish(event)
+        if message and logger.isEnabledFor(DEBUG):
+            logger.debug(message, *args, extra=self._fields(observed, key, decision, status))
+
+    def _fields(
+        self,
+        observed: Observation | None,
+        key: str,
+        decision: Decision,
+        status: int | None,
+        error: BaseException | None = None,
+    ) -> dict[str, object]:
+        """Log fields of an execution's line (the request's, when it was observed)."""
+        return fields(
+            decision=decision.value,
+            source=self.source,
+            method=None if observed is None else observed.method,
+            route=None if observed is None else observed.route,
+            status=status,
+            store=store_kind(self.store),
+            key=key,
+            error=None if error is None else type(error).__name__,
+        )
+
+
+def _status(outcome: StoredResponse | None) -> int | None:
+    """An outcome's status for events (None: no response, or none started)."""
+    return None if outcome is None else outcome.status or None
 
 
 def _call_hook(hook: Callable[..., None] | None, *args: Any) -> None:
@@ -331,7 +591,8 @@ def _call_hook(hook: Callable[..., None] | None, *args: Any) -> None:
     try:
         hook(*args)
     except Exception:  # a counting hook must never break a request
-        logger.exception("idempotency hook %r raised", hook)
+        key = args[0] if args and isinstance(args[0], str) else None
+        logger.exception("idempotency hook %r raised", hook, extra=fields(key=key))
 
 
 def _status_policy(spec: Callable[[int], bool] | Collection[int]) -> Callable[[int], bool]:

@@ -58,6 +58,8 @@ class Execution:
         except BaseException:  # the handler has not started: give the key back, never leak it
             drive(engine.store, engine.finish(action, None))
             raise
+        if action.observed is not None:
+            self.lease.observed = action.observed
 
     def record(
         self, error: BaseException | None = None, finished: bool = True, client_gone: bool = False
@@ -120,6 +122,8 @@ class AsyncExecution:
         except BaseException:  # the handler has not started: give the key back
             await drive_async(engine.store, engine.finish(action, None))
             raise
+        if action.observed is not None:
+            lease.observed = action.observed
         return cls(engine, action, lease)
 
     async def record(

@@ -24,7 +24,15 @@ class RouteTable:
     (a cache keyed by the raw path let unauthenticated clients pin hundreds of MiB per worker).
     """
 
-    __slots__ = ("_exclude", "_include", "_routable_methods", "_routes", "default", "methods")
+    __slots__ = (
+        "_exclude",
+        "_include",
+        "_patterns",
+        "_routable_methods",
+        "_routes",
+        "default",
+        "methods",
+    )
 
     def __init__(self, config: IdempotencyConfig) -> None:
         self.methods = frozenset(normalise_method(m) for m in config.methods)
@@ -36,6 +44,10 @@ class RouteTable:
         self._routes: tuple[tuple[_Glob, Rule | None, frozenset[str]], ...] = tuple(
             (_glob(pattern), *self._route_rule(config, options))
             for pattern, options in config.routes.items()
+        )
+        #: The configured patterns, for event labels: ``routes`` first, then ``include_paths``.
+        self._patterns = tuple(
+            (_glob(p), p) for p in (*config.routes, *(config.include_paths or ()))
         )
         #: Every method some path may take: any other is passed through before the path is read.
         self._routable_methods = self.methods.union(*(methods for _, _, methods in self._routes))
@@ -55,6 +67,14 @@ class RouteTable:
             if match(path):
                 return rule if method in methods else None
         return self.default if method in self.methods else None
+
+    def pattern(self, path: str) -> str | None:
+        """The configured pattern covering ``path`` (a ``routes`` key, else an
+        ``include_paths`` glob), or None: a bounded label, never the path itself."""
+        for match, pattern in self._patterns:
+            if match(path):
+                return pattern
+        return None
 
     def for_options(self, config: IdempotencyConfig, options: RouteOptions) -> Rule | None:
         """The rule of a view that carries its own options (a framework decorator)."""

@@ -33,7 +33,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import jmespath
 import jmespath.parser
@@ -337,6 +337,10 @@ def new_owner() -> bytes:
 class BasePersistenceLayer(ABC):
     """Abstract persistence layer: four I/O methods (sync and async), the rest written once."""
 
+    #: The store label of decision events and metrics ("memory", "redis", ...); a layer that
+    #: leaves it empty is labelled by its class name.
+    kind: ClassVar[str] = ""
+
     def __init__(self) -> None:
         self.configured = False
         self._scheme: KeyScheme | None = None
@@ -564,14 +568,24 @@ class BasePersistenceLayer(ABC):
         self, data: Any, exception: BaseException | None = None, *, claim: DataRecord
     ) -> None:
         """Release ``claim`` (after the function raised); fenced by its owner token."""
-        logger.debug("releasing %s after %r", claim.idempotency_key, exception)
+        logger.debug(
+            "releasing %s after %r", claim.idempotency_key, exception, extra=self._log_fields(claim)
+        )
         drive(self, self._plan_delete_record(claim))
 
     async def delete_record_async(
         self, data: Any, exception: BaseException | None = None, *, claim: DataRecord
     ) -> None:
-        logger.debug("releasing %s after %r", claim.idempotency_key, exception)
+        logger.debug(
+            "releasing %s after %r", claim.idempotency_key, exception, extra=self._log_fields(claim)
+        )
         await drive_async(self, self._plan_delete_record(claim))
+
+    def _log_fields(self, claim: DataRecord) -> dict[str, Any]:
+        return {"idempotency_key": claim.idempotency_key, "idempotency_store": self._kind_label()}
+
+    def _kind_label(self) -> str:
+        return type(self).kind or type(self).__name__
 
     def get_record(self, data: Any, *, scheme: KeyScheme | None = None) -> DataRecord | None:
         """Fetch the live record for ``data``; 422's error when its fingerprint differs."""

@@ -165,6 +165,8 @@ class InMemoryPersistenceLayer(BasePersistenceLayer):
     default); see the module docstring for what happens when full.
     """
 
+    kind = "memory"
+
     def __init__(self, max_items: int = 100_000, max_bytes: int = 256 * 1024 * 1024) -> None:
         super().__init__()
         if max_items <= 0:
@@ -232,6 +234,10 @@ class InMemoryPersistenceLayer(BasePersistenceLayer):
                 self._max_items,
                 self._max_bytes,
                 self._refused,
+                extra={
+                    "idempotency_store": "memory",
+                    "idempotency_error": "IdempotencyStoreFullError",
+                },
             )
         raise IdempotencyStoreFullError("the in-memory idempotency store is full")
 

@@ -214,6 +214,8 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
     ``create_schema()`` or the shipped ``sql/postgres.sql``.
     """
 
+    kind = "postgres"
+
     def __init__(
         self,
         dsn: str | None = None,

@@ -292,6 +292,8 @@ class RedisPersistenceLayer(BasePersistenceLayer):
     bytes).
     """
 
+    kind = "redis"
+
     def __init__(
         self,
         url: str | None = None,

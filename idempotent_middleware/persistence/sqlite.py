@@ -215,6 +215,8 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
     run in the order they were asked for.
     """
 
+    kind = "sqlite"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
