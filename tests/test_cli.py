@@ -158,3 +158,27 @@ def test_python_dash_m(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {}
+
+
+def test_ping_sync_and_async(store_url: str) -> None:
+    import asyncio
+
+    store = open_store(store_url)
+
+    async def probe() -> None:
+        await store.ping_async()
+        if hasattr(store, "aclose"):
+            await store.aclose()
+
+    store.ping()
+    asyncio.run(probe())
+    getattr(store, "close", lambda: None)()
+
+
+def test_ping_of_a_stopped_store_raises_the_store_error() -> None:
+    from idempotent_middleware.exceptions import IdempotencyPersistenceLayerError
+
+    with pytest.raises(IdempotencyPersistenceLayerError):
+        open_store("redis://127.0.0.1:1/0").ping()
+    with pytest.raises(IdempotencyPersistenceLayerError):
+        open_store("postgresql://postgres@127.0.0.1:1/postgres").ping()
