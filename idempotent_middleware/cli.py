@@ -180,27 +180,30 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    add = sub.add_parser
-    sub.add_parser = lambda *a, **k: add(*a, parents=[common], **k)  # type: ignore[method-assign]
-    key = sub.add_parser("key", help="the storage key of a request")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        # --json after the command too; SUPPRESS keeps a --json given before it.
+        return sub.add_parser(name, help=text, parents=[common])
+
+    key = command("key", "the storage key of a request")
     key.add_argument("--client-key", required=True)
     key.add_argument("--method", default="POST")
     key.add_argument("--path", required=True)
     key.add_argument("--tenant")
     key.add_argument("--header-name", default="Idempotency-Key")
-    sub.add_parser("ping", help="check the store answers")
-    inspect = sub.add_parser("inspect", help="show one record")
+    command("ping", "check the store answers")
+    inspect = command("inspect", "show one record")
     inspect.add_argument("key")
     inspect.add_argument("--body", action="store_true", help=f"show the body (<= {_BODY_SHOWN} B)")
-    invalidate = sub.add_parser("invalidate", help="delete a completed record")
+    invalidate = command("invalidate", "delete a completed record")
     invalidate.add_argument("key")
     invalidate.add_argument("--force", action="store_true", help="even an in-progress one")
-    listing = sub.add_parser("list", help="list records")
+    listing = command("list", "list records")
     listing.add_argument("--prefix", default="")
     listing.add_argument("--limit", type=int, default=100)
-    sub.add_parser("stats", help="records by status (SQL stores)")
-    sub.add_parser("purge-expired", help="delete expired rows (SQL stores)")
-    conformance = sub.add_parser("conformance", help="run the store conformance suite")
+    command("stats", "records by status (SQL stores)")
+    command("purge-expired", "delete expired rows (SQL stores)")
+    conformance = command("conformance", "run the store conformance suite")
     conformance.add_argument("target", metavar="MODULE:FACTORY")
     conformance.add_argument("--verbose", action="store_true")
     return parser
