@@ -660,13 +660,78 @@ class BasePersistenceLayer(ABC):
     async def _renew_lease_async(self, data_record: DataRecord) -> None:
         self._renew_lease(data_record)
 
+    # --- Readiness and operator inspection (the CLI; health endpoints) ----------------------
+    def ping(self) -> None:
+        """Check the store answers (for a readiness probe); a store error if it does not."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement ping()")
+
+    async def ping_async(self) -> None:
+        self.ping()
+
+    def inspect_record(self, storage_key: str) -> dict[str, Any] | None:
+        """The record stored under ``storage_key`` as :func:`describe_record` gives it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement inspect_record()")
+
+    def list_records(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        """Up to ``limit`` records whose storage key starts with ``prefix``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement list_records()")
+
+    def invalidate_record(self, storage_key: str, force: bool = False) -> bool:
+        """Delete a completed record so that the next request executes again.
+
+        A live in-progress record is refused (``IdempotencyAlreadyInProgressError``) unless
+        ``force``: its handler may still be running. True if a record was deleted.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement invalidate_record()")
+
+
+#: Why ``invalidate_record`` refuses a live in-progress record without ``force``.
+INVALIDATE_REFUSED = (
+    "{key} is in progress: its handler may still be running; invalidate it with force=True "
+    "only if you know it is not"
+)
+
+
+def describe_record(record: DataRecord, **extra: Any) -> dict[str, Any]:
+    """A record as the inspection methods return it (times are Unix seconds)."""
+    lease = record.in_progress_expiry_timestamp
+    described: dict[str, Any] = {
+        "key": record.idempotency_key,
+        "status": record.status,
+        "owner": record.owner.hex(),
+        "payload_hash": record.payload_hash,
+        "expires_at": record.expiry_timestamp,
+        "lease_expires_at": None if lease is None else lease / 1000,
+        "response": record.response_data,
+        "outcome_unknown": record.outcome_unknown,
+        "expired": record.is_expired,
+    }
+    described.update(extra)
+    return described
+
+
+def like_prefix(prefix: str) -> str:
+    """A SQL LIKE pattern matching keys starting with ``prefix`` (escape character ``\\``)."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def check_limit(limit: int) -> int:
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError("limit must be a positive integer")
+    return limit
+
 
 __all__ = [
+    "INVALIDATE_REFUSED",
     "STATUS_COMPLETED",
     "STATUS_INPROGRESS",
     "BasePersistenceLayer",
     "DataRecord",
     "KeyScheme",
+    "check_limit",
     "decode_record",
+    "describe_record",
     "encode_record",
+    "like_prefix",
 ]

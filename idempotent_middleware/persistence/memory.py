@@ -22,14 +22,23 @@ import logging
 import threading
 import time
 from collections.abc import ItemsView, Iterator, ValuesView
+from typing import Any
 
 from ..exceptions import (
+    IdempotencyAlreadyInProgressError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
     IdempotencyStoreFullError,
 )
-from .base import STATUS_INPROGRESS, BasePersistenceLayer, DataRecord
+from .base import (
+    INVALIDATE_REFUSED,
+    STATUS_INPROGRESS,
+    BasePersistenceLayer,
+    DataRecord,
+    check_limit,
+    describe_record,
+)
 
 logger = logging.getLogger("idempotent_middleware")
 
@@ -267,3 +276,43 @@ class InMemoryPersistenceLayer(BasePersistenceLayer):
             if current is not None and current.status != STATUS_INPROGRESS:
                 raise IdempotencyOwnershipError(data_record.idempotency_key)
             self._records[data_record.idempotency_key] = data_record
+
+    # --- Readiness and operator inspection ----------------------------------------------------
+    def ping(self) -> None:
+        """Always ready: the records live in this process."""
+
+    async def ping_async(self) -> None:
+        """Always ready: the records live in this process."""
+
+    def inspect_record(self, storage_key: str) -> dict[str, Any] | None:
+        with self._lock:
+            record = self._live(storage_key)
+        return None if record is None else describe_record(record)
+
+    def list_records(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        check_limit(limit)
+        with self._lock:
+            found = [
+                r for k, r in self._records.items() if k.startswith(prefix) and not r.is_expired
+            ]
+        found.sort(key=lambda r: r.idempotency_key)
+        return [describe_record(r) for r in found[:limit]]
+
+    def invalidate_record(self, storage_key: str, force: bool = False) -> bool:
+        with self._lock:
+            record = self._live(storage_key)
+            if record is None:
+                return False
+            if record.status == STATUS_INPROGRESS and not force:
+                raise IdempotencyAlreadyInProgressError(INVALIDATE_REFUSED.format(key=storage_key))
+            del self._records[storage_key]
+            return True
+
+    def record_counts(self) -> dict[str, int]:
+        """Live records by status."""
+        with self._lock:
+            counts: dict[str, int] = {}
+            for record in self._records.values():
+                if not record.is_expired:
+                    counts[record.status] = counts.get(record.status, 0) + 1
+        return counts

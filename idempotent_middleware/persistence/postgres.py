@@ -43,7 +43,16 @@ from ..exceptions import (
     IdempotencyOwnershipError,
     IdempotencyPersistenceLayerError,
 )
-from .base import STATUS_COMPLETED, STATUS_INPROGRESS, BasePersistenceLayer, DataRecord
+from .base import (
+    INVALIDATE_REFUSED,
+    STATUS_COMPLETED,
+    STATUS_INPROGRESS,
+    BasePersistenceLayer,
+    DataRecord,
+    check_limit,
+    describe_record,
+    like_prefix,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -490,6 +499,74 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
     async def aclose(self) -> None:
         """Close the idle asyncio connections made from ``dsn=`` (they reconnect if used)."""
         self._async_connections.close()
+
+    # --- Readiness and operator inspection ------------------------------------------------------
+    def _query(self, what: str, query: Any, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        try:
+            with self._connection() as conn:
+                rows: list[tuple[Any, ...]] = conn.execute(query, params).fetchall()
+                return rows
+        except Exception as exc:
+            raise _store_error(what, exc, params) from exc
+
+    def ping(self) -> None:
+        """``SELECT 1`` (a readiness probe); a store error if the server does not answer."""
+        self._query("ping", "SELECT 1", {})
+
+    async def ping_async(self) -> None:
+        if self._async_pool is None and self.dsn is None:
+            await asyncio.to_thread(self.ping)
+            return
+        try:
+            async with self._async_connection() as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:
+            raise _store_error("ping", exc) from exc
+
+    def _inspect_rows(self, where: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        sql = _import_psycopg()[0].sql
+        query = sql.SQL(f"SELECT idempotency_key, {_RETURNING} FROM {{t}} WHERE {where}").format(
+            t=self._ident
+        )
+        rows = self._query("inspect", query, params)
+        return [describe_record(_record(row[0], row[1:])) for row in rows]
+
+    def inspect_record(self, storage_key: str) -> dict[str, Any] | None:
+        found = self._inspect_rows("idempotency_key = %(key)s", {"key": storage_key})
+        return found[0] if found else None
+
+    def list_records(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        where = (
+            "idempotency_key LIKE %(pattern)s ESCAPE '\\' ORDER BY idempotency_key LIMIT %(limit)s"
+        )
+        return self._inspect_rows(
+            where, {"pattern": like_prefix(prefix), "limit": check_limit(limit)}
+        )
+
+    def invalidate_record(self, storage_key: str, force: bool = False) -> bool:
+        """One statement: the DELETE, and the row as it was before it (the CTE's snapshot)."""
+        sql = _import_psycopg()[0].sql
+        query = sql.SQL(
+            f"WITH gone AS (DELETE FROM {{t}} WHERE idempotency_key = %(key)s AND "
+            f"(status = '{STATUS_COMPLETED}' OR live_until <= {_NOW} OR %(force)s) RETURNING 1) "
+            f"SELECT (SELECT count(*) FROM gone), EXISTS (SELECT 1 FROM {{t}} "
+            f"WHERE idempotency_key = %(key)s AND live_until > {_NOW})"
+        ).format(t=self._ident)
+        ((deleted, live),) = self._query("invalidate", query, {"key": storage_key, "force": force})
+        if deleted:
+            return True
+        if live:
+            raise IdempotencyAlreadyInProgressError(INVALIDATE_REFUSED.format(key=storage_key))
+        return False
+
+    def record_counts(self) -> dict[str, int]:
+        """Records by status; rows past their life (awaiting ``purge_expired``) as "EXPIRED"."""
+        sql = _import_psycopg()[0].sql
+        query = sql.SQL(
+            f"SELECT CASE WHEN live_until > {_NOW} THEN status ELSE 'EXPIRED' END AS s, count(*) "
+            "FROM {t} GROUP BY s"
+        ).format(t=self._ident)
+        return {str(s): int(n) for s, n in self._query("stats", query, {})}
 
 
 class _SyncConnections:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 from ..exceptions import (
+    IdempotencyAlreadyInProgressError,
     IdempotencyConfigurationError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
@@ -35,7 +36,15 @@ from ..exceptions import (
     IdempotencyPersistenceLayerError,
 )
 from ._batch import TickBatcher
-from .base import BasePersistenceLayer, DataRecord, decode_record, encode_record
+from .base import (
+    INVALIDATE_REFUSED,
+    BasePersistenceLayer,
+    DataRecord,
+    check_limit,
+    decode_record,
+    describe_record,
+    encode_record,
+)
 
 try:
     import redis as _redis
@@ -67,6 +76,12 @@ def _script(name: str) -> tuple[bytes, str]:
 _COMPLETE = _script("complete.lua")
 _RELEASE = _script("release.lua")
 _RENEW = _script("renew.lua")
+_INVALIDATE = _script("invalidate.lua")
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis glob pattern (SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _ms_until(timestamp_seconds: float) -> int:
@@ -619,6 +634,83 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             return
         executor.close()
         await asyncio.sleep(0)  # let the transport deliver connection_lost
+
+    # --- Readiness and operator inspection ------------------------------------------------------
+    def _ops_ping(self) -> Ops:
+        try:
+            yield ("PING",)
+        except Exception as exc:
+            raise IdempotencyPersistenceLayerError(
+                f"PING failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def ping(self) -> None:
+        """PING the server (a readiness probe); a store error if it does not answer."""
+        self._run(self._ops_ping())
+
+    async def ping_async(self) -> None:
+        await self._run_async(self._ops_ping())
+
+    def _ops_inspect(self, storage_key: str) -> Ops:
+        name = self._name(storage_key)
+        try:
+            raw = yield ("GET", name)
+            ttl_ms = yield ("PTTL", name)
+        except Exception as exc:
+            raise IdempotencyPersistenceLayerError(
+                f"GET failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if raw is None:
+            return None
+        record = decode_record(storage_key, raw)
+        return describe_record(record, ttl_ms=ttl_ms if ttl_ms >= 0 else None)
+
+    def inspect_record(self, storage_key: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._run(self._ops_inspect(storage_key))
+        return result
+
+    def _ops_scan(self, prefix: str, limit: int) -> Ops:
+        pattern = _glob_escape(self.key_prefix + prefix) + "*"
+        names: list[bytes] = []
+        cursor: Any = 0
+        try:
+            while True:
+                cursor, batch = yield ("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
+                names.extend(batch)
+                if int(cursor) == 0 or len(names) >= limit:
+                    return sorted(set(names))[:limit]
+        except Exception as exc:
+            raise IdempotencyPersistenceLayerError(
+                f"SCAN failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def list_records(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        """Records under ``prefix`` found by SCAN (never KEYS: it would block the server)."""
+        check_limit(limit)
+        found = []
+        skip = len(self.key_prefix)
+        for name in self._run(self._ops_scan(prefix, limit)):
+            key = (name.decode() if isinstance(name, bytes) else str(name))[skip:]
+            described = self.inspect_record(key)
+            if described is not None:  # gone between SCAN and GET
+                found.append(described)
+        return found
+
+    def _ops_invalidate(self, storage_key: str, force: bool) -> Ops:
+        body, _ = _INVALIDATE
+        try:
+            done = yield ("EVAL", body, 1, self._name(storage_key), b"1" if force else b"0")
+        except Exception as exc:
+            raise IdempotencyPersistenceLayerError(
+                f"script failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if done == -1:
+            raise IdempotencyAlreadyInProgressError(INVALIDATE_REFUSED.format(key=storage_key))
+        return done == 1
+
+    def invalidate_record(self, storage_key: str, force: bool = False) -> bool:
+        result: bool = self._run(self._ops_invalidate(storage_key, force))
+        return result
 
 
 __all__ = ["RedisPersistenceLayer"]

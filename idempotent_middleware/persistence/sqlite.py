@@ -41,6 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..exceptions import (
+    IdempotencyAlreadyInProgressError,
     IdempotencyConfigurationError,
     IdempotencyCorruptRecordError,
     IdempotencyError,
@@ -51,7 +52,13 @@ from ..exceptions import (
     IdempotencyOwnershipError,
     IdempotencyPersistenceLayerError,
 )
-from .base import BasePersistenceLayer
+from .base import (
+    INVALIDATE_REFUSED,
+    BasePersistenceLayer,
+    check_limit,
+    describe_record,
+    like_prefix,
+)
 from .record import STATUS_COMPLETED, STATUS_INPROGRESS, DataRecord
 
 T = TypeVar("T")
@@ -601,6 +608,54 @@ class SQLitePersistenceLayer(BasePersistenceLayer):
             executor.shutdown(wait=True)
         for slot in slots:
             slot.release()
+
+    # --- Readiness and operator inspection ------------------------------------------------------
+    def ping(self) -> None:
+        """``SELECT 1`` on this thread's connection (a readiness probe)."""
+        self._run(lambda conn: conn.execute("SELECT 1").fetchall())
+
+    async def ping_async(self) -> None:
+        await asyncio.to_thread(self.ping)
+
+    def _inspect_rows(self, where: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT idempotency_key, status, owner, payload_hash, expiry, lease_expiry, response "
+            f'FROM "{self.table}" WHERE {where}'
+        )
+        rows = self._run(lambda conn: conn.execute(sql, params).fetchall())
+        return [describe_record(_decode(row[0], row[1:])) for row in rows]
+
+    def inspect_record(self, storage_key: str) -> dict[str, Any] | None:
+        found = self._inspect_rows("idempotency_key = :key", {"key": storage_key})
+        return found[0] if found else None
+
+    def list_records(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        where = "idempotency_key LIKE :pattern ESCAPE '\\' ORDER BY idempotency_key LIMIT :limit"
+        return self._inspect_rows(
+            where, {"pattern": like_prefix(prefix), "limit": check_limit(limit)}
+        )
+
+    def invalidate_record(self, storage_key: str, force: bool = False) -> bool:
+        params = {"key": storage_key, "now": time.time(), "force": int(force)}
+        delete = (
+            f'DELETE FROM "{self.table}" WHERE idempotency_key = :key AND '
+            f"(status = '{STATUS_COMPLETED}' OR live_until < :now OR :force)"
+        )
+        if self._run(functools.partial(self._changes, sql=delete, params=params)):
+            return True
+        live = f'SELECT status FROM "{self.table}" WHERE idempotency_key = :key AND {_LIVE}'
+        if self._run(lambda conn: conn.execute(live, params).fetchall()):
+            raise IdempotencyAlreadyInProgressError(INVALIDATE_REFUSED.format(key=storage_key))
+        return False
+
+    def record_counts(self) -> dict[str, int]:
+        """Records by status; rows past their life (awaiting ``purge_expired``) as "EXPIRED"."""
+        sql = (
+            f"SELECT CASE WHEN {_LIVE} THEN status ELSE 'EXPIRED' END AS s, count(*) "
+            f'FROM "{self.table}" GROUP BY s'
+        )
+        rows = self._run(lambda conn: conn.execute(sql, {"now": time.time()}).fetchall())
+        return {str(status): int(n) for status, n in rows}
 
 
 def _before_fork() -> None:

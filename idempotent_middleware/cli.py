@@ -1,0 +1,237 @@
+"""``idempotent-middleware``: the operator's command line (stdlib ``argparse`` only).
+
+Look at a key's record, invalidate it, list, count, purge and check a store. Exit codes:
+0 ok, 1 not found or refused, 2 usage or connection error. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._error_base import IdempotencyError, IdempotencyPersistenceLayerError
+from .config import IdempotencyConfig
+from .exceptions import IdempotencyAlreadyInProgressError
+from .persistence.base import BasePersistenceLayer, KeyScheme
+
+_BODY_SHOWN = 4096
+
+
+class _Exit(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def open_store(url: str) -> BasePersistenceLayer:
+    """The persistence layer a store URL names."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("redis", "rediss", "unix"):
+        from .persistence.redis import RedisPersistenceLayer
+
+        return RedisPersistenceLayer(url)
+    if scheme in ("postgresql", "postgres"):
+        from .persistence.postgres import PostgresPersistenceLayer
+
+        return PostgresPersistenceLayer(url)
+    if scheme == "sqlite" and url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        from .persistence.sqlite import SQLitePersistenceLayer
+
+        return SQLitePersistenceLayer(url[len("sqlite:///") :])
+    raise _Exit(
+        2,
+        f"unsupported store URL {url!r}: use redis://, rediss://, unix://, "
+        "postgresql://, postgres:// or sqlite:///path",
+    )
+
+
+def storage_key_for(
+    client_key: str, method: str, path: str, tenant: str | None, header_name: str
+) -> str:
+    """The storage key the middleware uses for this request (as ``HttpEngine.begin``)."""
+    from .http.keys import parse_key, storage_key
+    from .http.request import normalise_method
+
+    config = IdempotencyConfig(header_name=header_name)
+    scheme = KeyScheme.build(config, "", f'headers."{header_name.lower()}"')
+    key = parse_key(client_key.encode("latin-1", "replace"))
+    if key is None:
+        raise _Exit(2, f"malformed idempotency key {client_key!r}")
+    material = key if tenant is None else tenant.encode("utf-8", "surrogatepass") + b"\x00" + key
+    return storage_key(scheme, normalise_method(method), path, scheme.generate_hash(material))
+
+
+def _left(at: float | None) -> float | None:
+    return None if at is None else round(at - time.time(), 3)
+
+
+def _summary(record: dict[str, Any], body: bool) -> dict[str, Any]:
+    from .http.response import StoredResponse
+
+    out = {k: v for k, v in record.items() if k != "response"}
+    out["lease_left_s"] = _left(record["lease_expires_at"])
+    out["ttl_left_s"] = _left(record["expires_at"])
+    raw = record["response"]
+    if raw is not None:
+        try:
+            stored = StoredResponse.decode(raw)
+        except Exception:
+            out["response"] = {"raw_bytes": len(raw)}
+        else:
+            shown: dict[str, Any] = {
+                "status": stored.status,
+                "headers": [
+                    [bytes(n).decode("latin-1"), bytes(v).decode("latin-1")]
+                    for n, v in stored.headers
+                ],
+                "body_bytes": len(stored.body),
+                "complete": stored.complete,
+            }
+            if body:
+                shown["body"] = stored.body[:_BODY_SHOWN].decode("utf-8", "replace")
+                shown["body_truncated"] = len(stored.body) > _BODY_SHOWN
+            out["response"] = shown
+    return out
+
+
+def _text(value: Any, indent: str = "") -> str:
+    if isinstance(value, dict):
+        return "\n".join(
+            f"{indent}{k}:\n{_text(v, indent + '  ')}"
+            if isinstance(v, dict)
+            else f"{indent}{k}: {v}"
+            for k, v in value.items()
+        )
+    return f"{indent}{value}"
+
+
+def _run(args: argparse.Namespace) -> tuple[int, Any]:
+    if args.command == "key":
+        return 0, {
+            "key": storage_key_for(
+                args.client_key, args.method, args.path, args.tenant, args.header_name
+            )
+        }
+    if args.command == "conformance":
+        module_name, _, attr = args.target.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr or "factory")
+            from .testing import run_conformance  # type: ignore[import-not-found, unused-ignore]
+        except Exception as exc:
+            raise _Exit(2, f"cannot load {args.target}: {type(exc).__name__}: {exc}") from exc
+        code = int(run_conformance(factory, verbose=args.verbose))
+        return code, {"conformance": args.target, "exit": code}
+    if not args.store:
+        raise _Exit(2, "--store URL is required for this command")
+    store = open_store(args.store)
+    try:
+        return _on_store(store, args)
+    finally:
+        with contextlib.suppress(Exception):
+            getattr(store, "close", lambda: None)()
+
+
+def _on_store(store: Any, args: argparse.Namespace) -> tuple[int, Any]:
+    sql = hasattr(store, "purge_expired")
+    if args.command == "ping":
+        store.ping()
+        return 0, {"ok": True}
+    if args.command == "inspect":
+        record = store.inspect_record(args.key)
+        if record is None:
+            raise _Exit(1, f"no record under {args.key!r}")
+        return 0, _summary(record, args.body)
+    if args.command == "invalidate":
+        try:
+            gone = store.invalidate_record(args.key, force=args.force)
+        except IdempotencyAlreadyInProgressError as exc:
+            raise _Exit(1, f"refused: {exc}") from exc
+        if not gone:
+            raise _Exit(1, f"no record under {args.key!r}")
+        return 0, {"invalidated": args.key}
+    if args.command == "list":
+        records = store.list_records(args.prefix, args.limit)
+        return 0, [
+            {"key": r["key"], "status": r["status"], "ttl_left_s": _left(r["expires_at"])}
+            for r in records
+        ]
+    if args.command == "stats":
+        if not sql:
+            raise _Exit(1, "stats is unsupported on Redis (counting would scan every key)")
+        return 0, store.record_counts()
+    if args.command == "purge-expired":
+        if not sql:
+            raise _Exit(1, "purge-expired is not needed on Redis: key TTLs remove records")
+        return 0, {"purged": store.purge_expired()}
+    raise _Exit(2, f"unknown command {args.command!r}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idempotent-middleware", description=__doc__)
+    parser.add_argument("--store", help="redis://, rediss://, unix://, postgresql://, sqlite:///")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        # --json after the command too; SUPPRESS keeps a --json given before it.
+        return sub.add_parser(name, help=text, parents=[common])
+
+    key = command("key", "the storage key of a request")
+    key.add_argument("--client-key", required=True)
+    key.add_argument("--method", default="POST")
+    key.add_argument("--path", required=True)
+    key.add_argument("--tenant")
+    key.add_argument("--header-name", default="Idempotency-Key")
+    command("ping", "check the store answers")
+    inspect = command("inspect", "show one record")
+    inspect.add_argument("key")
+    inspect.add_argument("--body", action="store_true", help=f"show the body (<= {_BODY_SHOWN} B)")
+    invalidate = command("invalidate", "delete a completed record")
+    invalidate.add_argument("key")
+    invalidate.add_argument("--force", action="store_true", help="even an in-progress one")
+    listing = command("list", "list records")
+    listing.add_argument("--prefix", default="")
+    listing.add_argument("--limit", type=int, default=100)
+    command("stats", "records by status (SQL stores)")
+    command("purge-expired", "delete expired rows (SQL stores)")
+    conformance = command("conformance", "run the store conformance suite")
+    conformance.add_argument("target", metavar="MODULE:FACTORY")
+    conformance.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "limit", 1) < 1:
+        print("error: --limit must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        code, result = _run(args)
+    except _Exit as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except (IdempotencyPersistenceLayerError, OSError, ImportError, TypeError, ValueError) as exc:
+        print(f"error: store: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except IdempotencyError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, default=str))
+    elif isinstance(result, list):
+        print("\n".join(f"{r['key']}  {r['status']}  ttl {r['ttl_left_s']}s" for r in result))
+    else:
+        print(_text(result))
+    return code
+
+
+__all__ = ["main", "open_store", "storage_key_for"]
