@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -72,6 +73,34 @@ def _complete(layer: BasePersistenceLayer, claim: DataRecord, data: bytes) -> Da
     return drive(layer, plan_complete(layer, claim, data, 60.0, background=False))
 
 
+def _race_threads(
+    layer: BasePersistenceLayer, key: str
+) -> tuple[list[DataRecord], list[BaseException]]:
+    """``_RACERS`` threads claim ``key`` at once; the winners' claims and any errors."""
+    barrier = threading.Barrier(_RACERS)
+    wins: list[DataRecord] = []
+    errors: list[BaseException] = []
+
+    def race() -> None:
+        barrier.wait()
+        try:
+            outcome = _claim(layer, key)
+        except IdempotencyAlreadyInProgressError:
+            return
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+            return
+        if isinstance(outcome, Claimed):
+            wins.append(outcome.record)
+
+    threads = [threading.Thread(target=race) for _ in range(_RACERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return wins, errors
+
+
 class _NoRecordOnConflict:
     """The layer, but its conflicts carry no record (as Powertools layers raise them)."""
 
@@ -114,28 +143,7 @@ class PersistenceLayerConformance:
     # --- Atomic claim ----------------------------------------------------------------------
     def test_atomic_claim_threads(self, layer: BasePersistenceLayer) -> None:
         for _ in range(_ROUNDS):
-            key = _key()
-            barrier = threading.Barrier(_RACERS)
-            wins: list[DataRecord] = []
-            errors: list[BaseException] = []
-
-            def race() -> None:
-                barrier.wait()
-                try:
-                    outcome = _claim(layer, key)
-                except IdempotencyAlreadyInProgressError:
-                    return
-                except BaseException as exc:  # reported below
-                    errors.append(exc)
-                    return
-                if isinstance(outcome, Claimed):
-                    wins.append(outcome.record)
-
-            threads = [threading.Thread(target=race) for _ in range(_RACERS)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            wins, errors = _race_threads(layer, _key())
             assert not errors, f"atomic claim: racing claims raised {errors!r}"
             assert len(wins) == 1, (
                 f"atomic claim broken: {_RACERS} threads raced _put_record on one key and "
@@ -271,10 +279,10 @@ class PersistenceLayerConformance:
         claim = _won(layer, key)
         _complete(layer, claim, data)
         outcome = _claim(layer, key)
-        got = outcome.record.response_data if isinstance(outcome, Replay) else outcome
         assert isinstance(outcome, Replay) and outcome.record.status == STATUS_COMPLETED, (
-            f"payload lost: a completed record did not replay (got {got!r:.80})"
+            f"payload lost: a completed record did not replay (got {outcome!r:.80})"
         )
+        got = outcome.record.response_data
         assert got == data, (
             f"payload altered: stored {len(data)} bytes {data[:16]!r}..., read back "
             f"{None if got is None else len(got)} bytes {got[:16] if got else got!r}; "
@@ -364,7 +372,8 @@ def run_conformance(
     """Run the suite against ``factory()`` in this process; return pytest's exit code."""
     global _FACTORY
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "test_conformance_run.py")
+        name = f"test_conformance_{uuid.uuid4().hex}"
+        path = os.path.join(tmp, f"{name}.py")
         with open(path, "w") as module:
             module.write(
                 "from idempotent_middleware import testing\n\n"
@@ -382,6 +391,7 @@ def run_conformance(
             return int(pytest.main([*args, *pytest_args]))
         finally:
             _FACTORY = None
+            sys.modules.pop(name, None)  # each run collects its own module
 
 
 _FACTORY: Callable[[], BasePersistenceLayer] | None = None
