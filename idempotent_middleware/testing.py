@@ -272,7 +272,9 @@ class PersistenceLayerConformance:
 
     # --- Payloads ------------------------------------------------------------------------
     @pytest.mark.parametrize(
-        "data", [b"", b"0", b"null", b"\x00\xff\x00", os.urandom(_MIB)], ids=repr
+        "data",
+        [b"", b"0", b"null", b"\x00\xff\x00", os.urandom(_MIB)],
+        ids=["empty", "zero", "null", "binary", "1MiB"],
     )
     def test_payload_round_trip(self, layer: BasePersistenceLayer, data: bytes) -> None:
         key = _key()

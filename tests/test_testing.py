@@ -25,10 +25,24 @@ def test_sqlite_passes(tmp_path: Path) -> None:
     assert run_conformance(lambda: SQLitePersistenceLayer(path)) == 0
 
 
-def test_redis_passes(redis_url: str) -> None:
-    from idempotent_middleware.persistence.redis import RedisPersistenceLayer
+class TestRedisConformance(PersistenceLayerConformance):
+    """The real redis-server, with the corrupt-record hook (so no check is skipped)."""
 
-    assert run_conformance(lambda: RedisPersistenceLayer(url=redis_url)) == 0
+    @pytest.fixture(autouse=True)
+    def _server(self, redis_url: str) -> None:
+        self.url = redis_url
+
+    def make_layer(self) -> BasePersistenceLayer:
+        from idempotent_middleware.persistence.redis import RedisPersistenceLayer
+
+        return RedisPersistenceLayer(url=self.url)
+
+    def corrupt_record(self, layer: BasePersistenceLayer, key: str) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        client.set(f"idempotency:{key}", b"not a record")
+        client.close()
 
 
 def test_postgres_passes(postgres_dsn: str) -> None:
