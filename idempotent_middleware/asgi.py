@@ -47,7 +47,7 @@ class IdempotencyMiddleware:
         self.engine = HttpIdempotency.for_middleware(persistence_store, config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or idempotency_disabled() or HANDLED in scope:
+        if scope["type"] != "http" or HANDLED in scope:
             await self.app(scope, receive, send)
             return
         engine = self.engine
@@ -63,7 +63,9 @@ class IdempotencyMiddleware:
             scope,
         )
         early = engine.precheck(request, rule)
-        if early is PASS:
+        # The test-time switch is read only once we would act: every request that reaches
+        # here unchanged anyway (no rule, no key) skips its two environment lookups.
+        if early is PASS or idempotency_disabled():
             await self.app(scope, receive, send)
             return
         if isinstance(early, Respond):
