@@ -182,3 +182,36 @@ def test_ping_of_a_stopped_store_raises_the_store_error() -> None:
         open_store("redis://127.0.0.1:1/0").ping()
     with pytest.raises(IdempotencyPersistenceLayerError):
         open_store("postgresql://postgres@127.0.0.1:1/postgres").ping()
+
+
+@pytest.mark.parametrize(
+    ("target", "passes", "message"),
+    [
+        ("idempotent_middleware.persistence.memory:InMemoryPersistenceLayer", True, "passed"),
+        ("tests.test_testing:Unfenced", False, "fencing broken"),
+    ],
+)
+def test_conformance_command_runs_the_suite_on_a_factory(
+    target: str, passes: bool, message: str
+) -> None:
+    """``conformance MODULE:FACTORY`` passes on our layer and names what a broken one broke."""
+    done = subprocess.run(
+        [sys.executable, "-m", "idempotent_middleware", "conformance", target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert (done.returncode == 0) is passes, done.stdout + done.stderr
+    assert message in done.stdout, done.stdout
+
+
+def test_conformance_command_with_an_unknown_factory_is_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "idempotent_middleware", "conformance", "no_such_module:f"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
