@@ -1,0 +1,115 @@
+"""``idempotent-middleware key`` must give the key the middleware really stores.
+
+Each test sends a real request through a middleware, reads the key back from the store and
+compares it with what the CLI computes for the same request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from idempotent_middleware import IdempotencyConfig, WSGIIdempotencyMiddleware
+from idempotent_middleware.asgi import IdempotencyMiddleware as ASGIIdempotencyMiddleware
+from idempotent_middleware.cli import main
+from idempotent_middleware.persistence.memory import InMemoryPersistenceLayer
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("201 Created", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def stored_keys(store: InMemoryPersistenceLayer) -> list[str]:
+    return [str(r["key"]) for r in store.list_records("", 100)]
+
+
+def cli_key(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str | None, str]:
+    code = main(["key", *argv, "--json"])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out)["key"] if out.strip() else None), err
+
+
+def asgi_post(store: InMemoryPersistenceLayer, raw_path: bytes, key: bytes, **config: Any) -> None:
+    from urllib.parse import unquote
+
+    middleware = ASGIIdempotencyMiddleware(asgi_app, store, IdempotencyConfig(**config))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": unquote(raw_path.decode("latin-1")),
+        "raw_path": raw_path,
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", key), (b"content-length", b"0")],
+    }
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(middleware(scope, receive, send))
+    assert sent[0]["status"] == 201
+
+
+def test_key_matches_wsgi_for_a_non_ascii_path(capsys: pytest.CaptureFixture[str]) -> None:
+    """WSGI hands PATH_INFO as latin-1-decoded bytes (PEP 3333), so the WSGI middleware keys
+    ``/orders/café`` as ``/orders/cafÃ©``; the CLI (and the ASGI middleware) use the real
+    text, so the operator's key names no record."""
+    store = InMemoryPersistenceLayer()
+    client = Client(WSGIIdempotencyMiddleware(wsgi_app, store))
+    assert client.post("/orders/caf%C3%A9", headers={"Idempotency-Key": "k1"}).status_code == 201
+    code, key, _ = cli_key(capsys, "--client-key", "k1", "--path", "/orders/café")
+    assert code == 0
+    assert stored_keys(store) == [key]
+
+
+def test_asgi_and_wsgi_store_one_key_for_one_request() -> None:
+    """The same request (``POST /orders/caf%C3%A9``) gets two different storage keys, so an
+    operator cannot tell which the CLI should compute."""
+    wsgi_store, asgi_store = InMemoryPersistenceLayer(), InMemoryPersistenceLayer()
+    client = Client(WSGIIdempotencyMiddleware(wsgi_app, wsgi_store))
+    assert client.post("/orders/caf%C3%A9", headers={"Idempotency-Key": "k1"}).status_code == 201
+    asgi_post(asgi_store, b"/orders/caf%C3%A9", b"k1")
+    assert stored_keys(wsgi_store) == stored_keys(asgi_store)
+
+
+def test_key_honours_hash_function(capsys: pytest.CaptureFixture[str]) -> None:
+    """``hash_function`` is a documented setting that changes every storage key; ``key``
+    has no way to be told (the README claims it computes the key "exactly as the middleware
+    does")."""
+    store = InMemoryPersistenceLayer()
+    asgi_post(store, b"/orders", b"k1", hash_function="sha512")
+    code, key, err = cli_key(
+        capsys, "--client-key", "k1", "--path", "/orders", "--hash-function", "sha512"
+    )
+    assert code == 0, err
+    assert stored_keys(store) == [key]
+
+
+def test_key_refuses_a_client_key_the_middleware_refuses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A non-latin-1 key (an emoji) is sent as UTF-8 bytes and answered 400 by the
+    middleware; the CLI encodes it with ``errors="replace"`` and prints the key of ``"?"``."""
+    store = InMemoryPersistenceLayer()
+    client = Client(WSGIIdempotencyMiddleware(wsgi_app, store))
+    sent = "\U0001f600".encode().decode("latin-1")  # the header bytes as WSGI sees them
+    assert client.post("/orders", headers={"Idempotency-Key": sent}).status_code == 400
+    code, key, _ = cli_key(capsys, "--client-key", "\U0001f600", "--path", "/orders")
+    assert (code, key) == (2, None)
