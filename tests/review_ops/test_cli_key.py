@@ -113,3 +113,26 @@ def test_key_refuses_a_client_key_the_middleware_refuses(
     assert client.post("/orders", headers={"Idempotency-Key": sent}).status_code == 400
     code, key, _ = cli_key(capsys, "--client-key", "\U0001f600", "--path", "/orders")
     assert (code, key) == (2, None)
+
+
+def test_key_for_a_flask_app_without_a_scope_hook(capsys: pytest.CaptureFixture[str]) -> None:
+    """The Flask extension always hashes a namespace tenant (``app:<len>:<import_name>``)
+    into the key, even with no ``scope`` configured; the README tells operators to add
+    ``--tenant`` only "when a scope hook is configured" and never says what it is, so the
+    documented command names no record of a plain Flask app."""
+    from pathlib import Path
+
+    from flask import Flask
+
+    from idempotent_middleware.flask import Idempotency
+
+    store = InMemoryPersistenceLayer()
+    app = Flask("shop")
+    Idempotency(app, persistence_store=store)
+    app.add_url_rule("/orders", "orders", lambda: ("ok", 201), methods=["POST"])
+    assert app.test_client().post("/orders", headers={"Idempotency-Key": "k1"}).status_code == 201
+    code, key, _ = cli_key(capsys, "--client-key", "k1", "--path", "/orders")
+    assert code == 0
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    cli_section = readme[readme.index("### Command line") :][:3000]
+    assert stored_keys(store) == [key] or "app:" in cli_section, (stored_keys(store), key)
