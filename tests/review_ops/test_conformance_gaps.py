@@ -58,6 +58,17 @@ class UnfencedAsyncRenew(InMemoryPersistenceLayer):
             self._records[data_record.idempotency_key] = data_record
 
 
+class RenewOverCompleted(InMemoryPersistenceLayer):
+    """Broken: ``_renew_lease`` checks the owner token only, not that the record is still in
+    progress, so a renewal that lands just after the owner's own completion (the renewer
+    thread races the handler's completion) turns the stored result back into a claim."""
+
+    def _renew_lease(self, data_record: DataRecord) -> None:
+        with self._lock:
+            self._owned(data_record)  # raises for another owner only
+            self._records[data_record.idempotency_key] = data_record
+
+
 def _claim(layer: Any, key: str, lease: float, expires: float = 60.0) -> Any:
     return drive(
         layer, plan_claim(layer, key, "", lease_seconds=lease, expires_after_seconds=expires)
@@ -98,3 +109,18 @@ def test_conformance_fails_an_unfenced_async_renew() -> None:
     """The suite checks renew fencing on the sync path only (test_fencing_async covers
     release and complete), yet the ASGI middleware's lease renews through the async path."""
     assert run_conformance(UnfencedAsyncRenew, pytest_args=["-p", "no:randomly"]) != 0
+
+
+def test_renew_over_completed_really_loses_the_result() -> None:
+    """Precondition: the owner's late renewal replaces its own completed result."""
+    layer = RenewOverCompleted()
+    claim = _claim(layer, "k", lease=30.0).record
+    drive(layer, plan_complete(layer, claim, b"done", 3600.0, background=False))
+    assert drive(layer, plan_renew(claim, 30.0)) is True
+    assert layer._get_record("k").status == STATUS_INPROGRESS  # the result is gone
+
+
+def test_conformance_fails_a_renew_that_overwrites_a_completed_record() -> None:
+    """Fencing of renew is checked against another owner only; a renewal by the owner after
+    its own completion (C1: "a COMPLETED record: refuse") is never tried."""
+    assert run_conformance(RenewOverCompleted, pytest_args=["-p", "no:randomly"]) != 0
