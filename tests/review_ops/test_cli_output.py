@@ -1,0 +1,37 @@
+"""``--json``: "one JSON document on stdout" (README), for every command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_conformance_json_is_one_document(tmp_path: Path) -> None:
+    """``conformance --json`` lets pytest's progress and summary lines onto stdout before
+    the JSON document, so a script piping it to ``jq`` or ``json.loads`` fails."""
+    (tmp_path / "mylayer.py").write_text(
+        "from idempotent_middleware.persistence.memory import InMemoryPersistenceLayer\n"
+        "def factory():\n"
+        "    return InMemoryPersistenceLayer()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    done = subprocess.run(
+        [sys.executable, "-m", "idempotent_middleware", "conformance", "mylayer:factory", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"conformance": "mylayer:factory", "exit": 0}, done.stdout
