@@ -35,3 +35,16 @@ def test_conformance_json_is_one_document(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"conformance": "mylayer:factory", "exit": 0}, done.stdout
+
+
+def test_an_unsupported_url_error_does_not_echo_its_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A store URL with an unsupported scheme (a typo, ``redis+sentinel://``) is echoed
+    whole in the error line, password included, into terminals and CI logs."""
+    from idempotent_middleware.cli import main
+
+    code = main(["--store", "redis+sentinel://:s3cret-pass@10.0.0.5:26379/0", "ping"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "s3cret-pass" not in err, err
