@@ -73,7 +73,12 @@ def test_key_matches_wsgi_for_a_non_ascii_path(capsys: pytest.CaptureFixture[str
     text, so the operator's key names no record."""
     store = InMemoryPersistenceLayer()
     client = Client(WSGIIdempotencyMiddleware(wsgi_app, store))
-    assert client.post("/orders/caf%C3%A9", headers={"Idempotency-Key": "k1"}).status_code == 201
+    assert (
+        client.post(
+            "/orders/caf%C3%A9", headers={"Idempotency-Key": "k1"}, buffered=True
+        ).status_code
+        == 201
+    )
     code, key, _ = cli_key(capsys, "--client-key", "k1", "--path", "/orders/café")
     assert code == 0
     assert stored_keys(store) == [key]
@@ -84,7 +89,12 @@ def test_asgi_and_wsgi_store_one_key_for_one_request() -> None:
     operator cannot tell which the CLI should compute."""
     wsgi_store, asgi_store = InMemoryPersistenceLayer(), InMemoryPersistenceLayer()
     client = Client(WSGIIdempotencyMiddleware(wsgi_app, wsgi_store))
-    assert client.post("/orders/caf%C3%A9", headers={"Idempotency-Key": "k1"}).status_code == 201
+    assert (
+        client.post(
+            "/orders/caf%C3%A9", headers={"Idempotency-Key": "k1"}, buffered=True
+        ).status_code
+        == 201
+    )
     asgi_post(asgi_store, b"/orders/caf%C3%A9", b"k1")
     assert stored_keys(wsgi_store) == stored_keys(asgi_store)
 
@@ -110,7 +120,9 @@ def test_key_refuses_a_client_key_the_middleware_refuses(
     store = InMemoryPersistenceLayer()
     client = Client(WSGIIdempotencyMiddleware(wsgi_app, store))
     sent = "\U0001f600".encode().decode("latin-1")  # the header bytes as WSGI sees them
-    assert client.post("/orders", headers={"Idempotency-Key": sent}).status_code == 400
+    assert (
+        client.post("/orders", headers={"Idempotency-Key": sent}, buffered=True).status_code == 400
+    )
     code, key, _ = cli_key(capsys, "--client-key", "\U0001f600", "--path", "/orders")
     assert (code, key) == (2, None)
 

@@ -45,7 +45,9 @@ def test_inspect_a_redis_store_with_its_own_key_prefix(
 
     store = RedisPersistenceLayer(redis_url, key_prefix="shop:")
     client = Client(WSGIIdempotencyMiddleware(app, store))
-    assert client.post("/orders", headers={"Idempotency-Key": "p1"}).status_code == 201
+    assert (
+        client.post("/orders", headers={"Idempotency-Key": "p1"}, buffered=True).status_code == 201
+    )
     key = key_of(capsys, "p1", "/orders")
     code, doc, err = cli(capsys, "--store", redis_url, "inspect", key, "--key-prefix", "shop:")
     assert code == 0, err
@@ -59,7 +61,9 @@ def test_inspect_a_sqlite_store_with_its_own_table(
     path = tmp_path / "records.db"
     store = SQLitePersistenceLayer(path, table="shop_records")
     client = Client(WSGIIdempotencyMiddleware(app, store))
-    assert client.post("/orders", headers={"Idempotency-Key": "t1"}).status_code == 201
+    assert (
+        client.post("/orders", headers={"Idempotency-Key": "t1"}, buffered=True).status_code == 201
+    )
     key = key_of(capsys, "t1", "/orders")
     code, doc, err = cli(
         capsys, "--store", f"sqlite:///{path}", "inspect", key, "--table", "shop_records"
@@ -92,7 +96,10 @@ def test_list_survives_one_undecodable_record(
 
     store = RedisPersistenceLayer(redis_url)
     client = Client(WSGIIdempotencyMiddleware(app, store))
-    assert client.post("/corrupt-list", headers={"Idempotency-Key": "c1"}).status_code == 201
+    assert (
+        client.post("/corrupt-list", headers={"Idempotency-Key": "c1"}, buffered=True).status_code
+        == 201
+    )
     raw = redis.Redis.from_url(redis_url)
     raw.set("idempotency:POST /corrupt-list#bad", b"not a record")
     raw.close()
@@ -119,7 +126,9 @@ def test_forced_invalidation_of_a_running_claim_is_undone_by_its_lease(
 
     middleware = WSGIIdempotencyMiddleware(slow, store, IdempotencyConfig(lease_seconds=0.6))
     thread = threading.Thread(
-        target=lambda: Client(middleware).post("/slow", headers={"Idempotency-Key": "s1"})
+        target=lambda: Client(middleware).post(
+            "/slow", headers={"Idempotency-Key": "s1"}, buffered=True
+        )
     )
     thread.start()
     try:

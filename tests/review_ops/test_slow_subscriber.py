@@ -66,7 +66,7 @@ def test_a_slow_lease_subscriber_lets_other_claims_lapse(slow: bool) -> None:
     answers: dict[str, int] = {}
 
     def send(app: Any, path: str, key: str, name: str) -> None:
-        reply = Client(app).post(path, headers={"Idempotency-Key": key}, data=b"{}")
+        reply = Client(app).post(path, headers={"Idempotency-Key": key}, data=b"{}", buffered=True)
         answers[name] = reply.status_code
 
     threads = [
