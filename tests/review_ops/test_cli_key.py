@@ -39,7 +39,13 @@ def cli_key(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str | 
     return code, (json.loads(out)["key"] if out.strip() else None), err
 
 
-def asgi_post(store: InMemoryPersistenceLayer, raw_path: bytes, key: bytes, **config: Any) -> None:
+def asgi_post(
+    store: InMemoryPersistenceLayer,
+    raw_path: bytes,
+    key: bytes,
+    path: str | None = None,
+    **config: Any,
+) -> None:
     from urllib.parse import unquote
 
     middleware = ASGIIdempotencyMiddleware(asgi_app, store, IdempotencyConfig(**config))
@@ -49,7 +55,7 @@ def asgi_post(store: InMemoryPersistenceLayer, raw_path: bytes, key: bytes, **co
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": unquote(raw_path.decode("latin-1")),
+        "path": unquote(raw_path.decode("latin-1")) if path is None else path,
         "raw_path": raw_path,
         "root_path": "",
         "query_string": b"",
@@ -148,3 +154,15 @@ def test_key_for_a_flask_app_without_a_scope_hook(capsys: pytest.CaptureFixture[
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     cli_section = readme[readme.index("### Command line") :][:3000]
     assert stored_keys(store) == [key] or "app:" in cli_section, (stored_keys(store), key)
+
+
+def test_key_matches_asgi_for_a_raw_utf8_path(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's recipe says the path is "as the server gives it: ASGI scope["path"]";
+    a server that passes the request target's UTF-8 bytes unescaped in ``raw_path`` (h11
+    does) has ``scope["path"] == "/orders/café"``, but ``full_path`` decodes ``raw_path`` as
+    latin-1 and keys ``/orders/cafÃ©``: neither the recipe nor the CLI finds the record."""
+    store = InMemoryPersistenceLayer()
+    asgi_post(store, "/orders/café".encode(), b"k1", path="/orders/café")
+    code, key, _ = cli_key(capsys, "--client-key", "k1", "--path", "/orders/café")
+    assert code == 0
+    assert stored_keys(store) == [key]
