@@ -294,18 +294,27 @@ def test_wsgi_request_annotates_its_span(telemetry: Telemetry) -> None:
     assert counts == {_labels(decision=d, **labels): 1 for d in ("execute", "stored", "replay")}
 
 
+@pytest.mark.parametrize("kind", [TracedAsgiDriver, TracedWsgiDriver], ids=["asgi", "wsgi"])
 def test_a_lost_lease_is_a_span_event_and_counted(
-    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+    kind: type[TracedAsgiDriver] | type[TracedWsgiDriver],
+    telemetry: Telemetry,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Renewals are refused, so the 0.2 s claim lapses while the handler sleeps 0.8 s.
+    # Renewals are refused, so the 0.2 s claim lapses while the handler sleeps 0.8 s. The
+    # loss is found by the renewer (a task, or for WSGI a thread of its own), whose event
+    # must still reach the request's span.
     store = InMemoryPersistenceLayer()
 
-    async def refuse(*args: Any) -> None:
+    def refuse(*args: Any) -> None:
         raise IdempotencyPersistenceLayerError("renewal refused")
 
-    monkeypatch.setattr(store, "_renew_lease_async", refuse)
+    async def refuse_async(*args: Any) -> None:
+        raise IdempotencyPersistenceLayerError("renewal refused")
+
+    monkeypatch.setattr(store, "_renew_lease", refuse)
+    monkeypatch.setattr(store, "_renew_lease_async", refuse_async)
     config = IdempotencyConfig(lease_seconds=0.2, routes={"/slow": RouteOptions()})
-    driver = _driver(TracedAsgiDriver, telemetry, config, store)
+    driver = _driver(kind, telemetry, config, store)
     try:
         assert _post(driver, "lost", "/slow?s=0.8").status == 202
     finally:
