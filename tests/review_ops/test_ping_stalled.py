@@ -136,3 +136,18 @@ def test_redis_ping_on_a_stalled_connection_is_bounded_control(redis_server: Any
         assert _finishes(layer.ping)
     finally:
         relayed.close()
+
+
+def test_postgres_connections_carry_tcp_timeouts(postgres_dsn: str, relay: Relay) -> None:
+    """A server gone without a reset fails a statement on an open connection within about
+    25 s (keepalives, tcp_user_timeout); a DSN's own setting wins."""
+    from idempotent_middleware.persistence.postgres import PostgresPersistenceLayer
+
+    dsn = _through(postgres_dsn, relay)
+    layer = PostgresPersistenceLayer(dsn=f"{dsn} keepalives_idle=42")
+    with layer._connection() as conn:
+        options = {o.keyword: o.val for o in conn.pgconn.info}
+    layer.close()
+    assert options[b"keepalives"] == b"1"
+    assert options[b"keepalives_idle"] == b"42"
+    assert options[b"tcp_user_timeout"] == b"25000"
