@@ -30,21 +30,40 @@ class _Exit(Exception):
         self.code = code
 
 
-def open_store(url: str) -> BasePersistenceLayer:
-    """The persistence layer a store URL names."""
+def open_store(
+    url: str,
+    *,
+    key_prefix: str | None = None,
+    table: str | None = None,
+    schema: str | None = None,
+) -> BasePersistenceLayer:
+    """The persistence layer a store URL names, with the app's own ``key_prefix`` (Redis),
+    ``table`` (SQL) or ``schema`` (PostgreSQL) when it set one (else the layer defaults)."""
     scheme = urlsplit(url).scheme.lower()
-    if scheme in ("redis", "rediss", "unix"):
+    redis = scheme in ("redis", "rediss", "unix")
+    sqlite = scheme == "sqlite"
+    for given, option, fits in (
+        (key_prefix, "--key-prefix", redis),
+        (table, "--table", not redis),
+        (schema, "--schema", scheme in ("postgresql", "postgres")),
+    ):
+        if given is not None and not fits:
+            raise _Exit(2, f"{option} does not apply to a {scheme or 'schemeless'}:// store")
+    if redis:
         from .persistence.redis import RedisPersistenceLayer
 
-        return RedisPersistenceLayer(url)
+        if key_prefix is None:
+            return RedisPersistenceLayer(url)
+        return RedisPersistenceLayer(url, key_prefix=key_prefix)
+    sql: dict[str, Any] = {} if table is None else {"table": table}
     if scheme in ("postgresql", "postgres"):
         from .persistence.postgres import PostgresPersistenceLayer
 
-        return PostgresPersistenceLayer(url)
-    if scheme == "sqlite" and url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return PostgresPersistenceLayer(url, schema=schema, **sql)
+    if sqlite and url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
         from .persistence.sqlite import SQLitePersistenceLayer
 
-        return SQLitePersistenceLayer(url[len("sqlite:///") :])
+        return SQLitePersistenceLayer(url[len("sqlite:///") :], **sql)
     raise _Exit(
         2,
         f"unsupported store URL {url!r}: use redis://, rediss://, unix://, "
@@ -130,7 +149,7 @@ def _run(args: argparse.Namespace) -> tuple[int, Any]:
         return code, {"conformance": args.target, "exit": code}
     if not args.store:
         raise _Exit(2, "--store URL is required for this command")
-    store = open_store(args.store)
+    store = open_store(args.store, key_prefix=args.key_prefix, table=args.table, schema=args.schema)
     try:
         return _on_store(store, args)
     finally:
@@ -179,6 +198,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    # The layer options the app passed, before or after the command (as --json).
+    for where, default in ((parser, None), (common, argparse.SUPPRESS)):
+        where.add_argument(
+            "--key-prefix", default=default, help="Redis: the app's key_prefix (idempotency:)"
+        )
+        where.add_argument(
+            "--table", default=default, help="SQL: the app's table (idempotency_records)"
+        )
+        where.add_argument("--schema", default=default, help="PostgreSQL: the app's schema")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
