@@ -72,13 +72,21 @@ def open_store(
 
 
 def storage_key_for(
-    client_key: str, method: str, path: str, tenant: str | None, header_name: str
+    client_key: str,
+    method: str,
+    path: str,
+    tenant: str | None,
+    header_name: str,
+    hash_function: str = "sha256",
 ) -> str:
     """The storage key the middleware uses for this request (as ``HttpEngine.begin``)."""
     from .http.keys import parse_key, storage_key
     from .http.request import normalise_method
 
-    config = IdempotencyConfig(header_name=header_name)
+    try:
+        config = IdempotencyConfig(header_name=header_name, hash_function=hash_function)
+    except ValueError as exc:
+        raise _Exit(2, str(exc)) from exc
     scheme = KeyScheme.build(config, "", f'headers."{header_name.lower()}"')
     key = parse_key(client_key.encode("latin-1", "replace"))
     if key is None:
@@ -135,7 +143,12 @@ def _run(args: argparse.Namespace) -> tuple[int, Any]:
     if args.command == "key":
         return 0, {
             "key": storage_key_for(
-                args.client_key, args.method, args.path, args.tenant, args.header_name
+                args.client_key,
+                args.method,
+                args.path,
+                args.tenant,
+                args.header_name,
+                args.hash_function,
             )
         }
     if args.command == "conformance":
@@ -219,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     key.add_argument("--path", required=True)
     key.add_argument("--tenant")
     key.add_argument("--header-name", default="Idempotency-Key")
+    key.add_argument("--hash-function", default="sha256", help="the app's hash_function")
     command("ping", "check the store answers")
     inspect = command("inspect", "show one record")
     inspect.add_argument("key")
