@@ -88,9 +88,19 @@ def storage_key_for(
     except ValueError as exc:
         raise _Exit(2, str(exc)) from exc
     scheme = KeyScheme.build(config, "", f'headers."{header_name.lower()}"')
-    key = parse_key(client_key.encode("latin-1", "replace"))
+    # The bytes a client would send (argv's undecodable bytes come back as they were), checked
+    # as the middleware checks them: a key it answers 400 to names no record.
+    try:
+        sent = client_key.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        sent = b"\xff"  # a lone surrogate: no client can send it
+    key = parse_key(sent)
     if key is None:
-        raise _Exit(2, f"malformed idempotency key {client_key!r}")
+        raise _Exit(
+            2,
+            f"the middleware answers 400 to the key {client_key!r}: it must be 1 to 255 "
+            "printable ASCII characters (optionally an RFC 8941 quoted string)",
+        )
     material = key if tenant is None else tenant.encode("utf-8", "surrogatepass") + b"\x00" + key
     return storage_key(scheme, normalise_method(method), path, scheme.generate_hash(material))
 
