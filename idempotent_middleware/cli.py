@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from ._error_base import IdempotencyError, IdempotencyPersistenceLayerError
 from .config import IdempotencyConfig
@@ -79,7 +79,11 @@ def storage_key_for(
     header_name: str,
     hash_function: str = "sha256",
 ) -> str:
-    """The storage key the middleware uses for this request (as ``HttpEngine.begin``)."""
+    """The storage key the middleware uses for this request (as ``HttpEngine.begin``).
+
+    ``path`` is the path as the client sent it (``/orders/caf%C3%A9`` or ``/orders/café``,
+    percent-escapes and non-ASCII text taken as their UTF-8 bytes); the middlewares key the
+    decoded bytes as latin-1 text, as WSGI's PATH_INFO is (PEP 3333)."""
     from .http.keys import parse_key, storage_key
     from .http.request import normalise_method
 
@@ -102,7 +106,9 @@ def storage_key_for(
             "printable ASCII characters (optionally an RFC 8941 quoted string)",
         )
     material = key if tenant is None else tenant.encode("utf-8", "surrogatepass") + b"\x00" + key
-    return storage_key(scheme, normalise_method(method), path, scheme.generate_hash(material))
+    as_served = unquote_to_bytes(path.encode("utf-8", "surrogateescape")).decode("latin-1")
+    digest = scheme.generate_hash(material)
+    return storage_key(scheme, normalise_method(method), as_served, digest)
 
 
 def _left(at: float | None) -> float | None:

@@ -166,3 +166,22 @@ def test_key_matches_asgi_for_a_raw_utf8_path(capsys: pytest.CaptureFixture[str]
     code, key, _ = cli_key(capsys, "--client-key", "k1", "--path", "/orders/café")
     assert code == 0
     assert stored_keys(store) == [key]
+
+
+def test_asgi_without_raw_path_keys_as_wsgi(capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that sends no ``raw_path`` gives ``scope["path"]`` as UTF-8 text; the key is
+    the one WSGI and the CLI compute for the same request."""
+    store = InMemoryPersistenceLayer()
+    asgi_post(store, b"", b"k1", path="/orders/café")
+    code, key, _ = cli_key(capsys, "--client-key", "k1", "--path", "/orders/caf%C3%A9")
+    assert code == 0
+    assert stored_keys(store) == [key]
+
+
+def test_asgi_paths_with_invalid_utf8_keep_distinct_keys() -> None:
+    """Two paths differing only in invalid UTF-8 bytes are two requests: decoded as UTF-8
+    both read ``/a\ufffd`` and shared one key."""
+    store = InMemoryPersistenceLayer()
+    asgi_post(store, b"/a%FF", b"k1")
+    asgi_post(store, b"/a%FE", b"k1")
+    assert len(stored_keys(store)) == 2
