@@ -111,6 +111,13 @@ def storage_key_for(
     return storage_key(scheme, normalise_method(method), as_served, digest)
 
 
+def flask_tenant(namespace: str, tenant: str | None) -> str:
+    """The tenant the Flask extension hashes (``flask.namespaced``): its namespace,
+    length-prefixed, then the scope's tenant (``user:<id>`` with Flask-Login) if any."""
+    prefix = f"app:{len(namespace)}:{namespace}"
+    return prefix if tenant is None else f"{prefix}:{tenant}"
+
+
 def _left(at: float | None) -> float | None:
     return None if at is None else round(at - time.time(), 3)
 
@@ -157,6 +164,8 @@ def _text(value: Any, indent: str = "") -> str:
 
 def _run(args: argparse.Namespace) -> tuple[int, Any]:
     if args.command == "key":
+        if args.flask_app:
+            args.tenant = flask_tenant(args.flask_app, args.tenant)
         return 0, {
             "key": storage_key_for(
                 args.client_key,
@@ -246,7 +255,12 @@ def _parser() -> argparse.ArgumentParser:
     key.add_argument("--client-key", required=True)
     key.add_argument("--method", default="POST")
     key.add_argument("--path", required=True)
-    key.add_argument("--tenant")
+    key.add_argument("--tenant", help="what the app's scope hook returned, if it has one")
+    key.add_argument(
+        "--flask-app",
+        metavar="NAMESPACE",
+        help="the Flask app's IDEMPOTENCY_NAMESPACE (default: its import_name)",
+    )
     key.add_argument("--header-name", default="Idempotency-Key")
     key.add_argument("--hash-function", default="sha256", help="the app's hash_function")
     command("ping", "check the store answers")

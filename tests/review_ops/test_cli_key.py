@@ -185,3 +185,25 @@ def test_asgi_paths_with_invalid_utf8_keep_distinct_keys() -> None:
     asgi_post(store, b"/a%FF", b"k1")
     asgi_post(store, b"/a%FE", b"k1")
     assert len(stored_keys(store)) == 2
+
+
+@pytest.mark.parametrize("user", [None, "42"])
+def test_key_flask_app_option(capsys: pytest.CaptureFixture[str], user: str | None) -> None:
+    """``--flask-app IMPORT_NAME`` (with ``--tenant`` for a scope) names a Flask app's record."""
+    from flask import Flask
+
+    from idempotent_middleware.flask import Idempotency
+
+    store = InMemoryPersistenceLayer()
+    app = Flask("shop")
+    scope = None if user is None else (lambda request: f"user:{user}")
+    app.config["IDEMPOTENCY_SCOPE"] = scope
+    Idempotency(app, persistence_store=store)
+    app.add_url_rule("/orders", "orders", lambda: ("ok", 201), methods=["POST"])
+    assert app.test_client().post("/orders", headers={"Idempotency-Key": "k1"}).status_code == 201
+    tenant = [] if user is None else ["--tenant", f"user:{user}"]
+    code, key, _ = cli_key(
+        capsys, "--client-key", "k1", "--path", "/orders", "--flask-app", "shop", *tenant
+    )
+    assert code == 0
+    assert stored_keys(store) == [key]
