@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -118,6 +119,28 @@ def flask_tenant(namespace: str, tenant: str | None) -> str:
     return prefix if tenant is None else f"{prefix}:{tenant}"
 
 
+def _require_sqlite_table(path: str, table: str) -> None:
+    """Refuse a path that holds no database with that table (a typo): opened as the layer
+    opens files, it would create an empty database that answers "no record" for every key.
+    Opened read-write only (``mode=rw``), never created; the layer then opens it."""
+    import sqlite3
+    from pathlib import Path
+
+    uri = f"{Path(os.path.abspath(path)).as_uri()}?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _Exit(2, f"store: cannot open the SQLite database {path!r}: {exc}") from exc
+    if found is None:
+        raise _Exit(2, f"store: {path!r} has no table {table!r} (see --table)")
+
+
 def _left(at: float | None) -> float | None:
     return None if at is None else round(at - time.time(), 3)
 
@@ -188,6 +211,10 @@ def _run(args: argparse.Namespace) -> tuple[int, Any]:
     if not args.store:
         raise _Exit(2, "--store URL is required for this command")
     store = open_store(args.store, key_prefix=args.key_prefix, table=args.table, schema=args.schema)
+    from .persistence.sqlite import SQLitePersistenceLayer
+
+    if isinstance(store, SQLitePersistenceLayer):
+        _require_sqlite_table(store.path, store.table)
     try:
         return _on_store(store, args)
     finally:

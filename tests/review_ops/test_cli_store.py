@@ -142,3 +142,19 @@ def test_forced_invalidation_of_a_running_claim_is_undone_by_its_lease(
     finally:
         release.set()
         thread.join(30)
+
+
+def test_a_mistyped_sqlite_table_is_an_error_not_a_new_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --table the database lacks is exit 2, and the CLI creates no such table."""
+    import sqlite3
+
+    path = tmp_path / "records.db"
+    SQLitePersistenceLayer(path).ping()  # the app's table exists
+    code, _, err = cli(capsys, "--store", f"sqlite:///{path}", "list", "--table", "typo")
+    assert code == 2 and "typo" in err, err
+    conn = sqlite3.connect(path)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert "typo" not in tables
