@@ -244,6 +244,7 @@ def _on_store(store: Any, args: argparse.Namespace) -> tuple[int, Any]:
         records = store.list_records(args.prefix, args.limit)
         return 0, [
             {"key": r["key"], "status": r["status"], "ttl_left_s": _left(r["expires_at"])}
+            | ({"error": r["error"]} if "error" in r else {})
             for r in records
         ]
     if args.command == "stats":
@@ -308,6 +309,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _line(listed: dict[str, Any]) -> str:
+    ttl = listed["ttl_left_s"]
+    line = f"{listed['key']}  {listed['status']}  ttl {'-' if ttl is None else f'{ttl}s'}"
+    return f"{line}  {listed['error']}" if "error" in listed else line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "limit", 1) < 1:
@@ -327,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, default=str))
     elif isinstance(result, list):
-        print("\n".join(f"{r['key']}  {r['status']}  ttl {r['ttl_left_s']}s" for r in result))
+        print("\n".join(_line(r) for r in result))
     else:
         print(_text(result))
     return code

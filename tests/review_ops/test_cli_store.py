@@ -106,6 +106,11 @@ def test_list_survives_one_undecodable_record(
     code, doc, err = cli(capsys, "--store", redis_url, "list", "--prefix", "POST /corrupt-list")
     assert code == 0, err
     assert key_of(capsys, "c1", "/corrupt-list") in [r["key"] for r in doc]
+    assert {"POST /corrupt-list#bad": "CORRUPT"}.items() <= {
+        r["key"]: r["status"] for r in doc
+    }.items()
+    assert main(["--store", redis_url, "list", "--prefix", "POST /corrupt-list#bad"]) == 0
+    assert capsys.readouterr().out.startswith("POST /corrupt-list#bad  CORRUPT  ttl -  ")
 
 
 def test_forced_invalidation_of_a_running_claim_is_undone_by_its_lease(
