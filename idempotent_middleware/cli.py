@@ -68,7 +68,7 @@ def open_store(
     raise _Exit(
         2,
         f"unsupported store URL {url!r}: use redis://, rediss://, unix://, "
-        "postgresql://, postgres:// or sqlite:///path",
+        "postgresql://, postgres://, sqlite:///relative/path or sqlite:////absolute/path",
     )
 
 
@@ -260,7 +260,11 @@ def _on_store(store: Any, args: argparse.Namespace) -> tuple[int, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idempotent-middleware", description=__doc__)
-    parser.add_argument("--store", help="redis://, rediss://, unix://, postgresql://, sqlite:///")
+    parser.add_argument(
+        "--store",
+        help="redis://, rediss://, unix://, postgresql://, sqlite:///relative/path, "
+        "sqlite:////absolute/path",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
