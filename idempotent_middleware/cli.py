@@ -206,7 +206,10 @@ def _run(args: argparse.Namespace) -> tuple[int, Any]:
             from .testing import run_conformance  # type: ignore[import-not-found, unused-ignore]
         except Exception as exc:
             raise _Exit(2, f"cannot load {args.target}: {type(exc).__name__}: {exc}") from exc
-        code = int(run_conformance(factory, verbose=args.verbose))
+        # With --json, stdout carries the one JSON document; pytest's report goes to stderr.
+        report = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+        with report:
+            code = int(run_conformance(factory, verbose=args.verbose))
         return code, {"conformance": args.target, "exit": code}
     if not args.store:
         raise _Exit(2, "--store URL is required for this command")
