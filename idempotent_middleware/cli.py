@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from ._error_base import IdempotencyError, IdempotencyPersistenceLayerError
 from .config import IdempotencyConfig
@@ -67,9 +67,32 @@ def open_store(
         return SQLitePersistenceLayer(url[len("sqlite:///") :], **sql)
     raise _Exit(
         2,
-        f"unsupported store URL {url!r}: use redis://, rediss://, unix://, "
+        f"unsupported store URL {redact(url)!r}: use redis://, rediss://, unix://, "
         "postgresql://, postgres://, sqlite:///relative/path or sqlite:////absolute/path",
     )
+
+
+def redact(url: str) -> str:
+    """``url`` with the password of its userinfo replaced by ``***`` (errors reach logs)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable URL>"
+    if not password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return parts._replace(netloc=f"{name}:***@{host}").geturl()
+
+
+def _secrets(url: str | None) -> list[str]:
+    """The password of ``url`` as written and decoded, to blank out of any error line."""
+    try:
+        password = urlsplit(url).password if url else None
+    except ValueError:
+        return []
+    return [] if not password else sorted({password, unquote(password)}, key=len, reverse=True)
 
 
 def storage_key_for(
@@ -327,16 +350,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "limit", 1) < 1:
         print("error: --limit must be at least 1", file=sys.stderr)
         return 2
+    secrets = _secrets(getattr(args, "store", None))
+
+    def error(line: str) -> None:
+        for secret in secrets:  # a driver's message may quote the URL or DSN it was given
+            line = line.replace(secret, "***")
+        line = " ".join(part.strip() for part in line.splitlines())  # libpq's are multi-line
+        print(f"error: {line}", file=sys.stderr)
+
     try:
         code, result = _run(args)
     except _Exit as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        error(str(exc))
         return exc.code
     except (IdempotencyPersistenceLayerError, OSError, ImportError, TypeError, ValueError) as exc:
-        print(f"error: store: {type(exc).__name__}: {exc}", file=sys.stderr)
+        error(f"store: {type(exc).__name__}: {exc}")
         return 2
     except IdempotencyError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        error(f"{type(exc).__name__}: {exc}")
         return 1
     if args.json:
         print(json.dumps(result, default=str))

@@ -48,3 +48,30 @@ def test_an_unsupported_url_error_does_not_echo_its_password(
     err = capsys.readouterr().err
     assert code == 2
     assert "s3cret-pass" not in err, err
+
+
+def test_a_driver_error_quoting_the_url_does_not_echo_its_password(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a driver puts in its message, the URL's password (as written or decoded)
+    never reaches the error line."""
+    from idempotent_middleware import cli
+
+    def failing(url: str, **options: object) -> None:
+        raise ValueError(f"cannot parse {url} (password s3cret@pass)")
+
+    monkeypatch.setattr(cli, "open_store", failing)
+    code = cli.main(["--store", "redis://:s3cret%40pass@127.0.0.1:1/0", "ping"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "s3cret" not in err, err
+
+
+def test_a_multi_line_driver_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """libpq's connection errors span lines; the CLI promises one line on stderr."""
+    from idempotent_middleware.cli import main
+
+    code = main(["--store", "postgresql://app@127.0.0.1:1/app", "ping"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
