@@ -20,9 +20,15 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 from ._error_base import IdempotencyError, IdempotencyPersistenceLayerError
 from .config import IdempotencyConfig
 from .exceptions import IdempotencyAlreadyInProgressError
-from .persistence.base import BasePersistenceLayer, KeyScheme
+from .persistence.base import STATUS_INPROGRESS, BasePersistenceLayer, KeyScheme
 
 _BODY_SHOWN = 4096
+
+#: What ``invalidate --force`` of an in-progress record tells the operator.
+FORCED_NOTE = (
+    "a live holder will take the key back at its next renewal (its handler keeps running and "
+    "stores its response); --force frees keys whose holder is gone"
+)
 
 
 class _Exit(Exception):
@@ -259,13 +265,20 @@ def _on_store(store: Any, args: argparse.Namespace) -> tuple[int, Any]:
             raise _Exit(1, f"no record under {args.key!r}")
         return 0, _summary(record, args.body)
     if args.command == "invalidate":
+        before = store.inspect_record(args.key) if args.force else None
         try:
             gone = store.invalidate_record(args.key, force=args.force)
         except IdempotencyAlreadyInProgressError as exc:
             raise _Exit(1, f"refused: {exc}") from exc
         if not gone:
             raise _Exit(1, f"no record under {args.key!r}")
-        return 0, {"invalidated": args.key}
+        done: dict[str, Any] = {"invalidated": args.key}
+        if before is not None and before["status"] == STATUS_INPROGRESS:
+            # By design (promise 1): a handler still running must keep its key, so its lease
+            # renewal takes an absent key back. --force is for claims nobody holds any more.
+            done["was"] = STATUS_INPROGRESS
+            done["note"] = FORCED_NOTE
+        return 0, done
     if args.command == "list":
         records = store.list_records(args.prefix, args.limit)
         return 0, [
@@ -327,7 +340,11 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--body", action="store_true", help=f"show the body (<= {_BODY_SHOWN} B)")
     invalidate = command("invalidate", "delete a completed record")
     invalidate.add_argument("key")
-    invalidate.add_argument("--force", action="store_true", help="even an in-progress one")
+    invalidate.add_argument(
+        "--force",
+        action="store_true",
+        help="even an in-progress one (a holder still running takes it back)",
+    )
     listing = command("list", "list records")
     listing.add_argument("--prefix", default="")
     listing.add_argument("--limit", type=int, default=100)

@@ -12,7 +12,7 @@ import pytest
 from werkzeug.test import Client
 
 from idempotent_middleware import IdempotencyConfig, WSGIIdempotencyMiddleware
-from idempotent_middleware.cli import main
+from idempotent_middleware.cli import FORCED_NOTE, main
 from idempotent_middleware.persistence.sqlite import SQLitePersistenceLayer
 
 pytestmark = pytest.mark.timeout(60)
@@ -113,12 +113,12 @@ def test_list_survives_one_undecodable_record(
     assert capsys.readouterr().out.startswith("POST /corrupt-list#bad  CORRUPT  ttl -  ")
 
 
-def test_forced_invalidation_of_a_running_claim_is_undone_by_its_lease(
+def test_forced_invalidation_of_a_running_claim_says_its_holder_takes_it_back(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``invalidate --force`` reports success, but the running handler's lease renewal
-    "takes an absent key back" (contract C1) within half a lease: the claim reappears and
-    retries keep getting 409, while the operator was told it was invalidated."""
+    """``invalidate --force`` of a claim whose handler still runs: by design (promise 1: a
+    live handler keeps its key) its lease renewal takes the absent key back, and the handler
+    stores its response under it. The CLI says so instead of implying the key is free."""
     path = tmp_path / "records.db"
     store = SQLitePersistenceLayer(path)
     entered, release = threading.Event(), threading.Event()
@@ -139,14 +139,37 @@ def test_forced_invalidation_of_a_running_claim_is_undone_by_its_lease(
     try:
         assert entered.wait(10)
         key = key_of(capsys, "s1", "/slow")
-        code, _, err = cli(capsys, "--store", f"sqlite:///{path}", "invalidate", key, "--force")
+        code, doc, err = cli(capsys, "--store", f"sqlite:///{path}", "invalidate", key, "--force")
         assert code == 0, err
+        assert doc == {"invalidated": key, "was": "INPROGRESS", "note": FORCED_NOTE}
+        assert "take the key back" in FORCED_NOTE
         threading.Event().wait(1.0)  # more than a renewal period
         code, doc, _ = cli(capsys, "--store", f"sqlite:///{path}", "inspect", key)
-        assert code == 1, f"the invalidated claim is back: {doc}"
+        assert (code, doc["status"]) == (0, "INPROGRESS"), "the live holder lost its key"
     finally:
         release.set()
         thread.join(30)
+    code, doc, _ = cli(capsys, "--store", f"sqlite:///{path}", "inspect", key)
+    assert (code, doc["status"]) == (0, "COMPLETED")
+
+
+def test_forced_invalidation_frees_a_claim_whose_holder_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The case --force is for: nobody renews the claim, so after it the key is free and the
+    next retry executes (the note is still shown: the CLI cannot tell a holder is gone)."""
+    from idempotent_middleware._core import Claimed, plan_claim
+    from idempotent_middleware._steps import drive
+
+    path = tmp_path / "records.db"
+    store = SQLitePersistenceLayer(path)
+    key = key_of(capsys, "g1", "/gone")
+    plan = plan_claim(store, key, "", lease_seconds=300.0, expires_after_seconds=600.0)
+    assert isinstance(drive(store, plan), Claimed)  # a holder that then died
+    code, doc, err = cli(capsys, "--store", f"sqlite:///{path}", "invalidate", key, "--force")
+    assert (code, doc.get("was")) == (0, "INPROGRESS"), err
+    client = Client(WSGIIdempotencyMiddleware(app, store))
+    assert client.post("/gone", headers={"Idempotency-Key": "g1"}, buffered=True).status_code == 201
 
 
 def test_a_mistyped_sqlite_table_is_an_error_not_a_new_table(
