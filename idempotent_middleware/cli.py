@@ -330,7 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     key.add_argument(
         "--flask-app",
         metavar="NAMESPACE",
-        help="the Flask app's IDEMPOTENCY_NAMESPACE (default: its import_name)",
+        help="the Flask app's import_name (or its IDEMPOTENCY_NAMESPACE if set)",
     )
     key.add_argument("--header-name", default="Idempotency-Key")
     key.add_argument("--hash-function", default="sha256", help="the app's hash_function")
