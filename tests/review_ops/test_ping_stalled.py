@@ -8,13 +8,14 @@ without resets, a server stuck in I/O): bytes are accepted and never answered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import socket
 import threading
 from typing import Any
 
 import pytest
+
+from idempotent_middleware.exceptions import IdempotencyPersistenceLayerError
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -74,13 +75,16 @@ def _through(dsn: str, relay: Relay) -> str:
     return re.sub(r"port=\d+", f"port={relay.port}", dsn)
 
 
-def _finishes(call: Any) -> bool:
-    """Whether ``call()`` returns or raises within BOUND seconds."""
+def _finishes(call: Any, raised: list[BaseException] | None = None) -> bool:
+    """Whether ``call()`` returns or raises within BOUND seconds (what it raised: ``raised``)."""
     done = threading.Event()
 
     def run() -> None:
-        with contextlib.suppress(Exception):
+        try:
             call()
+        except Exception as exc:
+            if raised is not None:
+                raised.append(exc)
         done.set()
 
     threading.Thread(target=run, daemon=True).start()
@@ -104,7 +108,9 @@ def test_postgres_ping_on_a_stalled_connection_is_bounded(postgres_dsn: str, rel
     layer = PostgresPersistenceLayer(dsn=_through(postgres_dsn, relay))
     layer.ping()  # the connection is open and idle in the layer's pool
     relay.freeze()
-    assert _finishes(layer.ping), f"ping() still blocked after {BOUND}s on a stalled server"
+    raised: list[BaseException] = []
+    assert _finishes(layer.ping, raised), f"ping() still blocked after {BOUND}s on a stalled server"
+    assert [type(e) for e in raised] == [IdempotencyPersistenceLayerError], raised
 
 
 def test_postgres_ping_async_on_a_stalled_connection_is_bounded(
@@ -119,9 +125,11 @@ def test_postgres_ping_async_on_a_stalled_connection_is_bounded(
         relay.freeze()
         await layer.ping_async()
 
-    assert _finishes(lambda: asyncio.run(twice())), (
+    raised: list[BaseException] = []
+    assert _finishes(lambda: asyncio.run(twice()), raised), (
         f"ping_async() still blocked after {BOUND}s on a stalled server"
     )
+    assert [type(e) for e in raised] == [IdempotencyPersistenceLayerError], raised
 
 
 def test_redis_ping_on_a_stalled_connection_is_bounded_control(redis_server: Any) -> None:
