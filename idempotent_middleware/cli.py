@@ -245,9 +245,9 @@ def _run(args: argparse.Namespace) -> tuple[int, Any]:
     store = open_store(args.store, key_prefix=args.key_prefix, table=args.table, schema=args.schema)
     from .persistence.sqlite import SQLitePersistenceLayer
 
-    if isinstance(store, SQLitePersistenceLayer):
-        _require_sqlite_table(store.path, store.table)
     try:
+        if isinstance(store, SQLitePersistenceLayer):
+            _require_sqlite_table(store.path, store.table)
         return _on_store(store, args)
     finally:
         with contextlib.suppress(Exception):
