@@ -160,16 +160,19 @@ def full_path(scope: Scope) -> str:
     middleware runs; ``raw_path`` (the request target as sent, percent-decoded as servers
     decode ``path``) is left whole. ``root_path`` is prefixed unless the path already holds
     it (ASGI lets ``path`` include it; a proxy that stripped the prefix sent a path without).
+    The path's bytes are read as latin-1 text, as WSGI's PATH_INFO (PEP 3333): one request
+    has one key under either middleware, and no two byte strings share one (UTF-8 decoding
+    would map every invalid sequence to U+FFFD).
     """
     raw = scope.get("raw_path")
     if isinstance(raw, bytes) and raw:
         # The ASGI spec: raw_path excludes the query string, so a "?" in it is part of the
         # path (a decoded %3F), never a query to cut off.
         target = raw.decode("latin-1")
-        path = unquote(target) if "%" in target else target
+        path = unquote(target, encoding="latin-1") if "%" in target else target
     else:
-        path = scope["path"]
-    root: str = scope.get("root_path", "")
+        path = scope["path"].encode("utf-8", "surrogatepass").decode("latin-1")
+    root: str = scope.get("root_path", "").encode("utf-8", "surrogatepass").decode("latin-1")
     if root and not path.startswith(root):
         return root + path
     return path
