@@ -9,7 +9,11 @@ outlives the call and writes the completion.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +65,55 @@ def test_r1_async_function_per_job_loop_runs_twice_after_one_failed_completion()
     time.sleep(0.6)  # three leases later, the redelivered job comes
     assert asyncio.run(job(x=1)) == 1
     assert runs == [1], "the function ran again: its pending completion died with its loop"
+
+
+CHILD = r"""
+import sys
+from idempotent_middleware import IdempotencyConfig, IdempotencyPersistenceLayerError
+from idempotent_middleware import RedisPersistenceLayer, idempotent_function
+
+class OneFailedCompletion(RedisPersistenceLayer):
+    failed = False
+
+    def _update_record(self, data_record):
+        if not self.failed:
+            self.failed = True
+            raise IdempotencyPersistenceLayerError("blip")
+        super()._update_record(data_record)
+
+url, runs = sys.argv[1], sys.argv[2]
+
+@idempotent_function(
+    data_keyword_argument="x",
+    persistence_store=OneFailedCompletion(url=url),
+    config=IdempotencyConfig(lease_seconds=float(sys.argv[3])),
+)
+def job(x):
+    with open(runs, "a") as out:
+        out.write("run\n")
+    return x
+
+assert job(x=1) == 1
+# The worker exits normally right after (gunicorn --max-requests, a Celery child recycled):
+# the completion left to the renewer thread is never written.
+"""
+
+
+def test_r1b_pending_completion_dies_with_a_worker_that_exits(
+    redis_url: str, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env.pop("IDEMPOTENCY_DISABLED", None)
+    env.pop("POWERTOOLS_IDEMPOTENCY_DISABLED", None)
+    # A 30 s lease retries a failed completion after 1.5 s: the worker is gone by then.
+    lease = "2"
+    for _ in range(2):  # the job, then its redelivery once the first worker's lease lapsed
+        subprocess.run(
+            [sys.executable, "-c", CHILD, redis_url, str(runs), lease],
+            env=env,
+            check=True,
+            timeout=60,
+        )
+        time.sleep(float(lease) * 1.5)
+    assert runs.read_text().count("run") == 1, "the redelivered job ran the function again"
