@@ -122,3 +122,31 @@ def test_r4_wsgi_settle_error_blocks_the_key_for_the_hold_cap() -> None:
     list(again)
     getattr(again, "close", lambda: None)()
     assert not statuses[-1].startswith("409"), statuses
+
+
+def test_r4_flask_header_copy_error_blocks_the_key_for_the_hold_cap() -> None:
+    """Flask: ``from_flask`` (``_encoded``: headers to Latin-1) runs outside the ``try`` that
+    records the execution, so a header value outside Latin-1 leaves the execution unrecorded
+    and its lease renewing."""
+    flask = pytest.importorskip("flask")
+    from idempotent_middleware.flask import Idempotency
+
+    app = flask.Flask(__name__)
+    app.config["IDEMPOTENCY_STORE"] = InMemoryPersistenceLayer()
+    app.config["IDEMPOTENCY_LEASE_SECONDS"] = LEASE
+    runs: list[int] = []
+
+    @app.post("/orders")
+    def orders() -> Any:
+        runs.append(1)
+        return "made", 201, {"Content-Disposition": 'inline; filename="€.txt"'}
+
+    Idempotency(app)
+    client = app.test_client()
+    headers = {"Idempotency-Key": "r4f", "Content-Type": "application/json"}
+    first = client.post("/orders", data=b"{}", headers=headers)
+    assert first.status_code == 500  # Flask's own answer to the error
+    time.sleep(LEASE * 4)
+    second = client.post("/orders", data=b"{}", headers=headers)
+    assert runs == [1]
+    assert second.status_code != 409, "the key stays claimed, renewed by nobody's handler"
