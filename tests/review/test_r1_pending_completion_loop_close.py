@@ -117,3 +117,51 @@ def test_r1b_pending_completion_dies_with_a_worker_that_exits(
         )
         time.sleep(float(lease) * 1.5)
     assert runs.read_text().count("run") == 1, "the redelivered job ran the function again"
+
+
+def test_r1c_asgi_server_stopping_after_one_failed_completion_runs_twice() -> None:
+    """The HTTP twin: a response whose completion the store refused once is left to the
+    loop's lease; the server stops (a deploy: uvicorn ends its loop once requests are done)
+    and the client's retry after one lease reaches the new server and runs the handler."""
+    from typing import Any
+
+    from idempotent_middleware import IdempotencyMiddleware
+
+    store = OneFailedCompletion()
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"charged"})
+
+    middleware = IdempotencyMiddleware(app, store, IdempotencyConfig(lease_seconds=0.2))
+
+    async def serve_one() -> int:
+        inbox: list[dict[str, Any]] = [{"type": "http.request", "body": b"{}"}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            if inbox:
+                return inbox.pop(0)
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/charge",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"idempotency-key", b"r1c")],
+        }
+        await middleware(scope, receive, send)
+        return int(sent[0]["status"])
+
+    assert asyncio.run(serve_one()) == 201  # the server's loop ends after this request
+    time.sleep(0.6)
+    assert asyncio.run(serve_one()) == 201  # the restarted server answers the retry
+    assert runs == [1], "the handler ran again: its pending completion died with the loop"
