@@ -87,7 +87,13 @@ def test_r4_asgi_settle_error_blocks_the_key_for_the_hold_cap(trigger: str) -> N
         return await call(middleware)
 
     retry = asyncio.run(main())
-    assert retry[0]["status"] != 409, "the key stays claimed, renewed by nobody's handler"
+    assert runs == [1]
+    body = b"".join(m.get("body", b"") for m in retry if m["type"] == "http.response.body")
+    # Every answer but "in progress" is final: the settled record (409 "not replayable" or
+    # "interrupted" for a response the store cannot hold, or the response itself).
+    assert b"in-progress" not in body, "the key stays claimed, renewed by nobody's handler"
+    if trigger == "store_status":  # the policy could not decide: the response is kept
+        assert retry[0]["status"] == 418, retry
 
 
 def test_r4_wsgi_settle_error_blocks_the_key_for_the_hold_cap() -> None:
@@ -111,17 +117,18 @@ def test_r4_wsgi_settle_error_blocks_the_key_for_the_hold_cap() -> None:
         statuses.append(status)
         return lambda data: None
 
-    with pytest.raises(KeyError):
-        body = middleware({**environ, "wsgi.input": io.BytesIO(b"{}")}, start_response)
-        try:
-            list(body)
-        finally:
-            getattr(body, "close", lambda: None)()
+    body = middleware({**environ, "wsgi.input": io.BytesIO(b"{}")}, start_response)
+    try:
+        list(body)
+    finally:
+        getattr(body, "close", lambda: None)()
     time.sleep(LEASE * 4)
     again = middleware({**environ, "wsgi.input": io.BytesIO(b"{}")}, start_response)
-    list(again)
+    replayed = b"".join(again)
     getattr(again, "close", lambda: None)()
-    assert not statuses[-1].startswith("409"), statuses
+    # The app's response went out, and the policy that could not decide keeps it.
+    assert statuses[0].startswith("418"), statuses
+    assert statuses[-1].startswith("418") and replayed == b"teapot", (statuses, replayed)
 
 
 def test_r4_flask_header_copy_error_blocks_the_key_for_the_hold_cap() -> None:
@@ -145,8 +152,10 @@ def test_r4_flask_header_copy_error_blocks_the_key_for_the_hold_cap() -> None:
     client = app.test_client()
     headers = {"Idempotency-Key": "r4f", "Content-Type": "application/json"}
     first = client.post("/orders", data=b"{}", headers=headers)
-    assert first.status_code == 500  # Flask's own answer to the error
+    assert first.status_code == 201  # the app's response, passed through
     time.sleep(LEASE * 4)
     second = client.post("/orders", data=b"{}", headers=headers)
     assert runs == [1]
-    assert second.status_code != 409, "the key stays claimed, renewed by nobody's handler"
+    assert second.status_code == 409
+    problem = second.get_json()
+    assert problem["type"].endswith("not-replayable"), "the key stays claimed by nobody"
