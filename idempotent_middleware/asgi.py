@@ -135,6 +135,10 @@ class IdempotencyMiddleware:
                     await execution.record(None, True)
             elif kind == "http.response.start":
                 capture.start(message["status"], list(message.get("headers", ())))
+                if message.get("trailers", False):
+                    # Its trailers come after the last body message, where it is recorded,
+                    # and a replay has none to send: executed, not replayable (R8).
+                    capture.give_up()
             else:  # pathsend, zerocopysend, trailers: forwarded, not copied
                 capture.give_up()
             await send(message)

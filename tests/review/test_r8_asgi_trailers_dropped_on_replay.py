@@ -73,3 +73,6 @@ def test_r8_a_response_with_trailers_never_replays_without_them() -> None:
     kinds = [m["type"] for m in replay]
     if replay[0]["status"] == 200:  # replayed as the original: it must be the whole of it
         assert "http.response.trailers" in kinds, f"replay without the trailers: {replay}"
+    else:  # executed, not replayable: never run again, never replayed in part
+        body = b"".join(m.get("body", b"") for m in replay if m["type"] == "http.response.body")
+        assert replay[0]["status"] == 409 and b"not-replayable" in body, replay
