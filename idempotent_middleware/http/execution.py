@@ -34,6 +34,8 @@ from .response import StoredResponse
 
 #: How long closing a body early may spend copying the rest of it (the client left).
 DRAIN_SECONDS = 5.0
+#: Iterators over chunks already in memory: the only ones drained on an early close.
+_IN_MEMORY: frozenset[type] = frozenset({type(iter([])), type(iter(()))})
 
 logger = logging.getLogger("idempotent_middleware")
 
@@ -220,9 +222,11 @@ class CapturingIterable:
 
     The outcome is recorded before the last chunk when Content-Length tells which one it is,
     else as soon as the body is exhausted. If the body fails, it is recorded at once (see
-    ``ResponseCapture.outcome``). If the server closes early (client gone), the rest of the
-    body is drained into the copy first: the handler has run, so its response must be
-    recorded rather than released.
+    ``ResponseCapture.outcome``). If the server closes early (client gone), the handler has
+    run, so its response is recorded rather than released: the rest of a body already in
+    memory (a list, a tuple) is copied first; any other body is closed as the server asked,
+    never drained (its next chunk may never come: a stream of events, a long poll), and
+    recorded executed, not replayable (R11).
     """
 
     def __init__(self, iterable: Iterable[bytes], capture: ResponseCapture, record: Record) -> None:
@@ -257,9 +261,10 @@ class CapturingIterable:
         self._record(exc, False)
 
     def close(self) -> None:
+        drained = False
         try:
             if not self._failed:
-                self._drain()
+                drained = self._drain()
         except BaseException as exc:
             # The app failed while we drained (KeyboardInterrupt included): never store the
             # part we copied as the whole response.
@@ -272,11 +277,15 @@ class CapturingIterable:
                 if close is not None:
                     close()
             finally:
-                self._record(None, True)
+                self._record(None, drained)
 
-    def _drain(self) -> None:
-        """Copy what the client did not read, bounded by the size cap and by time."""
+    def _drain(self) -> bool:
+        """Copy what the client did not read when nothing can block doing so (a list or tuple
+        body), bounded by the size cap and by time; else give the copy up. True if drained."""
         iterator = self._iterator if self._iterator is not None else iter(self._iterable)
+        if type(iterator) not in _IN_MEMORY:
+            self._capture.give_up()
+            return False
         deadline = time.monotonic() + DRAIN_SECONDS
         for chunk in iterator:
             self._capture.add(chunk)
@@ -285,6 +294,7 @@ class CapturingIterable:
             if time.monotonic() > deadline:  # an endless stream: executed, not replayable
                 self._capture.give_up()
                 break
+        return True
 
 
 class AsyncCapturingIterable:
