@@ -135,6 +135,10 @@ class IdempotencyMiddleware:
                     await execution.record(None, True)
             elif kind == "http.response.start":
                 capture.start(message["status"], list(message.get("headers", ())))
+                if message.get("trailers", False):
+                    # Its trailers come after the last body message, where it is recorded,
+                    # and a replay has none to send: executed, not replayable (R8).
+                    capture.give_up()
             else:  # pathsend, zerocopysend, trailers: forwarded, not copied
                 capture.give_up()
             await send(message)
@@ -181,20 +185,27 @@ def full_path(scope: Scope) -> str:
 async def _read_body(receive: Receive, cap: int) -> bytes | Incomplete | None:
     """The whole request body, None past ``cap`` bytes (413), or INCOMPLETE if the client
     left before sending all of it (nothing may be decided on a partial body)."""
-    chunks: list[bytes] = []
-    size = 0
+    message = await receive()
+    if message["type"] != "http.request":
+        return INCOMPLETE
+    body: bytes = message.get("body", b"")
+    if len(body) > cap:
+        return None
+    if not message.get("more_body", False):
+        return body  # one message, the common case: no copy
+    # One growing buffer, not a list of the server's chunks: a body sent a few bytes per
+    # message costs its bytes, not an object per chunk (R6).
+    buffer = bytearray(body)
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return INCOMPLETE
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
+        if len(buffer) + len(chunk) > cap:
             return None
-        chunks.append(chunk)
+        buffer += chunk
         if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return bytes(buffer)
 
 
 def _buffered_receive(body: bytes, receive: Receive) -> Receive:
