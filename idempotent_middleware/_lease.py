@@ -14,6 +14,7 @@ that may have lapsed is reported (a warning and ``lost``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
@@ -43,6 +44,22 @@ _RETRY_FIRST = 1 / 20
 _RETRY_MAX = 1 / 8
 #: The default cap on how long one execution may hold its key (``max_lease_hold_seconds``).
 DEFAULT_MAX_HOLD = 3600.0
+#: At interpreter exit, how long the pending completions may take to be written, in all.
+EXIT_SECONDS = 5.0
+
+
+class _Written:
+    """What a pending write's plan returns once the completion landed (truthy, like a
+    renewal's True): only that attempt, not a renewal sent before the completion was left
+    to the lease, may end the hold as written."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return True
+
+
+WRITTEN = _Written()
 
 
 class _Hold:
@@ -102,7 +119,7 @@ class _Hold:
         this completion, a full in-memory store for one, would otherwise let a retry claim
         the lapsed key and run the handler again)."""
         try:
-            return (yield from plan_store(record))
+            return WRITTEN if (yield from plan_store(record)) else False
         except IdempotencyPersistenceLayerError:
             with contextlib.suppress(IdempotencyPersistenceLayerError):
                 yield from plan_renew(self.claim, self.lease)
@@ -148,8 +165,8 @@ class _Hold:
         self._emit(Decision.LEASE_LOST)
         return False
 
-    def succeeded(self, started: float) -> None:
-        if self.pending is not None:  # the completion is written: nothing left to hold
+    def succeeded(self, started: float, outcome: object = True) -> None:
+        if outcome is WRITTEN:  # the completion is written: nothing left to hold
             self.book.held.pop(id(self), None)
             logger.info(
                 "%s recorded on a later attempt",
@@ -311,7 +328,9 @@ class AsyncLease(_Hold):
     asyncio loop, so the process's renewer thread does, with the layer's blocking methods.
     """
 
-    __slots__ = ("task",)
+    __slots__ = ("home", "task")
+    #: The loop a pending completion was handed over from (``finish_later``); set only then.
+    home: asyncio.AbstractEventLoop
 
     def __init__(
         self,
@@ -343,9 +362,49 @@ class AsyncLease(_Hold):
                 self.book.look_by(self.due, asyncio.get_running_loop())
             return
         if ok:
-            self.succeeded(started)
+            self.succeeded(started, ok)
         else:
             self.fenced()
+
+    def finish_later(self, record: DataRecord) -> None:
+        """As ``_Hold.finish_later``, but the write is handed to the renewer thread (the
+        layer's blocking methods): a loop may end right after its last request
+        (``asyncio.run`` per job, a server stopping), and a write left on it would be lost
+        with it, freeing the key for a second run after one lease."""
+        book, loop = self.book, asyncio._get_running_loop()
+        if not isinstance(book, _LoopLeases) or loop is None or id(self) not in book.held:
+            super().finish_later(record)
+            return
+        if sync_renewer.lacks_blocking(self.layer):
+            logger.warning(
+                "completion for %s left to its event loop (the store has no blocking "
+                "methods): it is lost if the loop ends before it is written",
+                self.claim.idempotency_key,
+                extra=self._fields(Decision.STORE_ERROR),
+            )
+            super().finish_later(record)
+            return
+        self.home = loop
+        self.pending = record
+        self.failures = 1
+        self.due = time.monotonic() + max(self.lease * _RETRY_FIRST, 0.005)
+        self.book = sync_renewer
+        try:
+            sync_renewer.add(self)  # before leaving the loop's book: never held by neither
+        except Exception:  # no thread: the loop keeps it, as before
+            self.book = book
+            book.look_by(self.due, loop)
+            return
+        book.held.pop(id(self), None)
+        sync_renewer.wake()
+
+    def look_at_home(self) -> None:
+        """Back on the loop's book (the renewer thread cannot write for this layer)."""
+        book = _books.get(self.home)
+        if book is None:
+            book = _books[self.home] = _LoopLeases()
+        self.book = book
+        book.add(self, self.home)
 
     def _look_soon(self) -> None:
         loop = asyncio._get_running_loop()
@@ -401,6 +460,8 @@ class _SyncRenewer(_Book):
         #: Held by the thread while it renews ``_renewing``; ``settle`` waits on it.
         self._attempt = threading.Lock()
         self._renewing: _Hold | None = None
+        #: Layers whose blocking methods failed as missing (by id; the value tells it is the same).
+        self._async_only: dict[int, weakref.ref[BasePersistenceLayer]] = {}
 
     def _after_fork_in_child(self) -> None:
         # The parent's claims are the parent's to renew; a lock held by a parent thread at
@@ -474,6 +535,69 @@ class _SyncRenewer(_Book):
         """Look now (a hold has something due sooner than the next tick)."""
         self._wake.set()
 
+    def lacks_blocking(self, layer: BasePersistenceLayer) -> bool:
+        """Whether ``layer`` was seen to have no working blocking methods (an async-only
+        client or pool): this thread cannot write or renew for it."""
+        return id(layer) in self._async_only and self._async_only[id(layer)]() is layer
+
+    def _cannot_block(self, entry: _Hold, error: BaseException) -> bool:
+        """A handed-over completion (``AsyncLease.finish_later``) whose layer turns out to
+        have no blocking methods goes back to its loop (the write was kept there before);
+        False when ``entry`` is not such a hold (then an ordinary failure)."""
+        home = getattr(entry, "home", None)
+        if home is None or entry.pending is None or not isinstance(entry, AsyncLease):
+            return False
+        with contextlib.suppress(TypeError):  # a layer that refuses weak references
+            self._async_only[id(entry.layer)] = weakref.ref(entry.layer)
+        self.held.pop(id(entry), None)
+        try:
+            home.call_soon_threadsafe(entry.look_at_home)
+        except RuntimeError:  # the loop is closed: nobody is left to write it
+            logger.error(
+                "completion for %s not written: the store has no blocking methods (%r) and "
+                "its event loop has ended; a retry after the lease runs the handler again",
+                entry.claim.idempotency_key,
+                error,
+                extra=entry._fields(Decision.STORE_ERROR, type(error).__name__),
+            )
+        return True
+
+    def write_pending_at_exit(self) -> None:
+        """At interpreter exit, try each pending completion once, bounded in time.
+
+        A worker that exits normally (recycled after N requests, a job runner's child) would
+        otherwise take the writes left to this daemon thread with it: the key would free
+        after one lease and a retry would run the handler again. The unwritten are logged.
+        """
+        if self._pid != os.getpid():
+            return  # a forked child that never held anything of its own
+        waiting = [entry for entry in list(self.held.values()) if entry.pending is not None]
+        for book in list(_books.values()):  # kept on a loop: nothing can write them now
+            waiting.extend(held for held in list(book.held.values()) if held.pending is not None)
+        if not waiting:
+            return
+        deadline = time.monotonic() + EXIT_SECONDS
+        attempting = self._attempt.acquire(timeout=EXIT_SECONDS)  # the thread waits meanwhile
+        try:
+            for entry in waiting:
+                if (
+                    isinstance(entry.book, _SyncRenewer)
+                    and attempting
+                    and time.monotonic() < deadline
+                    and id(entry) in self.held
+                ):
+                    self._renew(entry)
+                if id(entry) in entry.book.held:
+                    logger.error(
+                        "completion for %s not written before the process exited; a retry "
+                        "after the lease runs the handler again",
+                        entry.claim.idempotency_key,
+                        extra=entry._fields(Decision.STORE_ERROR),
+                    )
+        finally:
+            if attempting:
+                self._attempt.release()
+
     def settle(self, hold: _Hold) -> None:
         # A renewal still in flight on another connection could land after the handler's
         # completion or release (and re-store a released claim): wait for it, bounded by the
@@ -482,18 +606,21 @@ class _SyncRenewer(_Book):
             with self._attempt:
                 pass
 
-    @staticmethod
-    def _renew(entry: _Hold) -> None:
+    def _renew(self, entry: _Hold) -> None:
         started = time.monotonic()
         if not entry.attempt(started):
             return
         try:
             ok = drive(entry.layer, entry.plan())
+        except (TypeError, NotImplementedError) as exc:  # no blocking methods (async only)
+            if not self._cannot_block(entry, exc):
+                entry.failed(time.monotonic(), exc)
+            return
         except Exception as exc:  # store hiccup: retry soon
             entry.failed(time.monotonic(), exc)
             return
         if ok:
-            entry.succeeded(started)
+            entry.succeeded(started, ok)
         else:
             entry.fenced()
 
@@ -501,3 +628,4 @@ class _SyncRenewer(_Book):
 sync_renewer = _SyncRenewer()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=sync_renewer._after_fork_in_child)
+atexit.register(sync_renewer.write_pending_at_exit)
