@@ -122,7 +122,11 @@ class _Hold:
             return WRITTEN if (yield from plan_store(record)) else False
         except IdempotencyPersistenceLayerError:
             with contextlib.suppress(IdempotencyPersistenceLayerError):
-                yield from plan_renew(self.claim, self.lease)
+                sent = time.monotonic()
+                if (yield from plan_renew(self.claim, self.lease)):
+                    # The claim now lives a lease from (no earlier than) now: without this,
+                    # ``failed`` would report a lost lease after one lease of refusals.
+                    self.expires = max(self.expires, sent + self.lease)
             raise
 
     def finish_later(self, record: DataRecord) -> None:
