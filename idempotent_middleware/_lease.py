@@ -27,9 +27,9 @@ import idempotent_middleware.events as _events
 
 from ._core import plan_renew, plan_store
 from ._observe import fields, lease_event, publish, store_kind
-from ._steps import drive, drive_async
+from ._steps import DELETE, Plan, Step, drive, drive_async
 from .events import Decision
-from .exceptions import IdempotencyPersistenceLayerError
+from .exceptions import IdempotencyOwnershipError, IdempotencyPersistenceLayerError
 
 if TYPE_CHECKING:
     from ._observe import Observation
@@ -44,6 +44,8 @@ _RETRY_FIRST = 1 / 20
 _RETRY_MAX = 1 / 8
 #: The default cap on how long one execution may hold its key (``max_lease_hold_seconds``).
 DEFAULT_MAX_HOLD = 3600.0
+#: The most a release waits for a renewal in flight (``AsyncLease.stop_async``), at most a lease.
+_SETTLE_MAX = 5.0
 #: At interpreter exit, how long the pending completions may take to be written, in all.
 EXIT_SECONDS = 5.0
 
@@ -332,9 +334,11 @@ class AsyncLease(_Hold):
     asyncio loop, so the process's renewer thread does, with the layer's blocking methods.
     """
 
-    __slots__ = ("home", "task")
+    __slots__ = ("home", "late", "task")
     #: The loop a pending completion was handed over from (``finish_later``); set only then.
     home: asyncio.AbstractEventLoop
+    #: A renewal still in flight when ``stop_async`` gave up waiting; set only then.
+    late: asyncio.Task[Any]
 
     def __init__(
         self,
@@ -343,7 +347,7 @@ class AsyncLease(_Hold):
         lease: float,
         max_hold: float = DEFAULT_MAX_HOLD,
     ) -> None:
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[object] | None = None
         loop = asyncio._get_running_loop()  # the one cheap check: None under trio
         if loop is None:
             super().__init__(sync_renewer, layer, claim, lease, max_hold)
@@ -355,20 +359,21 @@ class AsyncLease(_Hold):
         super().__init__(book, layer, claim, lease, max_hold)
         book.add(self, loop)
 
-    async def renew(self) -> None:
+    async def renew(self) -> object:
+        """One attempt; returns what the store said (truthy: renewed or written)."""
         started = time.monotonic()
         try:
             ok = await drive_async(self.layer, self.plan())
         except Exception as exc:  # store hiccup: retry soon
             self.failed(time.monotonic(), exc)
-            if id(self) in self.book.held:
-                assert isinstance(self.book, _LoopLeases)
+            if id(self) in self.book.held and isinstance(self.book, _LoopLeases):
                 self.book.look_by(self.due, asyncio.get_running_loop())
-            return
+            return False
         if ok:
             self.succeeded(started, ok)
         else:
             self.fenced()
+        return ok
 
     def finish_later(self, record: DataRecord) -> None:
         """As ``_Hold.finish_later``, but the write is handed to the renewer thread (the
@@ -417,7 +422,7 @@ class AsyncLease(_Hold):
         elif isinstance(self.book, _SyncRenewer):
             self.book.wake()
 
-    def renewed(self, task: asyncio.Task[None]) -> None:
+    def renewed(self, task: asyncio.Task[object]) -> None:
         # Drop the task (and through it the loop) as soon as it is done.
         if self.task is task:
             self.task = None
@@ -428,6 +433,60 @@ class AsyncLease(_Hold):
         task = self.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
+
+    async def stop_async(self) -> None:
+        """``stop`` before a release: wait (bounded) for a renewal already sent.
+
+        Cancelling its task cannot unsend a command another task carries (a pooled or
+        pipelined client): landing after the release, it would take the freed key back
+        (a renewal takes an absent key back) and block it for a lease. The sync renewer
+        waits the same way (``_SyncRenewer.settle``). One still in flight after the bound
+        is kept for ``released_async``.
+        """
+        self.book.held.pop(id(self), None)
+        self.book.settle(self)  # a thread renewal (trio, the backstop) in flight
+        task = self.task
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        await asyncio.wait((task,), timeout=self._settle_bound())
+        if not task.done():
+            self.late = task
+
+    async def released_async(self) -> None:
+        """After the release: a renewal that was still in flight may land now; once it has,
+        give the key back again if it took it back (fenced by owner: never a new claim)."""
+        task: asyncio.Task[Any] | None = getattr(self, "late", None)
+        if task is None:
+            return
+        del self.late
+        if not task.done():
+            await asyncio.wait((task,), timeout=self._settle_bound())
+        if not task.done():
+            task.cancel()  # as before: a store this slow is past helping
+            return
+        if task.cancelled() or task.exception() is not None or not task.result():
+            return
+        try:
+            await drive_async(self.layer, _plan_release_again(self.claim))
+        except Exception as exc:
+            logger.warning(
+                "a late renewal took %s back after its release and it could not be given "
+                "back (%r): the key frees when its lease runs out",
+                self.claim.idempotency_key,
+                exc,
+                extra=self._fields(Decision.STORE_ERROR, type(exc).__name__),
+            )
+
+    def _settle_bound(self) -> float:
+        """How long a release waits for a renewal in flight: the layer bounds each call by
+        its own timeout; this only caps a store that never answers."""
+        return min(self.lease, _SETTLE_MAX)
+
+
+def _plan_release_again(claim: DataRecord) -> Plan[None]:
+    """Delete ``claim`` if its owner still holds it (silently not, when another does)."""
+    with contextlib.suppress(IdempotencyOwnershipError):
+        yield Step(DELETE, claim)
 
 
 class _Renewal(_Hold):
