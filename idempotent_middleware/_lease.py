@@ -288,7 +288,7 @@ class _LoopLeases(_Book):
     freed with its book (``asyncio.run`` per job must not leak a loop each time).
     """
 
-    __slots__ = ("held", "next_look", "tick")
+    __slots__ = ("__weakref__", "held", "next_look", "tick")
 
     def __init__(self) -> None:
         self.held: dict[int, AsyncLease] = {}
@@ -297,7 +297,10 @@ class _LoopLeases(_Book):
 
     def add(self, lease: AsyncLease, loop: asyncio.AbstractEventLoop) -> None:
         self.held[id(lease)] = lease
-        self.tick = min(self.tick, max(lease.lease / 4, 0.01))
+        tick = max(lease.lease / 4, 0.01)
+        if tick < self.tick:  # rare: a shorter lease than any so far on this loop
+            self.tick = tick
+            sync_renewer.backstop(self)
         self.look_by(time.monotonic() + self.tick, loop)
 
     def look_by(self, when: float, loop: asyncio.AbstractEventLoop) -> None:
@@ -356,6 +359,7 @@ class AsyncLease(_Hold):
         book = _books.get(loop)
         if book is None:
             book = _books[loop] = _LoopLeases()
+            sync_renewer.backstop(book)
         super().__init__(book, layer, claim, lease, max_hold)
         book.add(self, loop)
 
@@ -429,7 +433,7 @@ class AsyncLease(_Hold):
 
     def stop(self) -> None:
         self.book.held.pop(id(self), None)
-        self.book.settle(self)  # a thread renewal (trio) in flight; nothing to wait for on a loop
+        sync_renewer.settle(self)  # a thread renewal (trio, the backstop) in flight
         task = self.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
@@ -444,7 +448,7 @@ class AsyncLease(_Hold):
         is kept for ``released_async``.
         """
         self.book.held.pop(id(self), None)
-        self.book.settle(self)  # a thread renewal (trio, the backstop) in flight
+        sync_renewer.settle(self)  # a thread renewal (trio, the backstop) in flight
         task = self.task
         if task is None or task.done() or task is asyncio.current_task():
             return
@@ -500,7 +504,8 @@ class _Renewal(_Hold):
 
 
 class _SyncRenewer(_Book):
-    """One daemon thread per process renews the leases of every running sync handler.
+    """One daemon thread per process renews the leases of every running sync handler, and
+    is the backstop of the event loops' leases.
 
     Starting and stopping a renewal is a dict insert and a dict pop (no lock, no wake-up):
     the thread looks every quarter of the shortest lease held, or sooner when a failed
@@ -508,6 +513,14 @@ class _SyncRenewer(_Book):
     only scheduled), and the claims closest to running out are renewed first, so one slow
     store call delays the others by its own duration at most (bounded by the layer's socket
     timeout). After ``fork`` the child starts its own thread (threads do not survive a fork).
+
+    The backstop: a loop renews its leases with its own timer, which cannot fire while an
+    async handler blocks the loop (a blocking call inside ``async def``); past a lease the
+    claim would lapse and a retry on another worker run the handler again (a sync handler
+    keeps its claim: this thread renews it). So the thread also looks at every loop's book
+    (registered once per loop, nothing per request) and renews, with the layer's blocking
+    methods, a lease whose loop renewal is overdue by a quarter lease. Renewals are fenced
+    by owner, so one made by both is harmless.
     """
 
     def __init__(self) -> None:
@@ -525,6 +538,8 @@ class _SyncRenewer(_Book):
         self._renewing: _Hold | None = None
         #: Layers whose blocking methods failed as missing (by id; the value tells it is the same).
         self._async_only: dict[int, weakref.ref[BasePersistenceLayer]] = {}
+        #: The books of the loops this thread backs up (``backstop``), gone with their loop.
+        self._books: dict[int, weakref.ref[_LoopLeases]] = {}
 
     def _after_fork_in_child(self) -> None:
         # The parent's claims are the parent's to renew; a lock held by a parent thread at
@@ -576,6 +591,8 @@ class _SyncRenewer(_Book):
             wait = self._tick
             if self._thread is not threading.current_thread():
                 return  # replaced (after a fork in an odd order): only one thread renews
+            if self._books:
+                self._back_up()
             if not self.held:
                 continue
             for entry in sorted(self.held.values(), key=lambda held: held.expires):
@@ -598,6 +615,44 @@ class _SyncRenewer(_Book):
         """Look now (a hold has something due sooner than the next tick)."""
         self._wake.set()
 
+    def backstop(self, book: _LoopLeases) -> None:
+        """Watch ``book`` (a new loop, or a shorter lease on it): look at least every eighth
+        of its shortest lease, so an overdue lease is renewed before it runs out."""
+        key = id(book)
+        if key not in self._books:
+            books = self._books
+
+            def forget(_: object) -> None:
+                books.pop(key, None)
+
+            books[key] = weakref.ref(book, forget)
+        if book.tick / 2 < self._tick:
+            self._tick = max(book.tick / 2, 0.005)
+            self._wake.set()
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._pid != os.getpid():
+            with contextlib.suppress(Exception):  # a backstop only: the loop still renews
+                self._start_thread()
+
+    def _back_up(self) -> None:
+        """Renew the loops' leases whose renewal is overdue (see the class docstring)."""
+        for ref in list(self._books.values()):
+            book = ref()
+            if book is None:
+                continue
+            for lease in list(book.held.values()):
+                if lease.due + lease.lease / 4 > time.monotonic() or self.lacks_blocking(
+                    lease.layer
+                ):
+                    continue
+                with self._attempt:
+                    self._renewing = lease  # as in ``_run``: ``settle`` waits for it
+                    try:
+                        if id(lease) in book.held:
+                            self._renew(lease)
+                    finally:
+                        self._renewing = None
+
     def lacks_blocking(self, layer: BasePersistenceLayer) -> bool:
         """Whether ``layer`` was seen to have no working blocking methods (an async-only
         client or pool): this thread cannot write or renew for it."""
@@ -607,11 +662,15 @@ class _SyncRenewer(_Book):
         """A handed-over completion (``AsyncLease.finish_later``) whose layer turns out to
         have no blocking methods goes back to its loop (the write was kept there before);
         False when ``entry`` is not such a hold (then an ordinary failure)."""
-        home = getattr(entry, "home", None)
-        if home is None or entry.pending is None or not isinstance(entry, AsyncLease):
+        if not isinstance(entry, AsyncLease):
             return False
-        with contextlib.suppress(TypeError):  # a layer that refuses weak references
-            self._async_only[id(entry.layer)] = weakref.ref(entry.layer)
+        if isinstance(entry.book, _LoopLeases):  # a backstop renewal: its loop renews it
+            self._note_async_only(entry.layer)
+            return True
+        home = getattr(entry, "home", None)
+        if home is None or entry.pending is None:
+            return False  # under trio this thread is its only renewer: an ordinary failure
+        self._note_async_only(entry.layer)
         self.held.pop(id(entry), None)
         try:
             home.call_soon_threadsafe(entry.look_at_home)
@@ -624,6 +683,10 @@ class _SyncRenewer(_Book):
                 extra=entry._fields(Decision.STORE_ERROR, type(error).__name__),
             )
         return True
+
+    def _note_async_only(self, layer: BasePersistenceLayer) -> None:
+        with contextlib.suppress(TypeError):  # a layer that refuses weak references
+            self._async_only[id(layer)] = weakref.ref(layer)
 
     def write_pending_at_exit(self) -> None:
         """At interpreter exit, try each pending completion once, bounded in time.

@@ -1,0 +1,153 @@
+"""Where a pending completion and an overdue loop lease go when their first home cannot do
+the work: the renewer thread writes a loop's pending completion (it outlives the loop), a
+store without blocking methods keeps it on its loop, and a renewal that was already on its
+way when the completion was refused never counts as that completion written."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from werkzeug.test import create_environ, run_wsgi_app
+
+from idempotent_middleware import (
+    IdempotencyConfig,
+    IdempotencyMiddleware,
+    IdempotencyPersistenceLayerError,
+    InMemoryPersistenceLayer,
+    WSGIIdempotencyMiddleware,
+)
+from idempotent_middleware.persistence.base import DataRecord
+from idempotent_middleware.persistence.record import STATUS_COMPLETED
+
+Message = dict[str, Any]
+
+
+class AsyncOnly(InMemoryPersistenceLayer):
+    """A store reachable only from an event loop (an async-only client): its blocking
+    methods fail as a layer given only ``async_client=`` does; the first completion is
+    refused (a blip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = False
+        self.on_loop = threading.local()
+
+    def _blocking(self) -> None:
+        if not getattr(self.on_loop, "yes", False):
+            raise TypeError("this layer has only an async client")
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        self._blocking()
+        if not self.refused:
+            self.refused = True
+            raise IdempotencyPersistenceLayerError("blip")
+        super()._update_record(data_record)
+
+    def _renew_lease(self, data_record: DataRecord) -> None:
+        self._blocking()
+        super()._renew_lease(data_record)
+
+    async def _update_record_async(self, data_record: DataRecord) -> None:
+        self.on_loop.yes = True
+        try:
+            self._update_record(data_record)
+        finally:
+            self.on_loop.yes = False
+
+    async def _renew_lease_async(self, data_record: DataRecord) -> None:
+        self.on_loop.yes = True
+        try:
+            self._renew_lease(data_record)
+        finally:
+            self.on_loop.yes = False
+
+
+async def call(app: Any, key: bytes) -> list[Message]:
+    inbox: list[Message] = [{"type": "http.request", "body": b"", "more_body": False}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return inbox.pop(0) if inbox else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/pay",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", key)],
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+def test_a_store_without_blocking_methods_keeps_the_pending_completion_on_its_loop() -> None:
+    runs: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"paid"})
+
+    store = AsyncOnly()
+    middleware = IdempotencyMiddleware(app, store, IdempotencyConfig(lease_seconds=0.2))
+
+    async def main() -> list[list[Message]]:
+        first = await call(middleware, b"k")
+        await asyncio.sleep(0.6)  # the thread fails to write it, the loop writes it
+        return [first, await call(middleware, b"k")]
+
+    first, retry = asyncio.run(main())
+    assert store.refused
+    assert first[0]["status"] == 201
+    assert runs == [1]
+    assert retry[0]["status"] == 201
+    assert (b"idempotent-replayed", b"true") in retry[0]["headers"]
+
+
+class RenewalInFlight(InMemoryPersistenceLayer):
+    """A renewal that is still on its way when the first completion is refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewing = threading.Event()
+        self.go = threading.Event()
+        self.refused = False
+
+    def _renew_lease(self, data_record: DataRecord) -> None:
+        if not self.refused:
+            self.renewing.set()
+            self.go.wait(5)
+        super()._renew_lease(data_record)
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        if not self.refused:
+            assert self.renewing.wait(5)
+            self.refused = True
+            raise IdempotencyPersistenceLayerError("blip")
+        super()._update_record(data_record)
+
+
+def test_a_renewal_sent_before_the_completion_was_refused_is_not_that_completion() -> None:
+    # Before the fix the renewal's success ended the hold as "recorded on a later attempt":
+    # the completion was never written and the key freed after the lease.
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("201 Created", [("Content-Length", "4")])
+        return [b"paid"]
+
+    store = RenewalInFlight()
+    config = IdempotencyConfig(lease_seconds=0.2)
+    middleware = WSGIIdempotencyMiddleware(app, persistence_store=store, config=config)
+    environ = create_environ("/pay", method="POST", headers={"Idempotency-Key": "k"})
+    body, status, _ = run_wsgi_app(middleware, environ, buffered=True)
+    assert status.startswith("201") and b"".join(body) == b"paid"
+    assert store.refused
+    store.go.set()  # the renewal lands now, after the completion was left to the lease
+    time.sleep(0.6)
+    assert [record.status for record in store._records.values()] == [STATUS_COMPLETED]
