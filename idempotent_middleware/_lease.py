@@ -416,6 +416,7 @@ class AsyncLease(_Hold):
         book = _books.get(self.home)
         if book is None:
             book = _books[self.home] = _LoopLeases()
+            sync_renewer.backstop(book)
         self.book = book
         book.add(self, self.home)
 
@@ -698,8 +699,12 @@ class _SyncRenewer(_Book):
         if self._pid != os.getpid():
             return  # a forked child that never held anything of its own
         waiting = [entry for entry in list(self.held.values()) if entry.pending is not None]
-        for book in list(_books.values()):  # kept on a loop: nothing can write them now
-            waiting.extend(held for held in list(book.held.values()) if held.pending is not None)
+        for ref in list(self._books.values()):  # kept on a loop: nothing can write them now
+            book = ref()
+            if book is not None:
+                waiting.extend(
+                    held for held in list(book.held.values()) if held.pending is not None
+                )
         if not waiting:
             return
         deadline = time.monotonic() + EXIT_SECONDS

@@ -151,3 +151,41 @@ def test_a_renewal_sent_before_the_completion_was_refused_is_not_that_completion
     store.go.set()  # the renewal lands now, after the completion was left to the lease
     time.sleep(0.6)
     assert [record.status for record in store._records.values()] == [STATUS_COMPLETED]
+
+
+EXITING = r"""
+import logging
+from idempotent_middleware import IdempotencyConfig, IdempotencyPersistenceLayerError
+from idempotent_middleware import InMemoryPersistenceLayer, idempotent_function
+
+logging.basicConfig(level=logging.INFO)
+
+class Refuses(InMemoryPersistenceLayer):
+    def _update_record(self, data_record):
+        raise IdempotencyPersistenceLayerError("no room for the response")
+
+@idempotent_function(
+    data_keyword_argument="x",
+    persistence_store=Refuses(),
+    config=IdempotencyConfig(lease_seconds=30),
+)
+def job(x):
+    return x
+
+assert job(x=1) == 1
+"""
+
+
+def test_a_completion_still_refused_at_exit_is_tried_and_logged() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env.pop("IDEMPOTENCY_DISABLED", None)
+    env.pop("POWERTOOLS_IDEMPOTENCY_DISABLED", None)
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "not written before the process exited" in done.stderr
