@@ -183,9 +183,11 @@ class _Hold:
             return
         if started >= self.expires:  # renewed (taken back) only after the lease had run out
             self._report_lapse("the renewal came late")
-        self.failures = 0
-        self.expires = started + self.lease
-        self.due = started + self.lease / 2
+        # Never moved back: the backstop and the loop may both renew, in either order.
+        self.expires = max(self.expires, started + self.lease)
+        if self.pending is None:  # else a renewal sent before: the write stays due soon
+            self.failures = 0
+            self.due = started + self.lease / 2
 
     def failed(self, now: float, error: BaseException) -> None:
         if id(self) not in self.book.held:
