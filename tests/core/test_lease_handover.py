@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from werkzeug.test import create_environ, run_wsgi_app
 
 from idempotent_middleware import (
@@ -189,3 +190,61 @@ def test_a_completion_still_refused_at_exit_is_tried_and_logged() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "not written before the process exited" in done.stderr
+
+
+class CarriedRenewal(InMemoryPersistenceLayer):
+    """Renewals are carried by a task of their own (a pipelined client's sender) that gets
+    through only after the release went out: cancelling the lease's task cannot stop it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.issued: asyncio.Event | None = None
+        self.released: asyncio.Event | None = None
+        self.carriers: set[asyncio.Task[None]] = set()
+
+    async def _carry(self, data_record: DataRecord) -> None:
+        assert self.released is not None
+        await self.released.wait()
+        super()._renew_lease(data_record)
+
+    async def _renew_lease_async(self, data_record: DataRecord) -> None:
+        assert self.issued is not None
+        self.issued.set()
+        carrier = asyncio.get_running_loop().create_task(self._carry(data_record))
+        self.carriers.add(carrier)
+        await asyncio.shield(carrier)
+
+    async def _delete_record_async(self, data_record: DataRecord) -> None:
+        super()._delete_record(data_record)
+        assert self.released is not None
+        self.released.set()
+
+
+def test_async_function_release_is_not_undone_by_a_renewal_in_flight() -> None:
+    from idempotent_middleware import idempotent_function
+
+    store = CarriedRenewal()
+    runs: list[int] = []
+
+    @idempotent_function(
+        data_keyword_argument="x",
+        persistence_store=store,
+        config=IdempotencyConfig(lease_seconds=0.2),
+    )
+    async def job(x: int) -> int:
+        runs.append(x)
+        if len(runs) == 1:
+            assert store.issued is not None
+            await store.issued.wait()  # outlives half its lease: a renewal is on its way
+            raise ValueError("declined")  # released: a retry may run it again
+        return x
+
+    async def main() -> int:
+        store.issued, store.released = asyncio.Event(), asyncio.Event()
+        with pytest.raises(ValueError):
+            await job(x=1)
+        await asyncio.gather(*store.carriers)  # the renewal has landed
+        return await job(x=1)  # the caller retries at once
+
+    assert asyncio.run(main()) == 1
+    assert runs == [1, 1]
