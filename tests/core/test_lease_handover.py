@@ -248,3 +248,33 @@ def test_async_function_release_is_not_undone_by_a_renewal_in_flight() -> None:
 
     assert asyncio.run(main()) == 1
     assert runs == [1, 1]
+
+
+def test_async_function_blocking_its_loop_keeps_its_claim() -> None:
+    # Before the backstop nothing renewed the claim while the loop was blocked: a retry in
+    # another worker (thread here) claimed the lapsed key and ran the function again.
+    from idempotent_middleware import IdempotencyAlreadyInProgressError, idempotent_function
+
+    store = InMemoryPersistenceLayer()
+    runs: list[str] = []
+    started = threading.Event()
+
+    @idempotent_function(
+        data_keyword_argument="x",
+        persistence_store=store,
+        config=IdempotencyConfig(lease_seconds=0.4),
+    )
+    async def job(x: int) -> int:
+        runs.append(threading.current_thread().name)
+        started.set()
+        time.sleep(1.2)  # a blocking call inside async def: the loop's timer cannot fire
+        return x
+
+    first = threading.Thread(target=lambda: asyncio.run(job(x=1)), name="worker-1")
+    first.start()
+    assert started.wait(5)
+    time.sleep(0.8)  # two leases later, the retry reaches another worker
+    with pytest.raises(IdempotencyAlreadyInProgressError):
+        asyncio.run(job(x=1))
+    first.join()
+    assert runs == ["worker-1"]
