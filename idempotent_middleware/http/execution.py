@@ -168,8 +168,11 @@ class AsyncExecution:
         engine, action, lease = self.engine, self.action, self.lease
         try:
             if engine.releases(outcome):
-                lease.stop()
-                await drive_async(engine.store, engine.finish(action, outcome))
+                await lease.stop_async()  # a renewal in flight must not land after the release
+                try:
+                    await drive_async(engine.store, engine.finish(action, outcome))
+                finally:
+                    await lease.released_async()
                 return
             lease.closing = True
             pending = await drive_async(engine.store, engine.finish(action, outcome))
