@@ -186,10 +186,21 @@ def lease_from_remaining(remaining_millis: Any, cap_seconds: float) -> float:
 
 
 def canonical_json(data: Any) -> bytes:
-    """Sorted keys, no whitespace: the same logical document always gives the same bytes."""
-    return json.dumps(
+    """Sorted keys, no whitespace: the same logical document always gives the same bytes.
+
+    A lone surrogate (valid JSON text: ``"\\ud800"``) has no UTF-8 form: refused as
+    unhashable data, a key error (400 over HTTP, as there) and a ``TypeError`` for callers
+    that catch those, instead of a bare ``UnicodeEncodeError`` out of the decorators.
+    """
+    text = json.dumps(
         data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
-    ).encode()
+    )
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise IdempotencyUnhashableDataError(
+            f"the data holds a lone surrogate ({exc.reason}) with no UTF-8 form to key on"
+        ) from exc
 
 
 def is_missing_idempotency_key(data: Any) -> bool:
