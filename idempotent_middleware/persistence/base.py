@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import jmespath
 import jmespath.parser
 
+from .._forksafe import renew_after_fork
 from .._jmespath_functions import jmespath_options
 from .._steps import DELETE, GET, PUT, UPDATE, Plan, Step, drive, drive_async
 from ..config import IdempotencyConfig
@@ -299,6 +300,7 @@ class LRUDict:
         self._max_bytes = max_bytes
         self.bytes = 0
         self._lock = threading.Lock()
+        renew_after_fork(self, "_lock", quiesce=True)  # entries and byte count kept in step
 
     def grow(self, max_items: int, max_bytes: int) -> None:
         """Several callers share a layer's cache: it honours the largest bounds asked for."""
@@ -357,6 +359,7 @@ class BasePersistenceLayer(ABC):
         self._scheme: KeyScheme | None = None
         self._cache: LRUDict | None = None
         self._cache_lock = threading.Lock()
+        renew_after_fork(self, "_cache_lock")
 
     # --- Configuration --------------------------------------------------------------------
     def configure(self, config: IdempotencyConfig, function_name: str | None = None) -> KeyScheme:
