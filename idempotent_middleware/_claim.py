@@ -12,10 +12,13 @@ caller's database implement it (PostgreSQL).
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
+
+from ._forksafe import renew_after_fork
 
 if TYPE_CHECKING:
     from .persistence.base import BasePersistenceLayer, DataRecord
@@ -76,6 +79,7 @@ _current: ContextVar[CurrentClaim | None] = ContextVar("idempotency_current_clai
 #: task, the lease's thread) still ends the claim the handler's context holds.
 _live: weakref.WeakValueDictionary[bytes, CurrentClaim] = weakref.WeakValueDictionary()
 _live_lock = threading.Lock()
+renew_after_fork(sys.modules[__name__], "_live_lock")
 
 
 def current_claim() -> CurrentClaim | None:

@@ -35,6 +35,7 @@ from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from .._forksafe import renew_after_fork
 from ..exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyConfigurationError,
@@ -577,6 +578,10 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         return {str(s): int(n) for s, n in self._query("stats", query, {})}
 
 
+def _fresh_slots(pool: _SyncConnections) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(pool.max_size)
+
+
 class _SyncConnections:
     """Idle blocking connections, at most ``max_size`` in use at once (``dsn=``).
 
@@ -598,6 +603,9 @@ class _SyncConnections:
         self.idle: list[Any] = []
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(max_size)
+        # A child has none of the parent's connections in use: all slots free again.
+        renew_after_fork(self, "lock")
+        renew_after_fork(self, "slots", factory=_fresh_slots)
         self.pid = os.getpid()
         #: A parent's connections in a forked child: kept referenced, never closed or used.
         self.inherited: list[Any] = []
@@ -682,6 +690,7 @@ class _AsyncConnections:
             weakref.WeakKeyDictionary()
         )
         self.lock = threading.Lock()  # the idle list is shared by the loops' threads
+        renew_after_fork(self, "lock")
 
     def _limit(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()

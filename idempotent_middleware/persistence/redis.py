@@ -400,10 +400,16 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         last = self._last_executor
         if last is not None and last[0].is_closed():
             self._last_executor = None
-        for loop, executor in list(self._loop_clients.items()):
-            if loop.is_closed():
-                del self._loop_clients[loop]
-                _abandon(executor)
+        # Several threads may each run loops on this layer (``asyncio.run`` per job in a pool)
+        # and forget the same closed loop at once: the key list is taken in one step (no
+        # iterator that another thread's insert breaks) and each thread abandons only what its
+        # own pop removed, so an executor is closed once and nobody meets a KeyError.
+        for ref in self._loop_clients.keyrefs():
+            loop = ref()
+            if loop is not None and loop.is_closed():
+                executor = self._loop_clients.pop(loop, None)
+                if executor is not None:
+                    _abandon(executor)
 
     def _new_executor(self, loop: asyncio.AbstractEventLoop) -> _Executor:
         client = self._async_client
