@@ -10,9 +10,12 @@ stream to the client chunk by chunk while a bounded copy is kept; extension mess
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
+
+import idempotent_middleware.events as _events
 
 from ._disabled import idempotency_disabled
 from ._steps import drive_async
@@ -21,7 +24,7 @@ from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete,
 from .http.execution import AsyncExecution
 from .http.request import HANDLED, HttpRequest
 from .http.response import StoredResponse
-from .http.routes import Rule
+from .http.routes import PassFilter, Rule
 from .persistence.base import BasePersistenceLayer
 
 Scope = MutableMapping[str, Any]
@@ -33,9 +36,16 @@ Send = Callable[[Message], Awaitable[None]]
 #: response validation, a dependency teardown) leaves the key executed, never released.
 RETURNED = "idempotent_middleware.returned"
 
+logger = logging.getLogger("idempotent_middleware")  # the engine's: its debug lines
+DEBUG = logging.DEBUG
+
 
 class IdempotencyMiddleware:
     """Run each keyed request once; replay the stored response to every retry."""
+
+    #: Shortcuts for requests passed through untouched (see ``__call__``); None in a subclass
+    #: that shares an engine built elsewhere: each request then takes the whole way.
+    _pass: PassFilter | None = None
 
     def __init__(
         self,
@@ -44,14 +54,35 @@ class IdempotencyMiddleware:
         config: IdempotencyConfig | None = None,
     ) -> None:
         self.app = app
-        self.engine = HttpIdempotency.for_middleware(persistence_store, config)
+        self.engine = engine = HttpIdempotency.for_middleware(persistence_store, config)
+        self._pass = PassFilter(engine.routes, engine.header_name if engine.header_mode else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or HANDLED in scope:
             await self.app(scope, receive, send)
             return
         engine = self.engine
-        rule = engine.rule(scope["method"], scope["path"])
+        shortcut = self._pass
+        if shortcut is None:
+            rule = engine.rule(scope["method"], scope["path"])
+        else:
+            # Most requests are passed through: decide that from the scope as it is, before
+            # any object is built (the same answers as ``rule`` and ``precheck``).
+            method = scope["method"]
+            spellings = shortcut.spellings
+            if method not in spellings and method.upper() not in spellings:
+                rule = None
+            else:
+                rule = shortcut.rule or engine.rule(method, scope["path"])
+                name = shortcut.header
+                if rule is not None and name is not None and not rule.key_required:
+                    for header, _ in scope["headers"]:
+                        if header == name:
+                            break
+                    else:  # no key, none required: PASS, unless its event is wanted
+                        if not (_events._listeners or logger.isEnabledFor(DEBUG)):
+                            await self.app(scope, receive, send)
+                            return
         if rule is None:
             await self.app(scope, receive, send)
             return

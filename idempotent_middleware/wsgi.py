@@ -10,11 +10,14 @@ after its first item; the app iterable's ``close()`` is always called (as Werkze
 from __future__ import annotations
 
 import io
+import logging
 import weakref
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
+
+import idempotent_middleware.events as _events
 
 from ._disabled import idempotency_disabled
 from ._steps import drive
@@ -23,6 +26,7 @@ from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete,
 from .http.execution import CapturingIterable, Execution
 from .http.request import HANDLED, HttpRequest
 from .http.response import StoredResponse
+from .http.routes import PassFilter
 from .persistence.base import BasePersistenceLayer
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -31,6 +35,9 @@ WSGIEnviron = dict[str, Any]
 WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 
 _SPECIAL_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
+
+logger = logging.getLogger("idempotent_middleware")  # the engine's: its debug lines
+DEBUG = logging.DEBUG
 
 
 class IdempotencyMiddleware:
@@ -43,18 +50,39 @@ class IdempotencyMiddleware:
         config: IdempotencyConfig | None = None,
     ) -> None:
         self.app = app
-        self.engine = HttpIdempotency.for_middleware(persistence_store, config)
-        self.engine.source = "wsgi"
+        self.engine = engine = HttpIdempotency.for_middleware(persistence_store, config)
+        engine.source = "wsgi"
+        self._pass = PassFilter(engine.routes, engine.header_name if engine.header_mode else None)
+        #: The environ name of the key header (CGI spelling, as servers and ``environ_headers``
+        #: write it), None when the key is not a plain header.
+        self._key_variable = _variable(self._pass.header)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         if HANDLED in environ:
             return self.app(environ, start_response)
-        engine = self.engine
+        # Most requests are passed through: decide that from the environ as it is, before any
+        # object is built (the same answers as ``engine.rule`` and ``engine.precheck``).
+        shortcut = self._pass
         method = environ["REQUEST_METHOD"]
-        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        rule = engine.rule(method, path)
-        if rule is None:
+        spellings = shortcut.spellings
+        if method not in spellings and method.upper() not in spellings:
             return self.app(environ, start_response)
+        engine = self.engine
+        rule = shortcut.rule
+        variable = self._key_variable
+        if (
+            rule is not None
+            and variable is not None
+            and not rule.key_required
+            and variable not in environ
+            and not (_events._listeners or logger.isEnabledFor(DEBUG))
+        ):
+            return self.app(environ, start_response)  # no key, none required: PASS
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        if rule is None:
+            rule = engine.rule(method, path)
+            if rule is None:
+                return self.app(environ, start_response)
         request = HttpRequest(
             method,
             path,
@@ -126,6 +154,19 @@ class IdempotencyMiddleware:
         # without it must not keep the key renewed (answering 409) for the life of the process.
         weakref.finalize(result, execution.abandoned, "response iterable dropped without close()")
         return result
+
+
+def _variable(header: bytes | None) -> str | None:
+    """The environ name under which ``environ_headers`` finds ``header`` (None: no single
+    name, or no header): ``HTTP_`` and the upper-cased name with ``_`` for ``-``."""
+    if (
+        header is None
+        or not header.isascii()  # where case mapping is one to one
+        or b"_" in header
+        or header in _SPECIAL_HEADERS.values()
+    ):
+        return None
+    return "HTTP_" + header.decode("latin-1").upper().replace("-", "_")
 
 
 def environ_headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:
