@@ -38,6 +38,10 @@ RETURNED = "idempotent_middleware.returned"
 
 logger = logging.getLogger("idempotent_middleware")  # the engine's: its debug lines
 DEBUG = logging.DEBUG
+#: The logger's own memo of ``isEnabledFor`` (cleared in place whenever a level changes):
+#: ``False`` under DEBUG is exactly "debug is off"; anything else takes the full path, which
+#: asks ``isEnabledFor`` itself. Without it (another logging), the full path every time.
+_ENABLED: dict[int, bool] = getattr(logger, "_cache", {})
 
 
 class IdempotencyMiddleware:
@@ -80,7 +84,7 @@ class IdempotencyMiddleware:
                         if header == name:
                             break
                     else:  # no key, none required: PASS, unless its event is wanted
-                        if not (_events._listeners or logger.isEnabledFor(DEBUG)):
+                        if not (_events._listeners or _ENABLED.get(DEBUG) is not False):
                             await self.app(scope, receive, send)
                             return
         if rule is None:

@@ -38,6 +38,10 @@ _SPECIAL_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content
 
 logger = logging.getLogger("idempotent_middleware")  # the engine's: its debug lines
 DEBUG = logging.DEBUG
+#: The logger's own memo of ``isEnabledFor`` (cleared in place whenever a level changes):
+#: ``False`` under DEBUG is exactly "debug is off"; anything else takes the full path, which
+#: asks ``isEnabledFor`` itself. Without it (another logging), the full path every time.
+_ENABLED: dict[int, bool] = getattr(logger, "_cache", {})
 
 
 class IdempotencyMiddleware:
@@ -75,7 +79,7 @@ class IdempotencyMiddleware:
             and variable is not None
             and not rule.key_required
             and variable not in environ
-            and not (_events._listeners or logger.isEnabledFor(DEBUG))
+            and not (_events._listeners or _ENABLED.get(DEBUG) is not False)
         ):
             return self.app(environ, start_response)  # no key, none required: PASS
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
