@@ -174,16 +174,39 @@ def _variable(header: bytes | None) -> str | None:
 
 
 def environ_headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:
+    """The request headers in an environ (``HTTP_*``, ``CONTENT_TYPE``, ``CONTENT_LENGTH``),
+    in its order, as lower-case names and latin-1 bytes."""
     headers = []
+    names = _HEADER_NAMES
     for name, value in environ.items():
-        if name.startswith("HTTP_"):
-            key = name[5:].replace("_", "-").lower().encode("latin-1")
-        elif name in _SPECIAL_HEADERS:
-            key = _SPECIAL_HEADERS[name]
-        else:
-            continue
-        headers.append((key, value.encode("latin-1")))
+        try:
+            key = names[name]
+        except KeyError:
+            key = _header_name(name)
+        if key is not None:
+            headers.append((key, value.encode("latin-1")))
     return headers
+
+
+#: Environ names seen so far and the header each one is (None: not a header). Bounded: the
+#: names a client sends are not ours to keep; past the bound, names are translated each time.
+_HEADER_NAMES: dict[str, bytes | None] = {}
+_MAX_NAMES = 1024
+_MAX_NAME_LENGTH = 64
+
+
+def _header_name(name: str) -> bytes | None:
+    if name.startswith("HTTP_"):
+        key: bytes | None = name[5:].replace("_", "-").lower().encode("latin-1")
+    else:
+        key = _SPECIAL_HEADERS.get(name)
+    if len(name) <= _MAX_NAME_LENGTH and len(_HEADER_NAMES) < _MAX_NAMES:
+        _HEADER_NAMES[name] = key
+    return key
+
+
+#: ``HTTPStatus(status).phrase`` without an enum call per response (~5,000 instructions).
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 
 
 class _LengthRequired:
@@ -228,10 +251,7 @@ def read_body(environ: WSGIEnviron, cap: int) -> bytes | Incomplete | _LengthReq
 def _respond(start_response: StartResponse, response: StoredResponse) -> list[bytes]:
     reason = response.reason  # as the app sent it; None: the standard phrase
     if reason is None:
-        try:
-            reason = HTTPStatus(response.status).phrase
-        except ValueError:
-            reason = "Unknown"
+        reason = _PHRASES.get(response.status, "Unknown")
     start_response(
         f"{response.status} {reason}",
         [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers],
