@@ -39,8 +39,8 @@ RETURNED = "idempotent_middleware.returned"
 logger = logging.getLogger("idempotent_middleware")  # the engine's: its debug lines
 DEBUG = logging.DEBUG
 #: The logger's own memo of ``isEnabledFor`` (cleared in place whenever a level changes):
-#: ``False`` under DEBUG is exactly "debug is off"; anything else takes the full path, which
-#: asks ``isEnabledFor`` itself. Without it (another logging), the full path every time.
+#: ``False`` under DEBUG is exactly "debug is off"; ``True`` or no entry takes the full path,
+#: which asks ``isEnabledFor`` itself. Without it (another logging), the full path every time.
 _ENABLED: dict[int, bool] = getattr(logger, "_cache", {})
 
 
@@ -75,18 +75,18 @@ class IdempotencyMiddleware:
             method = scope["method"]
             spellings = shortcut.spellings
             if method not in spellings and method.upper() not in spellings:
-                rule = None
-            else:
-                rule = shortcut.rule or engine.rule(method, scope["path"])
-                name = shortcut.header
-                if rule is not None and name is not None and not rule.key_required:
-                    for header, _ in scope["headers"]:
-                        if header == name:
-                            break
-                    else:  # no key, none required: PASS, unless its event is wanted
-                        if not (_events._listeners or _ENABLED.get(DEBUG) is not False):
-                            await self.app(scope, receive, send)
-                            return
+                await self.app(scope, receive, send)
+                return
+            name = shortcut.header
+            if name is not None:
+                for header, _ in scope["headers"]:
+                    if header == name:
+                        break
+                else:  # no key, none required: PASS, unless its event is wanted
+                    if not (_events._listeners or _ENABLED.get(DEBUG, True)):
+                        await self.app(scope, receive, send)
+                        return
+            rule = shortcut.rule or engine.rule(method, scope["path"])
         if rule is None:
             await self.app(scope, receive, send)
             return

@@ -39,8 +39,8 @@ _SPECIAL_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content
 logger = logging.getLogger("idempotent_middleware")  # the engine's: its debug lines
 DEBUG = logging.DEBUG
 #: The logger's own memo of ``isEnabledFor`` (cleared in place whenever a level changes):
-#: ``False`` under DEBUG is exactly "debug is off"; anything else takes the full path, which
-#: asks ``isEnabledFor`` itself. Without it (another logging), the full path every time.
+#: ``False`` under DEBUG is exactly "debug is off"; ``True`` or no entry takes the full path,
+#: which asks ``isEnabledFor`` itself. Without it (another logging), the full path every time.
 _ENABLED: dict[int, bool] = getattr(logger, "_cache", {})
 
 
@@ -71,22 +71,18 @@ class IdempotencyMiddleware:
         spellings = shortcut.spellings
         if method not in spellings and method.upper() not in spellings:
             return self.app(environ, start_response)
-        engine = self.engine
-        rule = shortcut.rule
-        variable = self._key_variable
+        variable = self._key_variable  # set when its absence alone means PASS
         if (
-            rule is not None
-            and variable is not None
-            and not rule.key_required
+            variable is not None
             and variable not in environ
-            and not (_events._listeners or _ENABLED.get(DEBUG) is not False)
+            and not (_events._listeners or _ENABLED.get(DEBUG, True))
         ):
             return self.app(environ, start_response)  # no key, none required: PASS
+        engine = self.engine
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        rule = shortcut.rule or engine.rule(method, path)
         if rule is None:
-            rule = engine.rule(method, path)
-            if rule is None:
-                return self.app(environ, start_response)
+            return self.app(environ, start_response)
         request = HttpRequest(
             method,
             path,

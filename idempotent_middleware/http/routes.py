@@ -123,14 +123,16 @@ class RouteTable:
 class PassFilter:
     """What an adapter needs to pass a request through before it builds anything from it:
     the method spellings any path takes, the one rule every path has (None when paths have
-    rules of their own) and the key header (None unless the key comes from a header)."""
+    rules of their own) and the key header whose absence alone means "pass through" (None
+    unless the key comes from a header, one rule covers every path and it requires no key).
+    """
 
     __slots__ = ("header", "rule", "spellings")
 
     def __init__(self, routes: RouteTable, header: bytes | None) -> None:
         self.spellings = routes.method_spellings
         self.rule = None if routes.has_path_rules else routes.default
-        self.header = header
+        self.header = None if self.rule is None or self.rule.key_required else header
 
 
 _Glob = Callable[[str], re.Match[str] | None]
