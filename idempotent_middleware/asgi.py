@@ -24,7 +24,7 @@ from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete,
 from .http.execution import AsyncExecution
 from .http.request import HANDLED, HttpRequest
 from .http.response import StoredResponse
-from .http.routes import PassFilter, Rule
+from .http.routes import PassFilter
 from .persistence.base import BasePersistenceLayer
 
 Scope = MutableMapping[str, Any]
@@ -108,41 +108,54 @@ class IdempotencyMiddleware:
             return
         scope[HANDLED] = True  # until we are done: a nested layer passes it through
         try:
-            await self._handle(request, rule, scope, receive, send)
+            # What follows is one frame on purpose: each coroutine called costs a frame and
+            # an await chain on every handled request.
+            if engine.content_length_too_large(request):
+                await _respond(send, engine.too_large(request))
+                return
+            cap = engine.config.max_request_body_bytes
+            try:
+                message = await receive()
+                if message["type"] == "http.request" and not message.get("more_body", False):
+                    body = message.get("body", b"")  # the whole body in one message
+                    if len(body) > cap:
+                        body = None
+                else:
+                    body = await _read_body(receive, cap, message)
+            except Exception:
+                # The server's receive() failed mid-body (a cut upload): as in WSGI, nothing
+                # is claimed and the client is told, instead of a 500 with our frame in it.
+                await _respond(send, engine.incomplete(request))
+                return
+            if body is INCOMPLETE:
+                engine.client_gone(request)
+                return  # the client is gone: no claim, no app, nobody to answer
+            if body is None:
+                await _respond(send, engine.too_large(request))
+                return
+            assert isinstance(body, bytes)
+            request.body = body
+            action = await drive_async(engine.store, engine.begin(request, rule))
+            if isinstance(action, Respond):  # a replay, or a problem: _respond, inlined
+                response = action.response
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": response.headers,
+                    }
+                )
+                await send(
+                    {"type": "http.response.body", "body": response.body, "more_body": False}
+                )
+                return
+            receive = _buffered_receive(body, receive)
+            if not isinstance(action, Execute):
+                await self.app(scope, receive, send)
+                return
+            await self._execute(action, scope, receive, send)
         finally:
             scope.pop(HANDLED, None)
-
-    async def _handle(
-        self, request: HttpRequest, rule: Rule, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        engine = self.engine
-        if engine.content_length_too_large(request):
-            await _respond(send, engine.too_large(request))
-            return
-        try:
-            body = await _read_body(receive, engine.config.max_request_body_bytes)
-        except Exception:
-            # The server's receive() failed mid-body (a cut upload): as in WSGI, nothing is
-            # claimed and the client is told, instead of a 500 with our frame in it.
-            await _respond(send, engine.incomplete(request))
-            return
-        if body is INCOMPLETE:
-            engine.client_gone(request)
-            return  # the client is gone: no claim, no app, nobody to answer
-        if body is None:
-            await _respond(send, engine.too_large(request))
-            return
-        assert isinstance(body, bytes)
-        request.body = body
-        action = await drive_async(engine.store, engine.begin(request, rule))
-        if isinstance(action, Respond):
-            await _respond(send, action.response)
-            return
-        receive = _buffered_receive(body, receive)
-        if not isinstance(action, Execute):
-            await self.app(scope, receive, send)
-            return
-        await self._execute(action, scope, receive, send)
 
     async def _execute(self, action: Execute, scope: Scope, receive: Receive, send: Send) -> None:
         execution = await AsyncExecution.start(self.engine, action)
@@ -210,13 +223,13 @@ def full_path(scope: Scope) -> str:
     return path
 
 
-async def _read_body(receive: Receive, cap: int) -> bytes | Incomplete | None:
-    """The whole request body, None past ``cap`` bytes (413), or INCOMPLETE if the client
-    left before sending all of it (nothing may be decided on a partial body)."""
+async def _read_body(receive: Receive, cap: int, message: Message) -> bytes | Incomplete | None:
+    """The whole request body from its first ``message`` on, None past ``cap`` bytes (413),
+    or INCOMPLETE if the client left before sending all of it (nothing may be decided on a
+    partial body)."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] != "http.request":
             return INCOMPLETE
         chunk = message.get("body", b"")
@@ -226,6 +239,7 @@ async def _read_body(receive: Receive, cap: int) -> bytes | Incomplete | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        message = await receive()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
