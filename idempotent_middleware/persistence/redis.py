@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyConfigurationError,
+    IdempotencyCorruptRecordError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
@@ -685,13 +686,18 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             ) from exc
 
     def list_records(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
-        """Records under ``prefix`` found by SCAN (never KEYS: it would block the server)."""
+        """Records under ``prefix`` found by SCAN (never KEYS: it would block the server).
+        An undecodable value is listed with status ``"CORRUPT"`` and its ``error``: the
+        listing goes on (that record may be the very one being looked for)."""
         check_limit(limit)
         found = []
         skip = len(self.key_prefix)
         for name in self._run(self._ops_scan(prefix, limit)):
             key = (name.decode() if isinstance(name, bytes) else str(name))[skip:]
-            described = self.inspect_record(key)
+            try:
+                described = self.inspect_record(key)
+            except IdempotencyCorruptRecordError as exc:
+                described = {"key": key, "status": "CORRUPT", "expires_at": None, "error": str(exc)}
             if described is not None:  # gone between SCAN and GET
                 found.append(described)
         return found
