@@ -10,9 +10,12 @@ stream to the client chunk by chunk while a bounded copy is kept; extension mess
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
+
+import idempotent_middleware.events as _events
 
 from ._disabled import idempotency_disabled
 from ._steps import drive_async
@@ -21,7 +24,7 @@ from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete,
 from .http.execution import AsyncExecution
 from .http.request import HANDLED, HttpRequest
 from .http.response import StoredResponse
-from .http.routes import Rule
+from .http.routes import PassFilter
 from .persistence.base import BasePersistenceLayer
 
 Scope = MutableMapping[str, Any]
@@ -33,9 +36,20 @@ Send = Callable[[Message], Awaitable[None]]
 #: response validation, a dependency teardown) leaves the key executed, never released.
 RETURNED = "idempotent_middleware.returned"
 
+logger = logging.getLogger("idempotent_middleware")  # the engine's: its debug lines
+DEBUG = logging.DEBUG
+#: The logger's own memo of ``isEnabledFor`` (cleared in place whenever a level changes):
+#: ``False`` under DEBUG is exactly "debug is off"; ``True`` or no entry takes the full path,
+#: which asks ``isEnabledFor`` itself. Without it (another logging), the full path every time.
+_ENABLED: dict[int, bool] = getattr(logger, "_cache", {})
+
 
 class IdempotencyMiddleware:
     """Run each keyed request once; replay the stored response to every retry."""
+
+    #: Shortcuts for requests passed through untouched (see ``__call__``); None in a subclass
+    #: that shares an engine built elsewhere: each request then takes the whole way.
+    _pass: PassFilter | None = None
 
     def __init__(
         self,
@@ -44,14 +58,35 @@ class IdempotencyMiddleware:
         config: IdempotencyConfig | None = None,
     ) -> None:
         self.app = app
-        self.engine = HttpIdempotency.for_middleware(persistence_store, config)
+        self.engine = engine = HttpIdempotency.for_middleware(persistence_store, config)
+        self._pass = PassFilter(engine.routes, engine.header_name if engine.header_mode else None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or HANDLED in scope:
             await self.app(scope, receive, send)
             return
         engine = self.engine
-        rule = engine.rule(scope["method"], scope["path"])
+        shortcut = self._pass
+        if shortcut is None:
+            rule = engine.rule(scope["method"], scope["path"])
+        else:
+            # Most requests are passed through: decide that from the scope as it is, before
+            # any object is built (the same answers as ``rule`` and ``precheck``).
+            method = scope["method"]
+            spellings = shortcut.spellings
+            if method not in spellings and method.upper() not in spellings:
+                await self.app(scope, receive, send)
+                return
+            name = shortcut.header
+            if name is not None:
+                for header, _ in scope["headers"]:
+                    if header == name:
+                        break
+                else:  # no key, none required: PASS, unless its event is wanted
+                    if not (_events._listeners or _ENABLED.get(DEBUG, True)):
+                        await self.app(scope, receive, send)
+                        return
+            rule = shortcut.rule or engine.rule(method, scope["path"])
         if rule is None:
             await self.app(scope, receive, send)
             return
@@ -73,41 +108,54 @@ class IdempotencyMiddleware:
             return
         scope[HANDLED] = True  # until we are done: a nested layer passes it through
         try:
-            await self._handle(request, rule, scope, receive, send)
+            # What follows is one frame on purpose: each coroutine called costs a frame and
+            # an await chain on every handled request.
+            if engine.content_length_too_large(request):
+                await _respond(send, engine.too_large(request))
+                return
+            cap = engine.config.max_request_body_bytes
+            try:
+                message = await receive()
+                if message["type"] == "http.request" and not message.get("more_body", False):
+                    body = message.get("body", b"")  # the whole body in one message
+                    if len(body) > cap:
+                        body = None
+                else:
+                    body = await _read_body(receive, cap, message)
+            except Exception:
+                # The server's receive() failed mid-body (a cut upload): as in WSGI, nothing
+                # is claimed and the client is told, instead of a 500 with our frame in it.
+                await _respond(send, engine.incomplete(request))
+                return
+            if body is INCOMPLETE:
+                engine.client_gone(request)
+                return  # the client is gone: no claim, no app, nobody to answer
+            if body is None:
+                await _respond(send, engine.too_large(request))
+                return
+            assert isinstance(body, bytes)
+            request.body = body
+            action = await drive_async(engine.store, engine.begin(request, rule))
+            if isinstance(action, Respond):  # a replay, or a problem: _respond, inlined
+                response = action.response
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": response.headers,
+                    }
+                )
+                await send(
+                    {"type": "http.response.body", "body": response.body, "more_body": False}
+                )
+                return
+            receive = _buffered_receive(body, receive)
+            if not isinstance(action, Execute):
+                await self.app(scope, receive, send)
+                return
+            await self._execute(action, scope, receive, send)
         finally:
             scope.pop(HANDLED, None)
-
-    async def _handle(
-        self, request: HttpRequest, rule: Rule, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        engine = self.engine
-        if engine.content_length_too_large(request):
-            await _respond(send, engine.too_large(request))
-            return
-        try:
-            body = await _read_body(receive, engine.config.max_request_body_bytes)
-        except Exception:
-            # The server's receive() failed mid-body (a cut upload): as in WSGI, nothing is
-            # claimed and the client is told, instead of a 500 with our frame in it.
-            await _respond(send, engine.incomplete(request))
-            return
-        if body is INCOMPLETE:
-            engine.client_gone(request)
-            return  # the client is gone: no claim, no app, nobody to answer
-        if body is None:
-            await _respond(send, engine.too_large(request))
-            return
-        assert isinstance(body, bytes)
-        request.body = body
-        action = await drive_async(engine.store, engine.begin(request, rule))
-        if isinstance(action, Respond):
-            await _respond(send, action.response)
-            return
-        receive = _buffered_receive(body, receive)
-        if not isinstance(action, Execute):
-            await self.app(scope, receive, send)
-            return
-        await self._execute(action, scope, receive, send)
 
     async def _execute(self, action: Execute, scope: Scope, receive: Receive, send: Send) -> None:
         execution = await AsyncExecution.start(self.engine, action)
@@ -182,10 +230,10 @@ def full_path(scope: Scope) -> str:
     return path
 
 
-async def _read_body(receive: Receive, cap: int) -> bytes | Incomplete | None:
-    """The whole request body, None past ``cap`` bytes (413), or INCOMPLETE if the client
-    left before sending all of it (nothing may be decided on a partial body)."""
-    message = await receive()
+async def _read_body(receive: Receive, cap: int, message: Message) -> bytes | Incomplete | None:
+    """The whole request body from its first ``message`` on, None past ``cap`` bytes (413),
+    or INCOMPLETE if the client left before sending all of it (nothing may be decided on a
+    partial body)."""
     if message["type"] != "http.request":
         return INCOMPLETE
     body: bytes = message.get("body", b"")

@@ -10,11 +10,14 @@ after its first item; the app iterable's ``close()`` is always called (as Werkze
 from __future__ import annotations
 
 import io
+import logging
 import weakref
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
+
+import idempotent_middleware.events as _events
 
 from ._disabled import idempotency_disabled
 from ._steps import drive
@@ -23,6 +26,7 @@ from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete,
 from .http.execution import CapturingIterable, Execution
 from .http.request import HANDLED, Headers, HttpRequest
 from .http.response import StoredResponse
+from .http.routes import PassFilter
 from .persistence.base import BasePersistenceLayer
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -31,6 +35,13 @@ WSGIEnviron = dict[str, Any]
 WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 
 _SPECIAL_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
+
+logger = logging.getLogger("idempotent_middleware")  # the engine's: its debug lines
+DEBUG = logging.DEBUG
+#: The logger's own memo of ``isEnabledFor`` (cleared in place whenever a level changes):
+#: ``False`` under DEBUG is exactly "debug is off"; ``True`` or no entry takes the full path,
+#: which asks ``isEnabledFor`` itself. Without it (another logging), the full path every time.
+_ENABLED: dict[int, bool] = getattr(logger, "_cache", {})
 
 
 class IdempotencyMiddleware:
@@ -43,16 +54,33 @@ class IdempotencyMiddleware:
         config: IdempotencyConfig | None = None,
     ) -> None:
         self.app = app
-        self.engine = HttpIdempotency.for_middleware(persistence_store, config)
-        self.engine.source = "wsgi"
+        self.engine = engine = HttpIdempotency.for_middleware(persistence_store, config)
+        engine.source = "wsgi"
+        self._pass = PassFilter(engine.routes, engine.header_name if engine.header_mode else None)
+        #: The environ name of the key header (CGI spelling, as servers and ``environ_headers``
+        #: write it), None when the key is not a plain header.
+        self._key_variable = _variable(self._pass.header)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         if HANDLED in environ:
             return self.app(environ, start_response)
-        engine = self.engine
+        # Most requests are passed through: decide that from the environ as it is, before any
+        # object is built (the same answers as ``engine.rule`` and ``engine.precheck``).
+        shortcut = self._pass
         method = environ["REQUEST_METHOD"]
+        spellings = shortcut.spellings
+        if method not in spellings and method.upper() not in spellings:
+            return self.app(environ, start_response)
+        variable = self._key_variable  # set when its absence alone means PASS
+        if (
+            variable is not None
+            and variable not in environ
+            and not (_events._listeners or _ENABLED.get(DEBUG, True))
+        ):
+            return self.app(environ, start_response)  # no key, none required: PASS
+        engine = self.engine
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        rule = engine.rule(method, path)
+        rule = shortcut.rule or engine.rule(method, path)
         if rule is None:
             return self.app(environ, start_response)
         request = HttpRequest(
@@ -135,6 +163,19 @@ class IdempotencyMiddleware:
         return result
 
 
+def _variable(header: bytes | None) -> str | None:
+    """The environ name under which ``environ_headers`` finds ``header`` (None: no single
+    name, or no header): ``HTTP_`` and the upper-cased name with ``_`` for ``-``."""
+    if (
+        header is None
+        or not header.isascii()  # where case mapping is one to one
+        or b"_" in header
+        or header in _SPECIAL_HEADERS.values()
+    ):
+        return None
+    return "HTTP_" + header.decode("latin-1").upper().replace("-", "_")
+
+
 def _copy_start(status: str, headers: list[tuple[str, str]]) -> tuple[int, Headers | None]:
     """The status code and a Latin-1 copy of the headers, None for headers that are not
     native strings in Latin-1 (PEP 3333): the server decides about those, we only never
@@ -150,16 +191,39 @@ def _copy_start(status: str, headers: list[tuple[str, str]]) -> tuple[int, Heade
 
 
 def environ_headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:
+    """The request headers in an environ (``HTTP_*``, ``CONTENT_TYPE``, ``CONTENT_LENGTH``),
+    in its order, as lower-case names and latin-1 bytes."""
     headers = []
+    names = _HEADER_NAMES
     for name, value in environ.items():
-        if name.startswith("HTTP_"):
-            key = name[5:].replace("_", "-").lower().encode("latin-1")
-        elif name in _SPECIAL_HEADERS:
-            key = _SPECIAL_HEADERS[name]
-        else:
-            continue
-        headers.append((key, value.encode("latin-1")))
+        try:
+            key = names[name]
+        except KeyError:
+            key = _header_name(name)
+        if key is not None:
+            headers.append((key, value.encode("latin-1")))
     return headers
+
+
+#: Environ names seen so far and the header each one is (None: not a header). Bounded: the
+#: names a client sends are not ours to keep; past the bound, names are translated each time.
+_HEADER_NAMES: dict[str, bytes | None] = {}
+_MAX_NAMES = 1024
+_MAX_NAME_LENGTH = 64
+
+
+def _header_name(name: str) -> bytes | None:
+    if name.startswith("HTTP_"):
+        key: bytes | None = name[5:].replace("_", "-").lower().encode("latin-1")
+    else:
+        key = _SPECIAL_HEADERS.get(name)
+    if len(name) <= _MAX_NAME_LENGTH and len(_HEADER_NAMES) < _MAX_NAMES:
+        _HEADER_NAMES[name] = key
+    return key
+
+
+#: ``HTTPStatus(status).phrase`` without an enum call per response (~5,000 instructions).
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 
 
 class _LengthRequired:
@@ -204,10 +268,7 @@ def read_body(environ: WSGIEnviron, cap: int) -> bytes | Incomplete | _LengthReq
 def _respond(start_response: StartResponse, response: StoredResponse) -> list[bytes]:
     reason = response.reason  # as the app sent it; None: the standard phrase
     if reason is None:
-        try:
-            reason = HTTPStatus(response.status).phrase
-        except ValueError:
-            reason = "Unknown"
+        reason = _PHRASES.get(response.status, "Unknown")
     start_response(
         f"{response.status} {reason}",
         [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers],

@@ -31,6 +31,7 @@ class RouteTable:
         "_routable_methods",
         "_routes",
         "default",
+        "method_spellings",
         "methods",
     )
 
@@ -51,6 +52,11 @@ class RouteTable:
         )
         #: Every method some path may take: any other is passed through before the path is read.
         self._routable_methods = self.methods.union(*(methods for _, _, methods in self._routes))
+        #: Those methods and their lower-case spellings (where upper-casing gives the method
+        #: back): ``post`` is POST, and an adapter tells without upper-casing the usual two.
+        self.method_spellings = self._routable_methods.union(
+            m.lower() for m in self._routable_methods if m.lower().upper() == m
+        )
 
     @property
     def has_path_rules(self) -> bool:
@@ -112,6 +118,21 @@ class RouteTable:
             else options.expires_after_seconds,
         )
         return rule, methods
+
+
+class PassFilter:
+    """What an adapter needs to pass a request through before it builds anything from it:
+    the method spellings any path takes, the one rule every path has (None when paths have
+    rules of their own) and the key header whose absence alone means "pass through" (None
+    unless the key comes from a header, one rule covers every path and it requires no key).
+    """
+
+    __slots__ = ("header", "rule", "spellings")
+
+    def __init__(self, routes: RouteTable, header: bytes | None) -> None:
+        self.spellings = routes.method_spellings
+        self.rule = None if routes.has_path_rules else routes.default
+        self.header = None if self.rule is None or self.rule.key_required else header
 
 
 _Glob = Callable[[str], re.Match[str] | None]
