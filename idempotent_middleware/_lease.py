@@ -203,15 +203,16 @@ class _Hold:
     def _emit(self, decision: Decision, error: str | None = None) -> None:
         """The event of a lease finding (rare: a loss, a late completion), if anyone listens."""
         if _events._listeners:
-            event = lease_event(
-                getattr(self, "observed", None),
-                self.layer,
-                self.claim.idempotency_key,
-                decision,
-                error,
-            )
-            if event is not None:
+            observed = getattr(self, "observed", None)
+            event = lease_event(observed, self.layer, self.claim.idempotency_key, decision, error)
+            if event is None:
+                return
+            if observed is None:
                 publish(event)
+            else:
+                # In the request's context (the sync renewer is a thread of its own); a fresh
+                # copy each time, as one context cannot be entered by two threads at once.
+                observed.context.copy().run(publish, event)
 
     def _fields(self, decision: Decision, error: str | None = None) -> dict[str, object]:
         observed = getattr(self, "observed", None)
