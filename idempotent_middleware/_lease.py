@@ -20,11 +20,13 @@ import os
 import threading
 import time
 import weakref
+from contextvars import copy_context
 from typing import TYPE_CHECKING, Any
 
 import idempotent_middleware.events as _events
 
 from ._core import plan_renew, plan_store
+from ._dispatch import dispatcher
 from ._observe import fields, lease_event, publish, store_kind
 from ._steps import drive, drive_async
 from .events import Decision
@@ -207,11 +209,16 @@ class _Hold:
             event = lease_event(observed, self.layer, self.claim.idempotency_key, decision, error)
             if event is None:
                 return
-            if observed is None:
+            # In the request's context (the sync renewer is a thread of its own); a fresh
+            # copy each time, as one context cannot be entered by two threads at once.
+            if isinstance(self.book, _SyncRenewer):
+                # Never on the renewer thread: a slow subscriber would stall every other
+                # claim's renewal there. The dispatcher thread publishes it (never blocks).
+                context = copy_context() if observed is None else observed.context.copy()
+                dispatcher.submit(context, event)
+            elif observed is None:
                 publish(event)
             else:
-                # In the request's context (the sync renewer is a thread of its own); a fresh
-                # copy each time, as one context cannot be entered by two threads at once.
                 observed.context.copy().run(publish, event)
 
     def _fields(self, decision: Decision, error: str | None = None) -> dict[str, object]:
