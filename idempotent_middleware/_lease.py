@@ -27,6 +27,7 @@ import idempotent_middleware.events as _events
 
 from ._core import plan_renew, plan_store
 from ._dispatch import dispatcher
+from ._labels import printable
 from ._observe import fields, lease_event, publish, store_kind
 from ._steps import drive, drive_async
 from .events import Decision
@@ -135,7 +136,7 @@ class _Hold:
                 logger.error(
                     "completion for %s still not written after max_lease_hold_seconds: "
                     "keeping the key and retrying the write",
-                    self.claim.idempotency_key,
+                    printable(self.claim.idempotency_key),
                     extra=self._fields(Decision.STORE_ERROR),
                 )
             return True
@@ -144,7 +145,7 @@ class _Hold:
         logger.warning(
             "lease for %s held longer than max_lease_hold_seconds: renewal stopped, the key "
             "frees when its lease runs out",
-            self.claim.idempotency_key,
+            printable(self.claim.idempotency_key),
             extra=self._fields(Decision.LEASE_LOST),
         )
         self._emit(Decision.LEASE_LOST)
@@ -155,7 +156,7 @@ class _Hold:
             self.book.held.pop(id(self), None)
             logger.info(
                 "%s recorded on a later attempt",
-                self.claim.idempotency_key,
+                printable(self.claim.idempotency_key),
                 extra=self._fields(Decision.STORED),
             )
             self._emit(Decision.STORED)
@@ -185,7 +186,7 @@ class _Hold:
             self.lost = True
             logger.warning(
                 "lease lost for %s while the handler ran",
-                self.claim.idempotency_key,
+                printable(self.claim.idempotency_key),
                 extra=self._fields(Decision.LEASE_LOST),
             )
             self._emit(Decision.LEASE_LOST)
@@ -196,7 +197,7 @@ class _Hold:
             logger.warning(
                 "lease lost for %s: it ran out before it was renewed (%s); a duplicate may "
                 "have run meanwhile; still trying to take it back",
-                self.claim.idempotency_key,
+                printable(self.claim.idempotency_key),
                 why,
                 extra=self._fields(Decision.LEASE_LOST, error),
             )
@@ -244,7 +245,7 @@ class _Hold:
             self.book.held.pop(id(self), None)  # no waiting: this may run in any thread
             logger.warning(
                 "lease for %s: %s; renewal stopped, the key frees when its lease runs out",
-                self.claim.idempotency_key,
+                printable(self.claim.idempotency_key),
                 why,
                 extra=self._fields(Decision.LEASE_LOST),
             )

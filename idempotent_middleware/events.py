@@ -18,6 +18,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._labels import printable
+
 __all__ = ["Decision", "IdempotencyEvent", "Listener", "emit", "listening", "subscribe"]
 
 logger = logging.getLogger("idempotent_middleware.events")
@@ -111,6 +113,6 @@ def emit(event: IdempotencyEvent) -> None:
                 extra={
                     "idempotency_decision": event.decision.value,
                     "idempotency_source": event.source,
-                    "idempotency_key": event.key,
+                    "idempotency_key": None if event.key is None else printable(event.key),
                 },
             )
