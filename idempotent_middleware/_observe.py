@@ -152,7 +152,8 @@ class Observation:
             store,
             key,
         )
-        self.started = time.perf_counter()
+        #: None: not known (an execution claimed while nobody listened; see ``late``).
+        self.started: float | None = time.perf_counter()
         self.lost = False
         #: The request's context variables (its active trace span, for one): a lease finding
         #: made by a renewer thread is published inside it, so subscribers see the request's
@@ -179,7 +180,9 @@ class Observation:
             self.key,
             store_seconds=None if timing is None else timing.store,
             wait_seconds=None if timing is None else timing.wait_seconds,
-            handler_seconds=time.perf_counter() - self.started if handler else None,
+            handler_seconds=(
+                time.perf_counter() - self.started if handler and self.started is not None else None
+            ),
             error=error,
         )
 

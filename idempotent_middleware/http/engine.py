@@ -441,7 +441,11 @@ class HttpIdempotency:
         a handler that already ran.
         """
         key = action.claim.idempotency_key
-        observed = action.observed if _events._listeners else None
+        observed = None
+        if _events._listeners:
+            # A subscriber added while the handler ran still gets this outcome (one truth
+            # test when nobody listens, as before).
+            observed = action.observed or observe.late_observation(self, key)
         timing = None
         try:
             if self.releases(outcome):
