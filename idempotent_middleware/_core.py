@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, replace
 
 from ._claim import bind, unbind
+from ._labels import printable
 from ._observe import fields, store_kind
 from ._steps import BACKGROUND, DELETE, GET, PUT, RENEW, SLEEP, UPDATE, Plan, Step
 from .exceptions import (
@@ -160,7 +161,7 @@ def plan_complete(
     except IdempotencyOwnershipError:
         logger.warning(
             "lease lost for %s: another execution owns the key; result not stored",
-            claim.idempotency_key,
+            printable(claim.idempotency_key),
             extra=fields(decision="lease_lost", key=claim.idempotency_key, store=store_kind(layer)),
         )
         return None
@@ -208,7 +209,7 @@ def plan_release(layer: BasePersistenceLayer, claim: DataRecord) -> Plan[bool]:
     except IdempotencyOwnershipError:
         logger.warning(
             "lease lost for %s: not releasing the new owner's claim",
-            claim.idempotency_key,
+            printable(claim.idempotency_key),
             extra=fields(decision="lease_lost", key=claim.idempotency_key, store=store_kind(layer)),
         )
         layer._delete_from_cache(claim.idempotency_key)

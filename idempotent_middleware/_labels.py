@@ -4,12 +4,20 @@ Labels are bounded on purpose: decision, method, route template, store kind. Nev
 the user or the raw path, which clients choose (each distinct value is a new time series in
 the metrics backend's memory). A route the integration could not name is ``"unmatched"``; a
 method outside the standard set is ``"OTHER"`` (clients may send any token, RFC 9110 section
-9.1). One module so that both exporters label the same event the same way.
+9.1). One module so that both exporters label the same event the same way; ``printable``
+escapes the client-controlled text (a key) that log lines carry.
 """
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_BUCKETS", "STANDARD_METHODS", "UNMATCHED", "method_label", "route_label"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "STANDARD_METHODS",
+    "UNMATCHED",
+    "method_label",
+    "printable",
+    "route_label",
+]
 
 #: Seconds: store round trips are ms, handlers and waits up to tens of seconds.
 DEFAULT_BUCKETS: tuple[float, ...] = (
@@ -29,3 +37,16 @@ def method_label(method: str | None) -> str:
 def route_label(route: str | None) -> str:
     """The route template, or ``"unmatched"``: never the raw path."""
     return UNMATCHED if route is None else route
+
+
+def printable(text: str) -> str:
+    """``text`` fit for one log line: unprintable characters (a newline from ``%0A`` in a
+    path) and backslashes as backslash escapes, so a client cannot start a forged line and
+    the original stays readable. Keys and paths are client-controlled; most are printable."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(char if char.isprintable() and char != "\\" else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    return "\\\\" if char == "\\" else char.encode("unicode_escape").decode("ascii")

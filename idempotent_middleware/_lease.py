@@ -21,11 +21,14 @@ import os
 import threading
 import time
 import weakref
+from contextvars import copy_context
 from typing import TYPE_CHECKING, Any
 
 import idempotent_middleware.events as _events
 
 from ._core import plan_renew, plan_store
+from ._dispatch import dispatcher
+from ._labels import printable
 from ._observe import fields, lease_event, publish, store_kind
 from ._steps import DELETE, Plan, Step, drive, drive_async
 from .events import Decision
@@ -156,7 +159,7 @@ class _Hold:
                 logger.error(
                     "completion for %s still not written after max_lease_hold_seconds: "
                     "keeping the key and retrying the write",
-                    self.claim.idempotency_key,
+                    printable(self.claim.idempotency_key),
                     extra=self._fields(Decision.STORE_ERROR),
                 )
             return True
@@ -165,7 +168,7 @@ class _Hold:
         logger.warning(
             "lease for %s held longer than max_lease_hold_seconds: renewal stopped, the key "
             "frees when its lease runs out",
-            self.claim.idempotency_key,
+            printable(self.claim.idempotency_key),
             extra=self._fields(Decision.LEASE_LOST),
         )
         self._emit(Decision.LEASE_LOST)
@@ -176,7 +179,7 @@ class _Hold:
             self.book.held.pop(id(self), None)
             logger.info(
                 "%s recorded on a later attempt",
-                self.claim.idempotency_key,
+                printable(self.claim.idempotency_key),
                 extra=self._fields(Decision.STORED),
             )
             self._emit(Decision.STORED)
@@ -208,7 +211,7 @@ class _Hold:
             self.lost = True
             logger.warning(
                 "lease lost for %s while the handler ran",
-                self.claim.idempotency_key,
+                printable(self.claim.idempotency_key),
                 extra=self._fields(Decision.LEASE_LOST),
             )
             self._emit(Decision.LEASE_LOST)
@@ -219,7 +222,7 @@ class _Hold:
             logger.warning(
                 "lease lost for %s: it ran out before it was renewed (%s); a duplicate may "
                 "have run meanwhile; still trying to take it back",
-                self.claim.idempotency_key,
+                printable(self.claim.idempotency_key),
                 why,
                 extra=self._fields(Decision.LEASE_LOST, error),
             )
@@ -232,11 +235,16 @@ class _Hold:
             event = lease_event(observed, self.layer, self.claim.idempotency_key, decision, error)
             if event is None:
                 return
-            if observed is None:
+            # In the request's context (the sync renewer is a thread of its own); a fresh
+            # copy each time, as one context cannot be entered by two threads at once.
+            if isinstance(self.book, _SyncRenewer):
+                # Never on the renewer thread: a slow subscriber would stall every other
+                # claim's renewal there. The dispatcher thread publishes it (never blocks).
+                context = copy_context() if observed is None else observed.context.copy()
+                dispatcher.submit(context, event)
+            elif observed is None:
                 publish(event)
             else:
-                # In the request's context (the sync renewer is a thread of its own); a fresh
-                # copy each time, as one context cannot be entered by two threads at once.
                 observed.context.copy().run(publish, event)
 
     def _fields(self, decision: Decision, error: str | None = None) -> dict[str, object]:
@@ -262,7 +270,7 @@ class _Hold:
             self.book.held.pop(id(self), None)  # no waiting: this may run in any thread
             logger.warning(
                 "lease for %s: %s; renewal stopped, the key frees when its lease runs out",
-                self.claim.idempotency_key,
+                printable(self.claim.idempotency_key),
                 why,
                 extra=self._fields(Decision.LEASE_LOST),
             )

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import idempotent_middleware.events as events
 
+from ._labels import printable
 from ._steps import SLEEP, Plan
 from .events import Decision, IdempotencyEvent
 
@@ -56,7 +57,7 @@ def extra(event: IdempotencyEvent) -> dict[str, Any]:
         "idempotency_route": event.route,
         "idempotency_status": event.status,
         "idempotency_store": event.store,
-        "idempotency_key": event.key,
+        "idempotency_key": None if event.key is None else printable(event.key),
         "idempotency_store_seconds": event.store_seconds,
         "idempotency_wait_seconds": event.wait_seconds,
         "idempotency_handler_seconds": event.handler_seconds,
@@ -66,6 +67,9 @@ def extra(event: IdempotencyEvent) -> dict[str, Any]:
 
 def fields(**given: Any) -> dict[str, Any]:
     """``extra=`` for a log line that is not about one decision: the fields it knows."""
+    key = given.get("key")
+    if isinstance(key, str):
+        given["key"] = printable(key)
     return {EXTRA_NAMES[name]: value for name, value in given.items()}
 
 
@@ -78,10 +82,12 @@ def publish(
     exc_info: bool = False,
 ) -> None:
     """Hand ``event`` to the subscribers, and log ``message`` with its fields when ``logger``
-    is given and the level is on (the %-arguments are formatted only then)."""
+    is given and the level is on (the %-arguments are formatted only then; text ones are
+    escaped, as keys and paths come from clients)."""
     if events._listeners:
         events.emit(event)
     if logger is not None and logger.isEnabledFor(level):
+        args = tuple(printable(arg) if isinstance(arg, str) else arg for arg in args)
         logger.log(level, message, *args, extra=extra(event), exc_info=exc_info)
 
 
@@ -146,7 +152,8 @@ class Observation:
             store,
             key,
         )
-        self.started = time.perf_counter()
+        #: None: not known (an execution claimed while nobody listened; see ``late``).
+        self.started: float | None = time.perf_counter()
         self.lost = False
         #: The request's context variables (its active trace span, for one): a lease finding
         #: made by a renewer thread is published inside it, so subscribers see the request's
@@ -173,7 +180,9 @@ class Observation:
             self.key,
             store_seconds=None if timing is None else timing.store,
             wait_seconds=None if timing is None else timing.wait_seconds,
-            handler_seconds=time.perf_counter() - self.started if handler else None,
+            handler_seconds=(
+                time.perf_counter() - self.started if handler and self.started is not None else None
+            ),
             error=error,
         )
 

@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from ._disabled import idempotency_disabled
+from ._labels import printable
 from ._steps import drive, drive_async
 from .http.engine import PASS, Execute, HttpIdempotency, Respond
 from .http.execution import AsyncCapturingIterable, AsyncExecution, CapturingIterable, Execution
@@ -474,7 +475,7 @@ def _read_body(engine: HttpIdempotency, request: Any, http_request: HttpRequest)
             "%s %s: the body was read before the idempotency middleware; put it before any "
             "middleware that reads request.POST",
             request.method,
-            request.path,
+            printable(request.path),  # escaped: a client's "%0A" must not start a line
             extra={"idempotency_source": "django", "idempotency_method": request.method},
         )
         return engine.incomplete(http_request)

@@ -2,10 +2,16 @@
 
 Every decision the middleware (or ``idempotent_function``) takes is described by one
 :class:`IdempotencyEvent` handed to each subscriber, synchronously and in the request's own
-context (so a subscriber sees the active server span and context variables). The event carries
-no raw client key, no raw path and no user: only the hashed storage key, the route template
-(or the configured pattern) and bounded labels, so metrics built on it cannot be blown up by
-clients.
+context (so a subscriber sees the active server span and context variables). Subscribers must
+be fast: they run in the request's thread or on its event loop. Only lease findings of sync
+handlers are handed over later by a dispatcher thread (never the lease renewer's: a slow
+subscriber there would let other claims lapse), from a bounded queue that drops when full.
+
+The event never carries the raw client key nor the user. Its labels (method, route template
+or configured pattern, store, decision) are bounded, so metrics built on them cannot be blown
+up by clients. ``key`` is the storage key (what ``idempotent-middleware inspect`` looks up):
+``"{METHOD} {path}#{digest of tenant and client key}"``, the path whole up to 128 UTF-8
+bytes, else cut to 64 bytes and folded into the hash: it holds the path, so it is no label.
 
 Nobody listening costs one truth test per decision: emitters check :func:`listening` before they
 build an event. A subscriber that raises is logged and never breaks a request.
@@ -17,6 +23,8 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from ._labels import printable
 
 __all__ = ["Decision", "IdempotencyEvent", "Listener", "emit", "listening", "subscribe"]
 
@@ -62,7 +70,9 @@ class IdempotencyEvent:
     status: int | None
     #: The store kind: "memory", "redis", "postgres", "sqlite", or the layer's class name.
     store: str
-    #: The hashed storage key (what the store holds), never the client's key.
+    #: The storage key (what the store holds): method, path (at most 128 bytes, else a
+    #: 64-byte prefix and a hash) and a digest of the tenant and client key; never the
+    #: client's key itself.
     key: str | None
     #: Seconds spent in the store for this decision, when measured.
     store_seconds: float | None = None
@@ -111,6 +121,6 @@ def emit(event: IdempotencyEvent) -> None:
                 extra={
                     "idempotency_decision": event.decision.value,
                     "idempotency_source": event.source,
-                    "idempotency_key": event.key,
+                    "idempotency_key": None if event.key is None else printable(event.key),
                 },
             )

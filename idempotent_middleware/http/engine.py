@@ -15,6 +15,7 @@ from typing import Any
 import idempotent_middleware.events as _events
 
 from .._core import Claimed, Replay, completion_record, plan_claim, plan_complete, plan_release
+from .._labels import printable, route_label
 from .._observe import Observation, Timing, fields, publish, store_kind, timed
 from .._steps import Plan
 from ..config import IdempotencyConfig, RouteOptions
@@ -197,13 +198,15 @@ class HttpIdempotency:
             except Exception as exc:
                 # A hook that cannot tell whose request this is must not run it unscoped
                 # (another user's record) nor leak a 500: nothing is claimed.
+                # The route label, never the raw path: a client's "%0A" would forge a line.
+                event = observe.event(self, request, Decision.SCOPE_ERROR, 503, error=exc)
                 publish(
-                    observe.event(self, request, Decision.SCOPE_ERROR, 503, error=exc),
+                    event,
                     logger,
                     logging.ERROR,
                     "scope hook raised for %s %s",
                     request.method,
-                    request.path,
+                    route_label(event.route),
                     exc_info=True,
                 )
                 return Respond(self.problems.scope_unavailable)
@@ -444,7 +447,11 @@ class HttpIdempotency:
         a handler that already ran.
         """
         key = action.claim.idempotency_key
-        observed = action.observed if _events._listeners else None
+        observed = None
+        if _events._listeners:
+            # A subscriber added while the handler ran still gets this outcome (one truth
+            # test when nobody listens, as before).
+            observed = action.observed or observe.late_observation(self, key)
         timing = None
         try:
             if self.releases(outcome):
@@ -465,7 +472,7 @@ class HttpIdempotency:
             if outcome.interrupted:
                 logger.warning(
                     "%s was interrupted after it started: recorded as executed, outcome unknown",
-                    key,
+                    printable(key),
                     extra=self._fields(observed, key, Decision.STORED, _status(outcome)),
                 )
             completing = plan_complete(
@@ -501,7 +508,7 @@ class HttpIdempotency:
                 )
             logger.error(
                 "could not record %s: %s%s",
-                key,
+                printable(key),
                 exc,
                 "; the lease keeps the key and retries" if pending is not None else "",
                 extra=fields,
@@ -522,10 +529,11 @@ class HttpIdempotency:
     ) -> None:
         """A decision taken before any key is known: event and debug line."""
         message = f"{label or status} %s %s: {what}"
-        args: tuple[object, ...] = (request.method, request.path)
+        event = observe.event(self, request, decision, status)
+        args: tuple[object, ...] = (request.method, route_label(event.route))
         if detail is not None:
             args = (*args, detail)
-        publish(observe.event(self, request, decision, status), logger, DEBUG, message, *args)
+        publish(event, logger, DEBUG, message, *args)
 
     def _decided(
         self,
@@ -563,6 +571,7 @@ class HttpIdempotency:
             if event is not None:
                 publish(event)
         if message and logger.isEnabledFor(DEBUG):
+            args = tuple(printable(arg) if isinstance(arg, str) else arg for arg in args)
             logger.debug(message, *args, extra=self._fields(observed, key, decision, status))
 
     def _fields(

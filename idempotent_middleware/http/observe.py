@@ -72,6 +72,16 @@ def event(
     )
 
 
+def late_observation(engine: HttpIdempotency, key: str) -> Observation:
+    """For an execution claimed while nobody listened, finishing while someone does: what
+    its storage key tells (the method); no route and no handler time (not measured)."""
+    found = Observation(
+        engine.source, key.partition(" ")[0] or None, None, store_kind(engine.store), key
+    )
+    found.started = None
+    return found
+
+
 def observation(engine: HttpIdempotency, request: HttpRequest, key: str) -> Observation:
     """The shared fields of one execution's later events (completion, lease)."""
     return Observation(

@@ -1,6 +1,8 @@
 """What clients control must not reach events and log lines unbounded or unescaped.
 
-``events.py`` promises: "The event carries no raw client key, no raw path and no user".
+``events.py`` promises: the event never carries the raw client key; its ``key`` is the
+storage key (method, path bounded to 128 bytes, digest), and log lines escape what clients
+send.
 """
 
 from __future__ import annotations
@@ -48,22 +50,32 @@ def post(middleware: Any, raw_path: bytes, headers: list[tuple[bytes, bytes]]) -
     return int(sent[0]["status"])
 
 
-def test_events_carry_no_raw_path() -> None:
-    """The event's ``key`` is the storage key, which holds the raw path whole (up to 128
-    bytes): an e-mail address or account id in the path reaches every subscriber (and the
-    log lines built from the same fields), against the module's promise."""
+def test_events_carry_no_raw_client_key_and_a_bounded_storage_key() -> None:
+    """The event's ``key`` is the storage key (what ``inspect`` looks up), so it holds the
+    path, bounded to 128 bytes; the client's key itself must never reach any field."""
     seen: list[IdempotencyEvent] = []
     unsubscribe = subscribe(seen.append)
     middleware = IdempotencyMiddleware(asgi_app, InMemoryPersistenceLayer())
+    client_key = b"secret-client-key-alice@example.com"
+    long_path = b"/users/" + b"x" * 200 + b"/orders"
     try:
-        path = b"/users/alice@example.com/orders"
-        assert post(middleware, path, [(b"idempotency-key", b"k1")]) == 201
+        assert post(middleware, b"/users/1/orders", [(b"idempotency-key", client_key)]) == 201
+        assert post(middleware, long_path, [(b"idempotency-key", client_key)]) == 201
     finally:
         unsubscribe()
-    assert seen
+    assert len(seen) >= 4
     for event in seen:
-        for value in (event.key, event.route, event.error, event.method):
-            assert value is None or "alice@example.com" not in value, event
+        for value in (event.key, event.route, event.error, event.method, event.source):
+            assert value is None or client_key.decode() not in value, event
+        assert event.key is not None
+        method, _, rest = event.key.partition(" ")
+        path, _, digest = rest.rpartition("#")
+        assert method == "POST" and digest
+        assert len(path.encode()) <= 128, event.key
+    assert {event.key.split("#")[0] for event in seen if event.key} == {
+        "POST /users/1/orders",
+        "POST /users/" + "x" * 57 + "...",
+    }
 
 
 def test_an_error_line_cannot_be_forged_through_the_path(
