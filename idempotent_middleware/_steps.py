@@ -202,13 +202,58 @@ async def to_the_end(awaitable: Coroutine[Any, Any, T]) -> T:
     A cancellation in the middle of the store write would leave the claim to run out with
     its lease, and the handler to run again: the write goes on in its own task, and the
     caller still sees its cancellation.
+
+    The write is started here, in the caller's task: a cancellation can only land where a
+    coroutine suspends, so a write that ends without suspending (the in-memory store) is
+    done before any could, and needs no task of its own. At its first suspension the rest
+    of it moves to a task, shielded as before.
     """
     if asyncio._get_running_loop() is None:  # not on asyncio (trio): nothing to shield here
         return await awaitable
-    task = asyncio.ensure_future(awaitable)
+    try:
+        suspended = awaitable.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    task = asyncio.ensure_future(_resumed(awaitable, suspended))
     finishing_writes.add(task)
     task.add_done_callback(finishing_writes.discard)
     return await asyncio.shield(task)
+
+
+class _Resume:
+    """A coroutine already started, awaitable from its first suspension on: what it yielded
+    goes to the task running it, and the task's answers (results, cancellation) back in, as
+    ``await`` itself would pass them."""
+
+    __slots__ = ("coroutine", "suspended")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], suspended: Any) -> None:
+        self.coroutine = coroutine
+        self.suspended = suspended
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, yielded = self.coroutine, self.suspended
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:
+                try:
+                    yielded = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    yielded = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+async def _resumed(coroutine: Coroutine[Any, Any, T], suspended: Any) -> T:
+    result: T = await _Resume(coroutine, suspended)
+    return result
 
 
 def drive(layer: Layer, plan: Plan[T]) -> T:
