@@ -257,10 +257,50 @@ async def _resumed(coroutine: Coroutine[Any, Any, T], suspended: Any) -> T:
 
 
 def drive(layer: Layer, plan: Plan[T]) -> T:
-    """Run ``plan`` to its end with the layer's blocking methods."""
-    return run(plan, functools.partial(perform_step, layer))
+    """Run ``plan`` to its end with the layer's blocking methods.
+
+    ``run`` with ``perform_step`` inlined: a store call, the common step, costs no extra
+    frame; an error is thrown back into the plan as ``run`` does.
+    """
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = plan.throw(error) if error is not None else plan.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result, error = None, None
+        op = step.op
+        try:
+            if op is SLEEP or op is BACKGROUND:
+                result = perform_step(layer, step)
+            else:
+                result = getattr(layer, op.sync)(step.arg)
+        except Exception as exc:
+            error = exc
 
 
 async def drive_async(layer: Layer, plan: Plan[T]) -> T:
-    """Run ``plan`` to its end with the layer's async methods, on the running loop."""
-    return await run_async(plan, functools.partial(perform_step_async, layer))
+    """Run ``plan`` to its end with the layer's async methods, on the running loop.
+
+    ``run_async`` with ``perform_step_async`` inlined on asyncio (the library cannot change
+    while one plan runs, so it is looked up once).
+    """
+    if asyncio._get_running_loop() is None:  # trio: each step through the foreign path
+        return await run_async(plan, functools.partial(perform_step_async, layer))
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = plan.throw(error) if error is not None else plan.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result, error = None, None
+        op = step.op
+        try:
+            if op is SLEEP or op is BACKGROUND:
+                result = await perform_step_async(layer, step)
+            else:
+                result = await getattr(layer, op.async_)(step.arg)
+        except Exception as exc:
+            error = exc
