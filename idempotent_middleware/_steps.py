@@ -50,6 +50,8 @@ def _op(name: str) -> Op:
 
 GET = _op("get_record")
 PUT = _op("put_record")
+#: A claim that answers with what holds the key instead of raising (``_claim_record``).
+CLAIM = _op("claim_record")
 UPDATE = _op("update_record")
 DELETE = _op("delete_record")
 RENEW = _op("renew_lease")

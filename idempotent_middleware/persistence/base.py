@@ -113,6 +113,19 @@ def decode_record(key: str, raw: bytes) -> DataRecord:
     )
 
 
+class HeldUnread:
+    """What ``_claim_record`` answers when the key is held but the layer did not say by
+    what (a Powertools layer raising a bare ``IdempotencyItemAlreadyExistsError()``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "HELD_UNREAD"
+
+
+HELD_UNREAD = HeldUnread()
+
+
 # --- Hashing ---------------------------------------------------------------------------------
 #: Value types whose ``str()`` is a stable text of the value itself (never an address).
 _STABLE_TEXT = (
@@ -626,6 +639,28 @@ class BasePersistenceLayer(ABC):
     @abstractmethod
     def _renew_lease(self, data_record: DataRecord) -> None:
         """Push the lease of an in-progress record forward by the lease length, fenced."""
+
+    # --- The claim as a value (the core's path; ``_put_record`` stays the contract) --------
+    def _claim_record(self, data_record: DataRecord) -> DataRecord | HeldUnread | None:
+        """``_put_record``, answering instead of raising: None when the claim was stored,
+        else the live record that holds the key (``HELD_UNREAD`` if the layer did not say).
+
+        A replay is an ordinary outcome: a layer that can tell it without an exception
+        (the in-memory one) overrides this; every other layer keeps implementing
+        ``_put_record`` only, raising ``IdempotencyItemAlreadyExistsError`` as Powertools'.
+        """
+        try:
+            self._put_record(data_record)
+        except IdempotencyItemAlreadyExistsError as exc:
+            return HELD_UNREAD if exc.old_data_record is None else exc.old_data_record
+        return None
+
+    async def _claim_record_async(self, data_record: DataRecord) -> DataRecord | HeldUnread | None:
+        try:
+            await self._put_record_async(data_record)
+        except IdempotencyItemAlreadyExistsError as exc:
+            return HELD_UNREAD if exc.old_data_record is None else exc.old_data_record
+        return None
 
     # --- In the handler's own transaction (see ``_claim.current_claim``) -------------------
     def record_executed(
