@@ -198,11 +198,17 @@ def lease_from_remaining(remaining_millis: Any, cap_seconds: float) -> float:
     return min(millis / 1000, cap_seconds)
 
 
+#: Built once: ``json.dumps`` with these options builds an encoder per call. Holds no
+#: state between calls (each ``encode`` makes its own C encoder), so threads share it.
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+)
+
+
 def canonical_json(data: Any) -> bytes:
-    """Sorted keys, no whitespace: the same logical document always gives the same bytes."""
-    return json.dumps(
-        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
-    ).encode()
+    """Sorted keys, no whitespace: the same logical document always gives the same bytes
+    (pinned by tests/core/test_fingerprint_pinned.py)."""
+    return _CANONICAL_ENCODER.encode(data).encode()
 
 
 def is_missing_idempotency_key(data: Any) -> bool:
