@@ -33,6 +33,11 @@ class _NumberLiteral(str):
         return super().__new__(cls, "\x00" + text)
 
 
+#: Built once (``json.loads`` with hooks builds a decoder per call); shared by threads as
+#: ``json.loads`` shares its default decoder.
+_LITERAL_DECODER = json.JSONDecoder(parse_float=_NumberLiteral, parse_constant=_NumberLiteral)
+
+
 class HttpRequest:
     """What the core sees of a request; ``raw`` is the ASGI scope or the WSGI environ."""
 
@@ -81,9 +86,10 @@ class HttpRequest:
         if not (content_type == b"application/json" or content_type.endswith(b"+json")):
             return None
         try:
-            if literal_numbers:
-                return json.loads(
-                    self.body, parse_float=_NumberLiteral, parse_constant=_NumberLiteral
+            if literal_numbers:  # what json.loads does with bytes, with our decoder
+                body = self.body
+                return _LITERAL_DECODER.decode(
+                    body.decode(json.detect_encoding(body), "surrogatepass")
                 )
             return json.loads(self.body)
         except (ValueError, RecursionError):

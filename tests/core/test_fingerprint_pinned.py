@@ -97,6 +97,32 @@ def test_fingerprint_bytes_are_pinned(
     assert fingerprint(_scheme(), request) == expected
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (  # UTF-16 with its BOM (json's detect_encoding)
+            '{"a": 1.50, "b": "\u00e9"}'.encode("utf-16"),
+            "8c3d6f939aebaf406b2be0291546cb095d7eca1c3126332bb02143322b7b0acf",
+        ),
+        (
+            b'\xef\xbb\xbf{"a": 1.5}',
+            "3f07452df3a89a624371c966a33b0e18692afd8d721119aade207f1438e1ccfb",
+        ),
+        (
+            '{"a": -Infinity}'.encode("utf-32-le"),
+            "c1013a02bb4fd22deb863b1999909cd850aa8cc115c50ae6f8fcafaa3e92ecb9",
+        ),
+        (  # not UTF-8: the raw bytes
+            b'{"a": "\xff"}',
+            "2628afeed42e30cec0075dd43d0bea6b8fc9b31a177913eed38357e3f0780962",
+        ),
+    ],
+)
+def test_fingerprint_of_other_encodings_is_pinned(body: bytes, expected: str) -> None:
+    request = HttpRequest("POST", "/o", b"", JSON, None, body)
+    assert fingerprint(_scheme(), request) == expected
+
+
 def test_fingerprint_recipe_is_the_documented_one() -> None:
     """SHA-256 of ``"{METHOD} {path}?" + query + "\\n"`` and the tagged body."""
     parsed = HttpRequest("POST", "/orders", b"", JSON, None, b'{"sku":"abc","qty":1}')
