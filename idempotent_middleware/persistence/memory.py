@@ -102,8 +102,12 @@ class _RecordTable:
 
     def __setitem__(self, key: str, record: DataRecord) -> None:
         self.pop(key)
+        self.add(key, record, record_size(record))
+
+    def add(self, key: str, record: DataRecord, size: int) -> None:
+        """Store ``record`` under a key known to be absent, ``size`` its ``record_size``."""
         self._records[key] = record
-        self.bytes += record_size(record)
+        self.bytes += size
         expiry = _expiry(record)
         if expiry is not None:
             # Clamped: a record already expired goes to the bucket swept next.
@@ -224,17 +228,18 @@ class InMemoryPersistenceLayer(BasePersistenceLayer):
     def _claim_now(self, data_record: DataRecord) -> DataRecord | None:
         """Store the claim unless a live record holds its key; return that record."""
         key = data_record.idempotency_key
+        records = self._records
         with self._lock:
             existing = self._live(key)
             if existing is not None:
                 return existing
-            self._records.sweep()
+            records.sweep()
             size = record_size(data_record)
             if self._full(size):
-                self._records.sweep_current()
+                records.sweep_current()
                 if self._full(size):
                     self._refuse()
-            self._records[key] = data_record
+            records.add(key, data_record, size)  # absent: _live dropped an expired one
         return None
 
     # ``_claim_record`` skips ``_put_record`` only while it is the original: a subclass, a
