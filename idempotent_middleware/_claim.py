@@ -76,7 +76,7 @@ _current: ContextVar[CurrentClaim | None] = ContextVar("idempotency_current_clai
 #: task, the lease's thread) still ends the claim the handler's context holds. Weak: a claim
 #: nobody completes (its context gone) must not stay here. A dict of ``weakref.ref`` with a
 #: callback, not a ``WeakValueDictionary`` (a quarter of its cost per claim); each operation
-#: is a single dict call, atomic without a lock.
+#: is a single dict call, atomic without a lock (so no lock to renew after a fork).
 _live: dict[bytes, weakref.ref[CurrentClaim]] = {}
 
 

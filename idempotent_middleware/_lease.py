@@ -14,6 +14,7 @@ that may have lapsed is reported (a warning and ``lost``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
@@ -26,9 +27,9 @@ import idempotent_middleware.events as _events
 
 from ._core import plan_renew, plan_store
 from ._observe import fields, lease_event, publish, store_kind
-from ._steps import drive, drive_async
+from ._steps import DELETE, Plan, Step, drive, drive_async
 from .events import Decision
-from .exceptions import IdempotencyPersistenceLayerError
+from .exceptions import IdempotencyOwnershipError, IdempotencyPersistenceLayerError
 
 if TYPE_CHECKING:
     from ._observe import Observation
@@ -43,6 +44,24 @@ _RETRY_FIRST = 1 / 20
 _RETRY_MAX = 1 / 8
 #: The default cap on how long one execution may hold its key (``max_lease_hold_seconds``).
 DEFAULT_MAX_HOLD = 3600.0
+#: The most a release waits for a renewal in flight (``AsyncLease.stop_async``), at most a lease.
+_SETTLE_MAX = 5.0
+#: At interpreter exit, how long the pending completions may take to be written, in all.
+EXIT_SECONDS = 5.0
+
+
+class _Written:
+    """What a pending write's plan returns once the completion landed (truthy, like a
+    renewal's True): only that attempt, not a renewal sent before the completion was left
+    to the lease, may end the hold as written."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return True
+
+
+WRITTEN = _Written()
 
 
 class _Hold:
@@ -102,10 +121,14 @@ class _Hold:
         this completion, a full in-memory store for one, would otherwise let a retry claim
         the lapsed key and run the handler again)."""
         try:
-            return (yield from plan_store(record))
+            return WRITTEN if (yield from plan_store(record)) else False
         except IdempotencyPersistenceLayerError:
             with contextlib.suppress(IdempotencyPersistenceLayerError):
-                yield from plan_renew(self.claim, self.lease)
+                sent = time.monotonic()
+                if (yield from plan_renew(self.claim, self.lease)):
+                    # The claim now lives a lease from (no earlier than) now: without this,
+                    # ``failed`` would report a lost lease after one lease of refusals.
+                    self.expires = max(self.expires, sent + self.lease)
             raise
 
     def finish_later(self, record: DataRecord) -> None:
@@ -148,8 +171,8 @@ class _Hold:
         self._emit(Decision.LEASE_LOST)
         return False
 
-    def succeeded(self, started: float) -> None:
-        if self.pending is not None:  # the completion is written: nothing left to hold
+    def succeeded(self, started: float, outcome: object = True) -> None:
+        if outcome is WRITTEN:  # the completion is written: nothing left to hold
             self.book.held.pop(id(self), None)
             logger.info(
                 "%s recorded on a later attempt",
@@ -160,9 +183,11 @@ class _Hold:
             return
         if started >= self.expires:  # renewed (taken back) only after the lease had run out
             self._report_lapse("the renewal came late")
-        self.failures = 0
-        self.expires = started + self.lease
-        self.due = started + self.lease / 2
+        # Never moved back: the backstop and the loop may both renew, in either order.
+        self.expires = max(self.expires, started + self.lease)
+        if self.pending is None:  # else a renewal sent before: the write stays due soon
+            self.failures = 0
+            self.due = started + self.lease / 2
 
     def failed(self, now: float, error: BaseException) -> None:
         if id(self) not in self.book.held:
@@ -203,15 +228,16 @@ class _Hold:
     def _emit(self, decision: Decision, error: str | None = None) -> None:
         """The event of a lease finding (rare: a loss, a late completion), if anyone listens."""
         if _events._listeners:
-            event = lease_event(
-                getattr(self, "observed", None),
-                self.layer,
-                self.claim.idempotency_key,
-                decision,
-                error,
-            )
-            if event is not None:
+            observed = getattr(self, "observed", None)
+            event = lease_event(observed, self.layer, self.claim.idempotency_key, decision, error)
+            if event is None:
+                return
+            if observed is None:
                 publish(event)
+            else:
+                # In the request's context (the sync renewer is a thread of its own); a fresh
+                # copy each time, as one context cannot be entered by two threads at once.
+                observed.context.copy().run(publish, event)
 
     def _fields(self, decision: Decision, error: str | None = None) -> dict[str, object]:
         observed = getattr(self, "observed", None)
@@ -264,7 +290,7 @@ class _LoopLeases(_Book):
     freed with its book (``asyncio.run`` per job must not leak a loop each time).
     """
 
-    __slots__ = ("held", "next_look", "tick")
+    __slots__ = ("__weakref__", "held", "next_look", "tick")
 
     def __init__(self) -> None:
         self.held: dict[int, AsyncLease] = {}
@@ -273,7 +299,10 @@ class _LoopLeases(_Book):
 
     def add(self, lease: AsyncLease, loop: asyncio.AbstractEventLoop) -> None:
         self.held[id(lease)] = lease
-        self.tick = min(self.tick, max(lease.lease / 4, 0.01))
+        tick = max(lease.lease / 4, 0.01)
+        if tick < self.tick:  # rare: a shorter lease than any so far on this loop
+            self.tick = tick
+            sync_renewer.backstop(self)
         self.look_by(time.monotonic() + self.tick, loop)
 
     def look_by(self, when: float, loop: asyncio.AbstractEventLoop) -> None:
@@ -310,7 +339,11 @@ class AsyncLease(_Hold):
     asyncio loop, so the process's renewer thread does, with the layer's blocking methods.
     """
 
-    __slots__ = ("task",)
+    __slots__ = ("home", "late", "task")
+    #: The loop a pending completion was handed over from (``finish_later``); set only then.
+    home: asyncio.AbstractEventLoop
+    #: A renewal still in flight when ``stop_async`` gave up waiting; set only then.
+    late: asyncio.Task[Any]
 
     def __init__(
         self,
@@ -319,7 +352,7 @@ class AsyncLease(_Hold):
         lease: float,
         max_hold: float = DEFAULT_MAX_HOLD,
     ) -> None:
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[object] | None = None
         loop = asyncio._get_running_loop()  # the one cheap check: None under trio
         if loop is None:
             super().__init__(sync_renewer, layer, claim, lease, max_hold)
@@ -328,23 +361,66 @@ class AsyncLease(_Hold):
         book = _books.get(loop)
         if book is None:
             book = _books[loop] = _LoopLeases()
+            sync_renewer.backstop(book)
         super().__init__(book, layer, claim, lease, max_hold)
         book.add(self, loop)
 
-    async def renew(self) -> None:
+    async def renew(self) -> object:
+        """One attempt; returns what the store said (truthy: renewed or written)."""
         started = time.monotonic()
         try:
             ok = await drive_async(self.layer, self.plan())
         except Exception as exc:  # store hiccup: retry soon
             self.failed(time.monotonic(), exc)
-            if id(self) in self.book.held:
-                assert isinstance(self.book, _LoopLeases)
+            if id(self) in self.book.held and isinstance(self.book, _LoopLeases):
                 self.book.look_by(self.due, asyncio.get_running_loop())
-            return
+            return False
         if ok:
-            self.succeeded(started)
+            self.succeeded(started, ok)
         else:
             self.fenced()
+        return ok
+
+    def finish_later(self, record: DataRecord) -> None:
+        """As ``_Hold.finish_later``, but the write is handed to the renewer thread (the
+        layer's blocking methods): a loop may end right after its last request
+        (``asyncio.run`` per job, a server stopping), and a write left on it would be lost
+        with it, freeing the key for a second run after one lease."""
+        book, loop = self.book, asyncio._get_running_loop()
+        if not isinstance(book, _LoopLeases) or loop is None or id(self) not in book.held:
+            super().finish_later(record)
+            return
+        if sync_renewer.lacks_blocking(self.layer):
+            logger.warning(
+                "completion for %s left to its event loop (the store has no blocking "
+                "methods): it is lost if the loop ends before it is written",
+                self.claim.idempotency_key,
+                extra=self._fields(Decision.STORE_ERROR),
+            )
+            super().finish_later(record)
+            return
+        self.home = loop
+        self.pending = record
+        self.failures = 1
+        self.due = time.monotonic() + max(self.lease * _RETRY_FIRST, 0.005)
+        self.book = sync_renewer
+        try:
+            sync_renewer.add(self)  # before leaving the loop's book: never held by neither
+        except Exception:  # no thread: the loop keeps it, as before
+            self.book = book
+            book.look_by(self.due, loop)
+            return
+        book.held.pop(id(self), None)
+        sync_renewer.wake()
+
+    def look_at_home(self) -> None:
+        """Back on the loop's book (the renewer thread cannot write for this layer)."""
+        book = _books.get(self.home)
+        if book is None:
+            book = _books[self.home] = _LoopLeases()
+            sync_renewer.backstop(book)
+        self.book = book
+        book.add(self, self.home)
 
     def _look_soon(self) -> None:
         loop = asyncio._get_running_loop()
@@ -353,17 +429,71 @@ class AsyncLease(_Hold):
         elif isinstance(self.book, _SyncRenewer):
             self.book.wake()
 
-    def renewed(self, task: asyncio.Task[None]) -> None:
+    def renewed(self, task: asyncio.Task[object]) -> None:
         # Drop the task (and through it the loop) as soon as it is done.
         if self.task is task:
             self.task = None
 
     def stop(self) -> None:
         self.book.held.pop(id(self), None)
-        self.book.settle(self)  # a thread renewal (trio) in flight; nothing to wait for on a loop
+        sync_renewer.settle(self)  # a thread renewal (trio, the backstop) in flight
         task = self.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
+
+    async def stop_async(self) -> None:
+        """``stop`` before a release: wait (bounded) for a renewal already sent.
+
+        Cancelling its task cannot unsend a command another task carries (a pooled or
+        pipelined client): landing after the release, it would take the freed key back
+        (a renewal takes an absent key back) and block it for a lease. The sync renewer
+        waits the same way (``_SyncRenewer.settle``). One still in flight after the bound
+        is kept for ``released_async``.
+        """
+        self.book.held.pop(id(self), None)
+        sync_renewer.settle(self)  # a thread renewal (trio, the backstop) in flight
+        task = self.task
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        await asyncio.wait((task,), timeout=self._settle_bound())
+        if not task.done():
+            self.late = task
+
+    async def released_async(self) -> None:
+        """After the release: a renewal that was still in flight may land now; once it has,
+        give the key back again if it took it back (fenced by owner: never a new claim)."""
+        task: asyncio.Task[Any] | None = getattr(self, "late", None)
+        if task is None:
+            return
+        del self.late
+        if not task.done():
+            await asyncio.wait((task,), timeout=self._settle_bound())
+        if not task.done():
+            task.cancel()  # as before: a store this slow is past helping
+            return
+        if task.cancelled() or task.exception() is not None or not task.result():
+            return
+        try:
+            await drive_async(self.layer, _plan_release_again(self.claim))
+        except Exception as exc:
+            logger.warning(
+                "a late renewal took %s back after its release and it could not be given "
+                "back (%r): the key frees when its lease runs out",
+                self.claim.idempotency_key,
+                exc,
+                extra=self._fields(Decision.STORE_ERROR, type(exc).__name__),
+            )
+
+    def _settle_bound(self) -> float:
+        """How long a release waits for a renewal in flight: the layer bounds each call by
+        its own timeout; this only caps a store that never answers."""
+        return min(self.lease, _SETTLE_MAX)
+
+
+def _plan_release_again(claim: DataRecord) -> Plan[None]:
+    """Delete ``claim`` if its owner still holds it (silently not, when another does)."""
+    with contextlib.suppress(IdempotencyOwnershipError):
+        yield Step(DELETE, claim)
 
 
 class _Renewal(_Hold):
@@ -377,7 +507,8 @@ class _Renewal(_Hold):
 
 
 class _SyncRenewer(_Book):
-    """One daemon thread per process renews the leases of every running sync handler.
+    """One daemon thread per process renews the leases of every running sync handler, and
+    is the backstop of the event loops' leases.
 
     Starting and stopping a renewal is a dict insert and a dict pop (no lock, no wake-up):
     the thread looks every quarter of the shortest lease held, or sooner when a failed
@@ -385,6 +516,14 @@ class _SyncRenewer(_Book):
     only scheduled), and the claims closest to running out are renewed first, so one slow
     store call delays the others by its own duration at most (bounded by the layer's socket
     timeout). After ``fork`` the child starts its own thread (threads do not survive a fork).
+
+    The backstop: a loop renews its leases with its own timer, which cannot fire while an
+    async handler blocks the loop (a blocking call inside ``async def``); past a lease the
+    claim would lapse and a retry on another worker run the handler again (a sync handler
+    keeps its claim: this thread renews it). So the thread also looks at every loop's book
+    (registered once per loop, nothing per request) and renews, with the layer's blocking
+    methods, a lease whose loop renewal is overdue by a quarter lease. Renewals are fenced
+    by owner, so one made by both is harmless.
     """
 
     def __init__(self) -> None:
@@ -400,6 +539,10 @@ class _SyncRenewer(_Book):
         #: Held by the thread while it renews ``_renewing``; ``settle`` waits on it.
         self._attempt = threading.Lock()
         self._renewing: _Hold | None = None
+        #: Layers whose blocking methods failed as missing (by id; the value tells it is the same).
+        self._async_only: dict[int, weakref.ref[BasePersistenceLayer]] = {}
+        #: The books of the loops this thread backs up (``backstop``), gone with their loop.
+        self._books: dict[int, weakref.ref[_LoopLeases]] = {}
 
     def _after_fork_in_child(self) -> None:
         # The parent's claims are the parent's to renew; a lock held by a parent thread at
@@ -451,6 +594,8 @@ class _SyncRenewer(_Book):
             wait = self._tick
             if self._thread is not threading.current_thread():
                 return  # replaced (after a fork in an odd order): only one thread renews
+            if self._books:
+                self._back_up()
             if not self.held:
                 continue
             for entry in sorted(self.held.values(), key=lambda held: held.expires):
@@ -473,6 +618,119 @@ class _SyncRenewer(_Book):
         """Look now (a hold has something due sooner than the next tick)."""
         self._wake.set()
 
+    def backstop(self, book: _LoopLeases) -> None:
+        """Watch ``book`` (a new loop, or a shorter lease on it): look at least every eighth
+        of its shortest lease, so an overdue lease is renewed before it runs out."""
+        key = id(book)
+        if key not in self._books:
+            books = self._books
+
+            def forget(_: object) -> None:
+                books.pop(key, None)
+
+            books[key] = weakref.ref(book, forget)
+        if book.tick / 2 < self._tick:
+            self._tick = max(book.tick / 2, 0.005)
+            self._wake.set()
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._pid != os.getpid():
+            with contextlib.suppress(Exception):  # a backstop only: the loop still renews
+                self._start_thread()
+
+    def _back_up(self) -> None:
+        """Renew the loops' leases whose renewal is overdue (see the class docstring)."""
+        for ref in list(self._books.values()):
+            book = ref()
+            if book is None:
+                continue
+            for lease in list(book.held.values()):
+                if lease.due + lease.lease / 4 > time.monotonic() or self.lacks_blocking(
+                    lease.layer
+                ):
+                    continue
+                with self._attempt:
+                    self._renewing = lease  # as in ``_run``: ``settle`` waits for it
+                    try:
+                        if id(lease) in book.held:
+                            self._renew(lease)
+                    finally:
+                        self._renewing = None
+
+    def lacks_blocking(self, layer: BasePersistenceLayer) -> bool:
+        """Whether ``layer`` was seen to have no working blocking methods (an async-only
+        client or pool): this thread cannot write or renew for it."""
+        return id(layer) in self._async_only and self._async_only[id(layer)]() is layer
+
+    def _cannot_block(self, entry: _Hold, error: BaseException) -> bool:
+        """A handed-over completion (``AsyncLease.finish_later``) whose layer turns out to
+        have no blocking methods goes back to its loop (the write was kept there before);
+        False when ``entry`` is not such a hold (then an ordinary failure)."""
+        if not isinstance(entry, AsyncLease):
+            return False
+        if isinstance(entry.book, _LoopLeases):  # a backstop renewal: its loop renews it
+            self._note_async_only(entry.layer)
+            return True
+        home = getattr(entry, "home", None)
+        if home is None or entry.pending is None:
+            return False  # under trio this thread is its only renewer: an ordinary failure
+        self._note_async_only(entry.layer)
+        self.held.pop(id(entry), None)
+        try:
+            home.call_soon_threadsafe(entry.look_at_home)
+        except RuntimeError:  # the loop is closed: nobody is left to write it
+            logger.error(
+                "completion for %s not written: the store has no blocking methods (%r) and "
+                "its event loop has ended; a retry after the lease runs the handler again",
+                entry.claim.idempotency_key,
+                error,
+                extra=entry._fields(Decision.STORE_ERROR, type(error).__name__),
+            )
+        return True
+
+    def _note_async_only(self, layer: BasePersistenceLayer) -> None:
+        with contextlib.suppress(TypeError):  # a layer that refuses weak references
+            self._async_only[id(layer)] = weakref.ref(layer)
+
+    def write_pending_at_exit(self) -> None:
+        """At interpreter exit, try each pending completion once, bounded in time.
+
+        A worker that exits normally (recycled after N requests, a job runner's child) would
+        otherwise take the writes left to this daemon thread with it: the key would free
+        after one lease and a retry would run the handler again. The unwritten are logged.
+        """
+        if self._pid != os.getpid():
+            return  # a forked child that never held anything of its own
+        waiting = [entry for entry in list(self.held.values()) if entry.pending is not None]
+        for ref in list(self._books.values()):  # kept on a loop: nothing can write them now
+            book = ref()
+            if book is not None:
+                waiting.extend(
+                    held for held in list(book.held.values()) if held.pending is not None
+                )
+        if not waiting:
+            return
+        deadline = time.monotonic() + EXIT_SECONDS
+        attempting = self._attempt.acquire(timeout=EXIT_SECONDS)  # the thread waits meanwhile
+        try:
+            for entry in waiting:
+                if (
+                    isinstance(entry.book, _SyncRenewer)
+                    and attempting
+                    and time.monotonic() < deadline
+                    and id(entry) in self.held
+                ):
+                    self._renew(entry)
+                if id(entry) in entry.book.held:
+                    logger.error(
+                        "completion for %s not written before the process exited; a retry "
+                        "after the lease runs the handler again",
+                        entry.claim.idempotency_key,
+                        extra=entry._fields(Decision.STORE_ERROR),
+                    )
+        finally:
+            if attempting:
+                self._attempt.release()
+
     def settle(self, hold: _Hold) -> None:
         # A renewal still in flight on another connection could land after the handler's
         # completion or release (and re-store a released claim): wait for it, bounded by the
@@ -481,18 +739,21 @@ class _SyncRenewer(_Book):
             with self._attempt:
                 pass
 
-    @staticmethod
-    def _renew(entry: _Hold) -> None:
+    def _renew(self, entry: _Hold) -> None:
         started = time.monotonic()
         if not entry.attempt(started):
             return
         try:
             ok = drive(entry.layer, entry.plan())
+        except (TypeError, NotImplementedError) as exc:  # no blocking methods (async only)
+            if not self._cannot_block(entry, exc):
+                entry.failed(time.monotonic(), exc)
+            return
         except Exception as exc:  # store hiccup: retry soon
             entry.failed(time.monotonic(), exc)
             return
         if ok:
-            entry.succeeded(started)
+            entry.succeeded(started, ok)
         else:
             entry.fenced()
 
@@ -500,3 +761,4 @@ class _SyncRenewer(_Book):
 sync_renewer = _SyncRenewer()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=sync_renewer._after_fork_in_child)
+atexit.register(sync_renewer.write_pending_at_exit)

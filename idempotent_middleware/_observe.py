@@ -8,6 +8,7 @@ plan (``timed``) only when someone listens.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from typing import Any, TypeVar
@@ -130,9 +131,10 @@ def timed(plan: Plan[T], timing: Timing) -> Plan[T]:
 
 class Observation:
     """What the events of one execution share (made only when someone listens at its claim):
-    where it comes from, its key, when its handler started, whether a loss was reported."""
+    where it comes from, its key, when its handler started, whether a loss was reported, and
+    the context it was claimed in (see ``context``)."""
 
-    __slots__ = ("key", "lost", "method", "route", "source", "started", "store")
+    __slots__ = ("context", "key", "lost", "method", "route", "source", "started", "store")
 
     def __init__(
         self, source: str, method: str | None, route: str | None, store: str, key: str
@@ -146,6 +148,10 @@ class Observation:
         )
         self.started = time.perf_counter()
         self.lost = False
+        #: The request's context variables (its active trace span, for one): a lease finding
+        #: made by a renewer thread is published inside it, so subscribers see the request's
+        #: context as for every other event. A copy is O(1).
+        self.context = contextvars.copy_context()
 
     def event(
         self,

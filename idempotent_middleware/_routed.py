@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from typing import Any
 
+from ._forksafe import renew_after_fork
 from .asgi import IdempotencyMiddleware, Receive, Scope, Send
 from .config import IdempotencyConfig, RouteOptions
 from .http.engine import HttpIdempotency
@@ -43,6 +44,7 @@ class RoutedIdempotency:
         self.store = self.base.store
         self._engines: dict[_OptionsKey, HttpIdempotency] = {}
         self._lock = threading.Lock()
+        renew_after_fork(self, "_lock")
 
     def engine_for(
         self, options: RouteOptions | None, route_methods: Collection[str]

@@ -135,6 +135,10 @@ class IdempotencyMiddleware:
                     await execution.record(None, True)
             elif kind == "http.response.start":
                 capture.start(message["status"], list(message.get("headers", ())))
+                if message.get("trailers", False):
+                    # Its trailers come after the last body message, where it is recorded,
+                    # and a replay has none to send: executed, not replayable (R8).
+                    capture.give_up()
             else:  # pathsend, zerocopysend, trailers: forwarded, not copied
                 capture.give_up()
             await send(message)
@@ -160,16 +164,19 @@ def full_path(scope: Scope) -> str:
     middleware runs; ``raw_path`` (the request target as sent, percent-decoded as servers
     decode ``path``) is left whole. ``root_path`` is prefixed unless the path already holds
     it (ASGI lets ``path`` include it; a proxy that stripped the prefix sent a path without).
+    The path's bytes are read as latin-1 text, as WSGI's PATH_INFO (PEP 3333): one request
+    has one key under either middleware, and no two byte strings share one (UTF-8 decoding
+    would map every invalid sequence to U+FFFD).
     """
     raw = scope.get("raw_path")
     if isinstance(raw, bytes) and raw:
         # The ASGI spec: raw_path excludes the query string, so a "?" in it is part of the
         # path (a decoded %3F), never a query to cut off.
         target = raw.decode("latin-1")
-        path = unquote(target) if "%" in target else target
+        path = unquote(target, encoding="latin-1") if "%" in target else target
     else:
-        path = scope["path"]
-    root: str = scope.get("root_path", "")
+        path = scope["path"].encode("utf-8", "surrogatepass").decode("latin-1")
+    root: str = scope.get("root_path", "").encode("utf-8", "surrogatepass").decode("latin-1")
     if root and not path.startswith(root):
         return root + path
     return path
@@ -178,20 +185,27 @@ def full_path(scope: Scope) -> str:
 async def _read_body(receive: Receive, cap: int) -> bytes | Incomplete | None:
     """The whole request body, None past ``cap`` bytes (413), or INCOMPLETE if the client
     left before sending all of it (nothing may be decided on a partial body)."""
-    chunks: list[bytes] = []
-    size = 0
+    message = await receive()
+    if message["type"] != "http.request":
+        return INCOMPLETE
+    body: bytes = message.get("body", b"")
+    if len(body) > cap:
+        return None
+    if not message.get("more_body", False):
+        return body  # one message, the common case: no copy
+    # One growing buffer, not a list of the server's chunks: a body sent a few bytes per
+    # message costs its bytes, not an object per chunk (R6).
+    buffer = bytearray(body)
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return INCOMPLETE
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
+        if len(buffer) + len(chunk) > cap:
             return None
-        chunks.append(chunk)
+        buffer += chunk
         if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return bytes(buffer)
 
 
 def _buffered_receive(body: bytes, receive: Receive) -> Receive:

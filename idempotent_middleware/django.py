@@ -272,10 +272,15 @@ class IdempotencyMiddleware:
         execution = request.__dict__.pop(_EXECUTION, None)
         if execution is None:
             return response
-        if not response.streaming:
-            execution.record_response(from_django(response))
-            return response
-        _start(execution, response)
+        try:  # the view ran: a copy that fails records it executed, never leaves it (R4)
+            _start(execution, response)
+            if not response.streaming:
+                execution.capture.add(response.content)
+                execution.record(None, True)
+                return response
+        except BaseException:
+            execution.record(None, False)
+            raise
         if response.is_async:
 
             async def record(error: BaseException | None, finished: bool) -> None:
@@ -321,10 +326,15 @@ class IdempotencyMiddleware:
         execution = request.__dict__.pop(_EXECUTION, None)
         if execution is None:
             return response
-        if not response.streaming:
-            await execution.record_response(from_django(response))
-            return response
-        _start(execution, response)
+        try:  # the view ran: a copy that fails records it executed, never leaves it (R4)
+            _start(execution, response)
+            if not response.streaming:
+                execution.capture.add(response.content)
+                await execution.record(None, True)
+                return response
+        except BaseException:
+            await execution.record(None, False)
+            raise
         content = response.streaming_content
         if not response.is_async:
             content = _listed_in_a_thread(content)
@@ -499,25 +509,21 @@ def _declared_length(request: Any) -> int:
 
 
 def _start(execution: Execution | AsyncExecution, response: Any) -> None:
-    execution.capture.start(
-        response.status_code, _response_headers(response), response.reason_phrase
-    )
+    headers = _response_headers(response)
+    execution.capture.start(response.status_code, headers or [], response.reason_phrase)
+    if headers is None:  # sent as the app made it, never replayed
+        execution.capture.give_up()
 
 
-def _response_headers(response: Any) -> Headers:
-    headers = [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in response.items()]
-    for cookie in response.cookies.values():
-        headers.append((b"set-cookie", cookie.output(header="").strip().encode("latin-1")))
+def _response_headers(response: Any) -> Headers | None:
+    """The headers in Latin-1, None when one is outside it (a cookie value, say)."""
+    try:
+        headers = [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in response.items()]
+        for cookie in response.cookies.values():
+            headers.append((b"set-cookie", cookie.output(header="").strip().encode("latin-1")))
+    except UnicodeEncodeError:
+        return None
     return headers
-
-
-def from_django(response: Any) -> StoredResponse:
-    return StoredResponse(
-        response.status_code,
-        _response_headers(response),
-        response.content,
-        reason=response.reason_phrase,
-    )
 
 
 def to_django(stored: StoredResponse) -> HttpResponse:

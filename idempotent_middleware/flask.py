@@ -212,23 +212,34 @@ def _dispatch(engine: HttpIdempotency, dispatch: Callable[[], Any]) -> Any:
     if not isinstance(action, Execute):
         return dispatch()
     execution = Execution(engine, action)
+    returned: Any = _NOTHING
     try:
         try:
             returned = dispatch()
         except HTTPException as exc:  # abort(409): a response, made by the app's handlers
             returned = current_app.handle_http_exception(exc)
         response = current_app.make_response(returned)
+        # Inside the try: the view ran, so a copy that fails still records it (R4).
+        headers = _encoded(response)
+        capture = execution.capture
+        if not response.is_streamed:
+            if headers is None:  # passed on as the app made it, never replayed
+                capture.start(response.status_code, [])
+                capture.give_up()
+                execution.record(None, True)
+            else:
+                execution.record_response(from_flask(response, headers))
+            return response
+        capture.start(response.status_code, headers or [], _reason(response))
+        if headers is None:
+            capture.give_up()
+        body = CapturingIterable(response.iter_encoded(), capture, execution.record)
+        response.response = body
+        weakref.finalize(body, execution.abandoned, "response body dropped without close()")
     except BaseException as exc:
-        execution.record(exc, False)
+        # Before the view returned: the outcome decides; after: it ran, executed.
+        execution.record(exc if returned is _NOTHING else None, False)
         raise
-    capture = execution.capture
-    if not response.is_streamed:
-        execution.record_response(from_flask(response))
-        return response
-    capture.start(response.status_code, _encoded(response), _reason(response))
-    body = CapturingIterable(response.iter_encoded(), capture, execution.record)
-    response.response = body
-    weakref.finalize(body, execution.abandoned, "response body dropped without close()")
     return response
 
 
@@ -256,8 +267,18 @@ def _body(engine: HttpIdempotency, request: HttpRequest) -> StoredResponse | Non
     return None
 
 
-def _encoded(response: Response) -> Headers:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.to_wsgi_list()]
+#: No value returned by the view yet.
+_NOTHING = object()
+
+
+def _encoded(response: Response) -> Headers | None:
+    """The headers in Latin-1, None when a value is outside it (Werkzeug accepts any str)."""
+    try:
+        return [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.to_wsgi_list()
+        ]
+    except UnicodeEncodeError:
+        return None
 
 
 def _reason(response: Response) -> str | None:
@@ -265,9 +286,9 @@ def _reason(response: Response) -> str | None:
     return status[4:] if len(status) > 4 else None
 
 
-def from_flask(response: Response) -> StoredResponse:
+def from_flask(response: Response, headers: Headers) -> StoredResponse:
     return StoredResponse(
-        response.status_code, _encoded(response), response.get_data(), reason=_reason(response)
+        response.status_code, headers, response.get_data(), reason=_reason(response)
     )
 
 

@@ -74,6 +74,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 CALL = Op("call", "call")
 HOLD_LEASE = Op("hold_lease", "hold_lease")
 DROP_LEASE = Op("drop_lease", "drop_lease")
+#: After the release that followed ``DROP_LEASE``: a renewal still in flight is dealt with.
+RELEASED = Op("released", "released")
 SETTLE = Op("settle", "settle")
 
 
@@ -621,6 +623,7 @@ def _wrap(
             if stored is None:  # the function's own error: release, then let it propagate
                 yield Step(DROP_LEASE, lease)
                 yield from release(claim, observed, Decision.RELEASED, exc)
+                yield Step(RELEASED, lease)
                 raise
             yield Step(SETTLE, settle(claim, lease, stored, observed, exc))
             raise
@@ -634,6 +637,7 @@ def _wrap(
         except Exception as exc:  # not storable: the caller sees why; a retry may run again
             yield Step(DROP_LEASE, lease)
             yield from release(claim, observed, Decision.NOT_STORED, exc)
+            yield Step(RELEASED, lease)
             raise
         # A store error is logged and left to the lease: the function ran, its caller gets
         # the result rather than an error that invites a retry.
@@ -650,6 +654,8 @@ def _wrap(
             )
         if step.op is DROP_LEASE:
             return step.arg.stop()
+        if step.op is RELEASED:
+            return None
         if step.op is SETTLE:
             return run(step.arg, perform, BaseException)
         return perform_step(persistence_store, step)
@@ -660,8 +666,10 @@ def _wrap(
         if step.op is HOLD_LEASE:
             claim, lease_seconds = step.arg
             return AsyncLease(persistence_store, claim, lease_seconds, cfg.max_lease_hold_seconds)
-        if step.op is DROP_LEASE:
-            return step.arg.stop()
+        if step.op is DROP_LEASE:  # waits for a renewal in flight (it would retake the key)
+            return await step.arg.stop_async()
+        if step.op is RELEASED:
+            return await step.arg.released_async()
         if step.op is SETTLE:  # in its own task: a cancellation of the caller cannot cut it
             return await to_the_end(run_async(step.arg, perform_async, BaseException))
         return await perform_step_async(persistence_store, step)

@@ -240,6 +240,34 @@ class PersistenceLayerConformance:
         )
         self._assert_new_owner_holds(layer, key, new, "_renew_lease")
 
+    def test_fencing_renew_async(self, layer: BasePersistenceLayer) -> None:
+        """The ASGI middleware's lease renewer renews through the async path."""
+        key, stale, new = self._stale_and_new(layer)
+        renewed = asyncio.run(drive_async(layer, plan_renew(stale, 30.0)))
+        assert not renewed, (
+            "fencing broken (async path): _renew_lease_async renewed a stale owner's claim "
+            "over the new owner's instead of raising IdempotencyOwnershipError"
+        )
+        self._assert_new_owner_holds(layer, key, new, "_renew_lease_async")
+
+    @pytest.mark.parametrize("path", ["sync", "async"])
+    def test_renew_after_own_completion_refused(
+        self, layer: BasePersistenceLayer, path: str
+    ) -> None:
+        """A renewer racing its handler's completion must not turn the result into a claim."""
+        key = _key()
+        claim = _won(layer, key)
+        _complete(layer, claim, b"done")
+        plan = plan_renew(claim, 30.0)
+        renewed = drive(layer, plan) if path == "sync" else asyncio.run(drive_async(layer, plan))
+        current = _read(layer, key)
+        assert not renewed and current is not None and current.status == STATUS_COMPLETED, (
+            f"renew broken ({path} path): the owner's renewal after its own completion "
+            f"{'was accepted' if renewed else 'was refused'} and the record is now "
+            f"{current!r}; _renew_lease must refuse a COMPLETED record (contract C1)"
+        )
+        assert current.response_data == b"done", "the completed result was altered by a renew"
+
     def test_fencing_async(self, layer: BasePersistenceLayer) -> None:
         key, stale, new = self._stale_and_new(layer)
 
@@ -268,6 +296,19 @@ class PersistenceLayerConformance:
         outcome = _claim(layer, key)
         assert isinstance(outcome, Claimed), (
             f"TTL broken: a claim on a key whose result expired did not win (got {outcome!r})"
+        )
+
+    def test_result_outlives_the_claim_lease(self, layer: BasePersistenceLayer) -> None:
+        """A store-side expiry set from the claim's lease must be replaced at completion."""
+        key = _key()
+        claim = _won(layer, key, lease=0.3)
+        drive(layer, plan_complete(layer, claim, b"done", 3600.0, background=False))
+        time.sleep(0.6)
+        outcome = _claim(layer, key)
+        assert isinstance(outcome, Replay) and outcome.record.response_data == b"done", (
+            "TTL broken: a result completed with expires_after_seconds=3600 under a 0.3 s "
+            f"lease was gone once the lease had passed (a retry got {outcome!r}); completion "
+            "must give the record the result's life, not keep the claim's"
         )
 
     # --- Payloads ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from ._steps import drive
 from .config import IdempotencyConfig
 from .http.engine import INCOMPLETE, PASS, Execute, HttpIdempotency, Incomplete, Respond
 from .http.execution import CapturingIterable, Execution
-from .http.request import HANDLED, HttpRequest
+from .http.request import HANDLED, Headers, HttpRequest
 from .http.response import StoredResponse
 from .persistence.base import BasePersistenceLayer
 
@@ -99,12 +99,19 @@ class IdempotencyMiddleware:
         def capturing_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            write = start_response(status, headers, exc_info)  # re-raises if already sent
-            capture.start(
-                int(status[:3]),
-                [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-                status[4:],
-            )
+            # The copy is taken before the server sees the response and never raises: once
+            # the app answered, it has run, and no error of ours may release its key (R7).
+            code, copied = _copy_start(status, headers)
+            try:
+                write = start_response(status, headers, exc_info)  # re-raises if already sent
+            except BaseException:
+                if not capture.status:  # refused at the first call: executed all the same
+                    capture.start(code, [])
+                    capture.give_up()
+                raise
+            capture.start(code, copied or [], status[4:])
+            if copied is None:  # headers the store cannot hold: passed on, not replayable
+                capture.give_up()
 
             def capturing_write(data: bytes) -> object:
                 capture.add(data)
@@ -126,6 +133,20 @@ class IdempotencyMiddleware:
         # without it must not keep the key renewed (answering 409) for the life of the process.
         weakref.finalize(result, execution.abandoned, "response iterable dropped without close()")
         return result
+
+
+def _copy_start(status: str, headers: list[tuple[str, str]]) -> tuple[int, Headers | None]:
+    """The status code and a Latin-1 copy of the headers, None for headers that are not
+    native strings in Latin-1 (PEP 3333): the server decides about those, we only never
+    replay them. A status without a code is kept as 500 (stored, never replayed as is)."""
+    try:
+        code = int(status[:3])
+    except ValueError:
+        return 500, None
+    try:
+        return code, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    except (UnicodeEncodeError, AttributeError, TypeError, ValueError):
+        return code, None
 
 
 def environ_headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:

@@ -139,6 +139,9 @@ def test_bad_or_unreachable_store_is_one_line_exit_2(
 
 
 def test_python_dash_m(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/x.db")  # the app's first use creates the file
+    store.ping()
+    getattr(store, "close", lambda: None)()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(
         [

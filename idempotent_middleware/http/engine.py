@@ -420,9 +420,15 @@ class HttpIdempotency:
     def releases(self, outcome: StoredResponse | None) -> bool:
         """Whether ``finish`` gives the key back for this outcome (the adapters stop the lease
         before a release, but only after a completion has been written)."""
-        return outcome is None or (
-            outcome.finished and not outcome.interrupted and not self.store_status(outcome.status)
-        )
+        if outcome is None:
+            return True
+        if not outcome.finished or outcome.interrupted:
+            return False
+        try:
+            return not self.store_status(outcome.status)
+        except Exception:  # the app ran: a policy that cannot decide keeps its response (R4)
+            logger.exception("store_status raised for %s: the response is stored", outcome.status)
+            return False
 
     def completion(self, action: Execute, outcome: StoredResponse | None) -> DataRecord:
         """The record ``finish`` writes for a stored ``outcome``: what the lease writes in its

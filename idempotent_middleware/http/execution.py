@@ -15,6 +15,7 @@ for a second run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import (
     AsyncIterable,
@@ -25,7 +26,7 @@ from collections.abc import (
     Iterator,
 )
 
-from .._lease import AsyncLease, sync_renewer
+from .._lease import AsyncLease, _Hold, sync_renewer
 from .._steps import drive, drive_async, finishing_writes, to_the_end
 from .capture import ResponseCapture
 from .engine import Execute, HttpIdempotency
@@ -33,6 +34,10 @@ from .response import StoredResponse
 
 #: How long closing a body early may spend copying the rest of it (the client left).
 DRAIN_SECONDS = 5.0
+#: Iterators over chunks already in memory: the only ones drained on an early close.
+_IN_MEMORY: frozenset[type] = frozenset({type(iter([])), type(iter(()))})
+
+logger = logging.getLogger("idempotent_middleware")
 
 Record = Callable[[BaseException | None, bool], None]
 AsyncRecord = Callable[[BaseException | None, bool], Awaitable[None]]
@@ -69,17 +74,18 @@ class Execution:
             return
         self.recorded = True
         engine, action, lease = self.engine, self.action, self.lease
-        outcome = self.capture.outcome(error, finished=finished, client_gone=client_gone)
-        if engine.releases(outcome):
-            lease.stop()
-            drive(engine.store, engine.finish(action, outcome))
-            return
-        lease.closing = True
+        outcome = None
         try:
+            outcome = self.capture.outcome(error, finished=finished, client_gone=client_gone)
+            if engine.releases(outcome):
+                lease.stop()
+                drive(engine.store, engine.finish(action, outcome))
+                return
+            lease.closing = True
             pending = drive(engine.store, engine.finish(action, outcome))
-        except BaseException:  # interrupted mid-write: it may or may not have landed
-            lease.finish_later(engine.completion(action, outcome))
-            raise
+        except BaseException as exc:
+            _unsettled(engine, action, lease, outcome, exc)
+            return
         if pending is None:
             lease.stop()
         else:
@@ -160,20 +166,58 @@ class AsyncExecution:
 
     async def _settle(self, outcome: StoredResponse | None) -> None:
         engine, action, lease = self.engine, self.action, self.lease
-        if engine.releases(outcome):
-            lease.stop()
-            await drive_async(engine.store, engine.finish(action, outcome))
-            return
-        lease.closing = True
         try:
+            if engine.releases(outcome):
+                await lease.stop_async()  # a renewal in flight must not land after the release
+                try:
+                    await drive_async(engine.store, engine.finish(action, outcome))
+                finally:
+                    await lease.released_async()
+                return
+            lease.closing = True
             pending = await drive_async(engine.store, engine.finish(action, outcome))
-        except BaseException:  # interrupted mid-write: it may or may not have landed
-            lease.finish_later(engine.completion(action, outcome))
-            raise
+        except BaseException as exc:
+            _unsettled(engine, action, lease, outcome, exc)
+            return
         if pending is None:
             lease.stop()
         else:
             lease.finish_later(pending)
+
+
+#: What is recorded when the outcome itself cannot be (a response the store format cannot
+#: hold): executed, outcome unknown, as for an interrupted request (409 on retry).
+_UNKNOWN = StoredResponse(0, [], b"", complete=False, interrupted=True, finished=False)
+
+
+def _unsettled(
+    engine: HttpIdempotency,
+    action: Execute,
+    lease: _Hold,
+    outcome: StoredResponse | None,
+    error: BaseException,
+) -> None:
+    """The settle failed (R4): interrupted mid-write (it may or may not have landed), or the
+    outcome could not be encoded. The handler ran, so the lease writes a completion in its
+    place (fenced, so harmless if the first write landed) instead of renewing the claim for
+    nobody; a lease already stopped for a release ignores it. An ``Exception`` of ours is
+    logged, not raised: the app's response still goes out; anything else is raised."""
+    record = None
+    if outcome is not None:
+        try:
+            record = engine.completion(action, outcome)
+        except Exception:  # not encodable (str headers, a reason outside Latin-1)
+            record = None
+    lease.closing = True
+    lease.finish_later(engine.completion(action, _UNKNOWN) if record is None else record)
+    if not isinstance(error, Exception):
+        raise error
+    logger.error(
+        "could not record %s: %s; it is recorded as executed by its lease",
+        action.claim.idempotency_key,
+        error,
+        exc_info=error,
+    )
 
 
 class CapturingIterable:
@@ -181,9 +225,11 @@ class CapturingIterable:
 
     The outcome is recorded before the last chunk when Content-Length tells which one it is,
     else as soon as the body is exhausted. If the body fails, it is recorded at once (see
-    ``ResponseCapture.outcome``). If the server closes early (client gone), the rest of the
-    body is drained into the copy first: the handler has run, so its response must be
-    recorded rather than released.
+    ``ResponseCapture.outcome``). If the server closes early (client gone), the handler has
+    run, so its response is recorded rather than released: the rest of a body already in
+    memory (a list, a tuple) is copied first; any other body is closed as the server asked,
+    never drained (its next chunk may never come: a stream of events, a long poll), and
+    recorded executed, not replayable (R11).
     """
 
     def __init__(self, iterable: Iterable[bytes], capture: ResponseCapture, record: Record) -> None:
@@ -218,9 +264,10 @@ class CapturingIterable:
         self._record(exc, False)
 
     def close(self) -> None:
+        drained = False
         try:
             if not self._failed:
-                self._drain()
+                drained = self._drain()
         except BaseException as exc:
             # The app failed while we drained (KeyboardInterrupt included): never store the
             # part we copied as the whole response.
@@ -233,11 +280,15 @@ class CapturingIterable:
                 if close is not None:
                     close()
             finally:
-                self._record(None, True)
+                self._record(None, drained)
 
-    def _drain(self) -> None:
-        """Copy what the client did not read, bounded by the size cap and by time."""
+    def _drain(self) -> bool:
+        """Copy what the client did not read when nothing can block doing so (a list or tuple
+        body), bounded by the size cap and by time; else give the copy up. True if drained."""
         iterator = self._iterator if self._iterator is not None else iter(self._iterable)
+        if type(iterator) not in _IN_MEMORY:
+            self._capture.give_up()
+            return False
         deadline = time.monotonic() + DRAIN_SECONDS
         for chunk in iterator:
             self._capture.add(chunk)
@@ -246,6 +297,7 @@ class CapturingIterable:
             if time.monotonic() > deadline:  # an endless stream: executed, not replayable
                 self._capture.give_up()
                 break
+        return True
 
 
 class AsyncCapturingIterable:

@@ -46,6 +46,7 @@ try:
 except ImportError:  # pragma: no cover - exercised when hiredis is absent
     hiredis = None  # type: ignore[assignment]
 
+from .._forksafe import renew_after_fork
 from ._batch import Command, TickBatcher
 
 
@@ -391,6 +392,7 @@ class BlockingConnection:
         #: thread's): left to the garbage collector, each would be an "unclosed socket".
         self._open: dict[socket.socket, threading.Thread] = {}
         self._open_lock = threading.Lock()
+        renew_after_fork(self, "_open_lock")
 
     def execute(self, command: Command) -> Any:
         state = getattr(self._local, "state", None)

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import jmespath
 import jmespath.parser
 
+from .._forksafe import renew_after_fork
 from .._jmespath_functions import jmespath_options
 from .._steps import DELETE, GET, PUT, UPDATE, Plan, Step, drive, drive_async
 from ..config import IdempotencyConfig
@@ -207,8 +208,19 @@ _CANONICAL_ENCODER = json.JSONEncoder(
 
 def canonical_json(data: Any) -> bytes:
     """Sorted keys, no whitespace: the same logical document always gives the same bytes
-    (pinned by tests/core/test_fingerprint_pinned.py)."""
-    return _CANONICAL_ENCODER.encode(data).encode()
+    (pinned by tests/core/test_fingerprint_pinned.py).
+
+    A lone surrogate (valid JSON text: ``"\\ud800"``) has no UTF-8 form: refused as
+    unhashable data, a key error (400 over HTTP, as there) and a ``TypeError`` for callers
+    that catch those, instead of a bare ``UnicodeEncodeError`` out of the decorators.
+    """
+    text = _CANONICAL_ENCODER.encode(data)
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise IdempotencyUnhashableDataError(
+            f"the data holds a lone surrogate ({exc.reason}) with no UTF-8 form to key on"
+        ) from exc
 
 
 def is_missing_idempotency_key(data: Any) -> bool:
@@ -307,6 +319,7 @@ class LRUDict:
         self._max_bytes = max_bytes
         self.bytes = 0
         self._lock = threading.Lock()
+        renew_after_fork(self, "_lock", quiesce=True)  # entries and byte count kept in step
 
     def grow(self, max_items: int, max_bytes: int) -> None:
         """Several callers share a layer's cache: it honours the largest bounds asked for."""
@@ -365,6 +378,7 @@ class BasePersistenceLayer(ABC):
         self._scheme: KeyScheme | None = None
         self._cache: LRUDict | None = None
         self._cache_lock = threading.Lock()
+        renew_after_fork(self, "_cache_lock")
 
     # --- Configuration --------------------------------------------------------------------
     def configure(self, config: IdempotencyConfig, function_name: str | None = None) -> KeyScheme:

@@ -24,6 +24,7 @@ import time
 from collections.abc import ItemsView, Iterator, ValuesView
 from typing import Any
 
+from .._forksafe import renew_after_fork
 from ..exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyItemAlreadyExistsError,
@@ -191,6 +192,8 @@ class InMemoryPersistenceLayer(BasePersistenceLayer):
         self._max_bytes = max_bytes
         self._records = _RecordTable()
         self._lock = threading.Lock()
+        # Quiesced: a fork mid-write would hand the child a table out of step with its index.
+        renew_after_fork(self, "_lock", quiesce=True)
         self._refused = 0
         self._full_logged_at = -_FULL_LOG_INTERVAL
 

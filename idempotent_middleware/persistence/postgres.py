@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from .._forksafe import renew_after_fork
 from ..exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyConfigurationError,
@@ -258,8 +260,9 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         given = psycopg.conninfo.conninfo_to_dict(dsn).get("options") if dsn else None
         if given:
             options = f"{given} {options}"
-        self._connections = _SyncConnections(dsn, max_size, timeout, options)
-        self._async_connections = _AsyncConnections(dsn, max_size, timeout, options)
+        tcp = _tcp_options(psycopg, dsn)
+        self._connections = _SyncConnections(dsn, max_size, timeout, options, tcp)
+        self._async_connections = _AsyncConnections(dsn, max_size, timeout, options, tcp)
         sql = psycopg.sql
         self._ident = sql.Identifier(schema, table) if schema is not None else sql.Identifier(table)
         self._sql = {
@@ -510,8 +513,13 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             raise _store_error(what, exc, params) from exc
 
     def ping(self) -> None:
-        """``SELECT 1`` (a readiness probe); a store error if the server does not answer."""
-        self._query("ping", "SELECT 1", {})
+        """``SELECT 1`` (a readiness probe); a store error if the server does not answer
+        within ``timeout`` (a stalled server accepts the bytes and never replies)."""
+        try:
+            with self._connection() as conn:
+                _wait_sync(_select_one(conn.pgconn), conn.pgconn.socket, self._connections.timeout)
+        except Exception as exc:
+            raise _store_error("ping", exc) from exc
 
     async def ping_async(self) -> None:
         if self._async_pool is None and self.dsn is None:
@@ -519,7 +527,8 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
             return
         try:
             async with self._async_connection() as conn:
-                await conn.execute("SELECT 1")
+                gen = _select_one(conn.pgconn)
+                await _wait_async(gen, conn.pgconn.socket, self._connections.timeout)
         except Exception as exc:
             raise _store_error("ping", exc) from exc
 
@@ -569,6 +578,10 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
         return {str(s): int(n) for s, n in self._query("stats", query, {})}
 
 
+def _fresh_slots(pool: _SyncConnections) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(pool.max_size)
+
+
 class _SyncConnections:
     """Idle blocking connections, at most ``max_size`` in use at once (``dsn=``).
 
@@ -579,14 +592,20 @@ class _SyncConnections:
     send the parent's server a goodbye on the shared socket) and opens its own.
     """
 
-    def __init__(self, dsn: str | None, max_size: int, timeout: float, options: str) -> None:
+    def __init__(
+        self, dsn: str | None, max_size: int, timeout: float, options: str, tcp: dict[str, str]
+    ) -> None:
         self.dsn = dsn
         self.options = options
+        self.tcp = tcp
         self.max_size = max_size
         self.timeout = timeout
         self.idle: list[Any] = []
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(max_size)
+        # A child has none of the parent's connections in use: all slots free again.
+        renew_after_fork(self, "lock")
+        renew_after_fork(self, "slots", factory=_fresh_slots)
         self.pid = os.getpid()
         #: A parent's connections in a forked child: kept referenced, never closed or used.
         self.inherited: list[Any] = []
@@ -618,6 +637,7 @@ class _SyncConnections:
                     autocommit=True,
                     connect_timeout=max(1, int(self.timeout)),
                     options=self.options,
+                    **self.tcp,
                 )
             try:
                 yield conn
@@ -657,9 +677,12 @@ class _AsyncConnections:
     no loop state at all, so the idle ones can serve the next loop.
     """
 
-    def __init__(self, dsn: str | None, max_size: int, timeout: float, options: str) -> None:
+    def __init__(
+        self, dsn: str | None, max_size: int, timeout: float, options: str, tcp: dict[str, str]
+    ) -> None:
         self.dsn = dsn
         self.options = options
+        self.tcp = tcp
         self.max_size = max_size
         self.timeout = timeout
         self.idle: list[Any] = []
@@ -667,6 +690,7 @@ class _AsyncConnections:
             weakref.WeakKeyDictionary()
         )
         self.lock = threading.Lock()  # the idle list is shared by the loops' threads
+        renew_after_fork(self, "lock")
 
     def _limit(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -698,6 +722,7 @@ class _AsyncConnections:
                     autocommit=True,
                     connect_timeout=max(1, int(self.timeout)),
                     options=self.options,
+                    **self.tcp,
                 )
             try:
                 yield conn
@@ -747,6 +772,84 @@ def _marker_error(psycopg: Any, exc: Exception) -> Exception:
             f"({type(exc).__name__}: {exc}); roll the transaction back"
         )
     return _store_error("record_executed", exc)
+
+
+#: libpq TCP options of the layer's own connections (those the DSN does not set): a server
+#: gone without a reset (a partition, a dead host) fails the statement waiting on it after
+#: about 25 s, idle (keepalives) or with data unacknowledged (tcp_user_timeout, in ms,
+#: libpq 12+), instead of the kernel's default of hours. Ignored on Unix sockets.
+_TCP_OPTIONS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "25000",
+}
+
+
+def _tcp_options(psycopg: Any, dsn: str | None) -> dict[str, str]:
+    given = psycopg.conninfo.conninfo_to_dict(dsn) if dsn else {}
+    tcp = {name: value for name, value in _TCP_OPTIONS.items() if name not in given}
+    if psycopg.pq.version() < 120000:
+        tcp.pop("tcp_user_timeout", None)
+    return tcp
+
+
+def _select_one(pgconn: Any) -> Generator[bool, None, None]:
+    """``SELECT 1`` on libpq's non-blocking calls, I/O-free: yields True to wait until the
+    socket is writable, False until readable; raises if the server answered an error."""
+    psycopg, _ = _import_psycopg()
+    pgconn.send_query(b"SELECT 1")
+    while pgconn.flush():
+        yield True
+    pgconn.consume_input()
+    while pgconn.is_busy():
+        yield False
+        pgconn.consume_input()
+    error = None
+    while (result := pgconn.get_result()) is not None:
+        if error is None and result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+            error = result.error_message.decode(errors="replace").strip() or "no answer"
+    if error is not None:
+        raise psycopg.OperationalError(error)
+
+
+def _stalled(seconds: float) -> TimeoutError:
+    return TimeoutError(f"PostgreSQL did not answer SELECT 1 within {seconds}s")
+
+
+def _wait_sync(gen: Generator[bool, None, None], fd: int, seconds: float) -> None:
+    """Drive ``gen`` until it finishes, at most ``seconds`` in all (the caller then drops the
+    connection: a reply may still come)."""
+    deadline = time.monotonic() + seconds
+    with selectors.DefaultSelector() as selector:
+        for write in gen:
+            event = selectors.EVENT_WRITE if write else selectors.EVENT_READ
+            selector.register(fd, event)
+            ready = selector.select(max(0.0, deadline - time.monotonic()))
+            selector.unregister(fd)
+            if not ready:
+                raise _stalled(seconds)
+
+
+async def _wait_async(gen: Generator[bool, None, None], fd: int, seconds: float) -> None:
+    """As ``_wait_sync`` on the running loop (psycopg's asyncio needs a selector loop)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    for write in gen:
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake(ready: asyncio.Future[None] = ready) -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        (loop.add_writer if write else loop.add_reader)(fd, wake)
+        try:
+            await asyncio.wait_for(ready, max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise _stalled(seconds) from None
+        finally:
+            (loop.remove_writer if write else loop.remove_reader)(fd)
 
 
 def _store_error(what: str, exc: Exception, params: dict[str, Any] | None = None) -> Exception:

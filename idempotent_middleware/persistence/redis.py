@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyConfigurationError,
+    IdempotencyCorruptRecordError,
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
     IdempotencyOwnershipError,
@@ -399,10 +400,16 @@ class RedisPersistenceLayer(BasePersistenceLayer):
         last = self._last_executor
         if last is not None and last[0].is_closed():
             self._last_executor = None
-        for loop, executor in list(self._loop_clients.items()):
-            if loop.is_closed():
-                del self._loop_clients[loop]
-                _abandon(executor)
+        # Several threads may each run loops on this layer (``asyncio.run`` per job in a pool)
+        # and forget the same closed loop at once: the key list is taken in one step (no
+        # iterator that another thread's insert breaks) and each thread abandons only what its
+        # own pop removed, so an executor is closed once and nobody meets a KeyError.
+        for ref in self._loop_clients.keyrefs():
+            loop = ref()
+            if loop is not None and loop.is_closed():
+                executor = self._loop_clients.pop(loop, None)
+                if executor is not None:
+                    _abandon(executor)
 
     def _new_executor(self, loop: asyncio.AbstractEventLoop) -> _Executor:
         client = self._async_client
@@ -685,13 +692,18 @@ class RedisPersistenceLayer(BasePersistenceLayer):
             ) from exc
 
     def list_records(self, prefix: str = "", limit: int = 100) -> list[dict[str, Any]]:
-        """Records under ``prefix`` found by SCAN (never KEYS: it would block the server)."""
+        """Records under ``prefix`` found by SCAN (never KEYS: it would block the server).
+        An undecodable value is listed with status ``"CORRUPT"`` and its ``error``: the
+        listing goes on (that record may be the very one being looked for)."""
         check_limit(limit)
         found = []
         skip = len(self.key_prefix)
         for name in self._run(self._ops_scan(prefix, limit)):
             key = (name.decode() if isinstance(name, bytes) else str(name))[skip:]
-            described = self.inspect_record(key)
+            try:
+                described = self.inspect_record(key)
+            except IdempotencyCorruptRecordError as exc:
+                described = {"key": key, "status": "CORRUPT", "expires_at": None, "error": str(exc)}
             if described is not None:  # gone between SCAN and GET
                 found.append(described)
         return found

@@ -230,3 +230,25 @@ def test_claim_stays_renewed_while_its_completion_is_refused() -> None:
     assert runs == [1]
     assert status.startswith("201") and body == b"paid"
     assert headers.get("Idempotent-Replayed") == "true"
+
+
+def test_no_lease_lost_reported_while_the_claim_is_kept_renewed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before the fix the renewal made alongside each refused write never moved the hold's
+    # lease end: after one lease every refusal was reported as a lost lease, while the claim
+    # was in fact renewed all along.
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("201 Created", [("Content-Length", "4")])
+        return [b"paid"]
+
+    store = RefusesCompletions(until=time.monotonic() + 0.8)
+    config = IdempotencyConfig(lease_seconds=0.2)
+    middleware = WSGIIdempotencyMiddleware(app, persistence_store=store, config=config)
+    environ = create_environ("/pay", method="POST", headers={"Idempotency-Key": "k"})
+    with caplog.at_level("WARNING", logger="idempotent_middleware"):
+        body, status, _ = run_wsgi_app(middleware, environ, buffered=True)
+        assert status.startswith("201") and b"".join(body) == b"paid"
+        time.sleep(1.4)  # four leases of refusals, then the write lands
+    assert store._records and all(r.status == "COMPLETED" for r in store._records.values())
+    assert not [r for r in caplog.records if "lease lost" in r.getMessage()]

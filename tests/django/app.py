@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from django.http import FileResponse, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -42,6 +42,13 @@ def _answer(name: str, request: Any) -> dict[str, Any]:
 
 def plain(request: Any) -> JsonResponse:
     return JsonResponse(_answer("plain", request), status=201)
+
+
+def cookie_outside_latin1(request: Any) -> HttpResponse:
+    RUNS["cookie_outside_latin1"] += 1
+    response = HttpResponse(b"made", status=201)
+    response.set_cookie("name", "\u20ac")  # a value the header copy cannot encode
+    return response
 
 
 @idempotent(raise_on_no_idempotency_key=True, expires_after_seconds=60)
@@ -152,6 +159,7 @@ def api_function(request: Any) -> Response:
 
 urlpatterns = [
     path("plain", csrf_exempt(plain)),
+    path("cookie-outside-latin1", csrf_exempt(cookie_outside_latin1)),
     path("required", required),
     path("exempt", exempt),
     path("put-only", put_only),

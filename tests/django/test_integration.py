@@ -7,6 +7,7 @@ Real sessions and real DRF tokens on SQLite; the handler's middleware chain is D
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -211,7 +212,22 @@ def test_streaming_and_file_responses_are_captured_and_replayed(path: str) -> No
     assert RUNS[path.strip("/")] == 1
 
 
-def test_stream_closed_early_is_drained_and_recorded() -> None:
+def test_r4_header_copy_error_records_the_view_instead_of_holding_the_key() -> None:
+    """A cookie value outside Latin-1 made the header copy raise outside the recording try:
+    the claim stayed renewed for nobody (409 in progress until the hold cap)."""
+    client, key = Client(), _key()
+    first = _post(client, "/cookie-outside-latin1", key)
+    assert first.status_code == 201  # the view's response, passed through
+    # A fresh client: Django's test client cannot send such a cookie back.
+    again = _post(Client(), "/cookie-outside-latin1", key)
+    assert RUNS["cookie_outside_latin1"] == 1
+    assert again.status_code == 409
+    assert json.loads(again.content)["type"].endswith("/idempotency-response-not-replayable")
+
+
+def test_stream_closed_early_is_recorded_not_replayable() -> None:
+    """A generator body closed early is closed, not drained (its next chunk may never come):
+    executed, not replayable."""
     client, key = Client(), _key()
     first = _post(client, "/streamed", key)
     iterator = iter(first.streaming_content)
@@ -219,8 +235,8 @@ def test_stream_closed_early_is_drained_and_recorded() -> None:
     first.close()
     again = _post(client, "/streamed", key)
     assert RUNS["streamed"] == 1  # never a second run
-    assert again["Idempotent-Replayed"] == "true"
-    assert again.content.count(b"chunk") == 5
+    assert again.status_code == 409
+    assert json.loads(again.content)["type"].endswith("/idempotency-response-not-replayable")
 
 
 # --- body limits as in the adapters --------------------------------------------------------

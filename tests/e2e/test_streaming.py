@@ -196,8 +196,8 @@ def test_sse_cut_short_by_the_client_runs_once_and_is_never_replayed_truncated(
 ) -> None:
     """The client reads one event and hangs up; the handler has run. A retry must not run it
     again, and must not get the partial body as the stored response: the documented answers
-    are the complete bytes (the WSGI adapter says it drains the rest of the body into its copy
-    when the server closes early) or the 409 not-replayable problem.
+    are the complete bytes (a body already in memory is copied whole when the server closes
+    early) or the 409 not-replayable problem (a generator is closed, never drained).
     """
     key = f"cut-{uuid.uuid4()}"
     expected = expected_events(SSE_EVENTS)
