@@ -12,13 +12,10 @@ caller's database implement it (PostgreSQL).
 
 from __future__ import annotations
 
-import sys
-import threading
+import functools
 import weakref
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
-
-from ._forksafe import renew_after_fork
 
 if TYPE_CHECKING:
     from .persistence.base import BasePersistenceLayer, DataRecord
@@ -76,10 +73,17 @@ class CurrentClaim:
 
 _current: ContextVar[CurrentClaim | None] = ContextVar("idempotency_current_claim", default=None)
 #: Live claims by owner token, so that a completion running in another context (a background
-#: task, the lease's thread) still ends the claim the handler's context holds.
-_live: weakref.WeakValueDictionary[bytes, CurrentClaim] = weakref.WeakValueDictionary()
-_live_lock = threading.Lock()
-renew_after_fork(sys.modules[__name__], "_live_lock")
+#: task, the lease's thread) still ends the claim the handler's context holds. Weak: a claim
+#: nobody completes (its context gone) must not stay here. A dict of ``weakref.ref`` with a
+#: callback, not a ``WeakValueDictionary`` (a quarter of its cost per claim); each operation
+#: is a single dict call, atomic without a lock (so no lock to renew after a fork).
+_live: dict[bytes, weakref.ref[CurrentClaim]] = {}
+
+
+def _forget(owner: bytes, ref: weakref.ref[CurrentClaim]) -> None:
+    """A claim was collected unbound: drop its entry (unless the owner was bound anew)."""
+    if _live.get(owner) is ref:
+        _live.pop(owner, None)
 
 
 def current_claim() -> CurrentClaim | None:
@@ -97,15 +101,15 @@ def current_claim() -> CurrentClaim | None:
 def bind(layer: BasePersistenceLayer, record: DataRecord, expires_after_seconds: float) -> None:
     """Make ``record`` the current claim of this context (the core calls it on a won claim)."""
     claim = CurrentClaim(layer, record, expires_after_seconds, current_claim())
-    with _live_lock:
-        _live[record.owner] = claim
+    owner = record.owner
+    _live[owner] = weakref.ref(claim, functools.partial(_forget, owner))
     _current.set(claim)
 
 
 def unbind(record: DataRecord) -> None:
     """End the claim of ``record`` (completed or released), wherever it was bound."""
-    with _live_lock:
-        claim = _live.pop(record.owner, None)
+    ref = _live.pop(record.owner, None)
+    claim = None if ref is None else ref()
     if claim is None:
         return
     claim._active = False

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from ._claim import bind, unbind
 from ._labels import printable
 from ._observe import fields, store_kind
-from ._steps import BACKGROUND, DELETE, GET, PUT, RENEW, SLEEP, UPDATE, Plan, Step
+from ._steps import BACKGROUND, CLAIM, DELETE, GET, PUT, RENEW, SLEEP, UPDATE, Plan, Step
 from .exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyItemAlreadyExistsError,
@@ -37,7 +37,7 @@ from .exceptions import (
     IdempotencyPersistenceLayerError,
     IdempotencyStoreFullError,
 )
-from .persistence.base import STATUS_COMPLETED, BasePersistenceLayer, DataRecord
+from .persistence.base import HELD_UNREAD, STATUS_COMPLETED, BasePersistenceLayer, DataRecord
 
 logger = logging.getLogger("idempotent_middleware")
 
@@ -90,16 +90,17 @@ def plan_claim(
     deadline = time.monotonic() + wait_seconds
     poll = _FIRST_POLL
     vanished = 0
+    # A layer class that answers a claim with what holds the key (``_claim_record``: every
+    # ``BasePersistenceLayer``) is asked so, and a replay costs no exception; anything else
+    # (a duck-typed wrapper) gets the PUT and raises ``IdempotencyItemAlreadyExistsError``.
+    # Looked up on the class: a wrapper delegating attributes must not reach its inner layer.
+    claim_op = CLAIM if getattr(type(layer), "_claim_record", None) is not None else PUT
     while True:
         claim = layer.new_inprogress_record(key, payload_hash, lease_seconds, expires_after_seconds)
         try:
-            yield Step(PUT, claim)
-            # The handler runs in this context next: it may record its execution in its own
-            # transaction (``current_claim()``) until the claim is completed or released.
-            bind(layer, claim, expires_after_seconds)
-            return Claimed(claim)
+            found = yield Step(claim_op, claim)
         except IdempotencyItemAlreadyExistsError as exc:
-            existing = exc.old_data_record
+            found = HELD_UNREAD if exc.old_data_record is None else exc.old_data_record
         except IdempotencyStoreFullError:
             raise  # a refusal, not an ambiguous write: nothing to give back
         except IdempotencyPersistenceLayerError:
@@ -108,6 +109,12 @@ def plan_claim(
             # the background, so that a stalled store costs this request one timeout only.
             yield Step(BACKGROUND, Step(DELETE, claim))
             raise
+        if found is None:
+            # The handler runs in this context next: it may record its execution in its own
+            # transaction (``current_claim()``) until the claim is completed or released.
+            bind(layer, claim, expires_after_seconds)
+            return Claimed(claim)
+        existing = found if isinstance(found, DataRecord) else None
         if existing is None:  # the layer did not say what it found: read it (the seed's way)
             try:
                 existing = yield Step(GET, key)

@@ -50,6 +50,8 @@ def _op(name: str) -> Op:
 
 GET = _op("get_record")
 PUT = _op("put_record")
+#: A claim that answers with what holds the key instead of raising (``_claim_record``).
+CLAIM = _op("claim_record")
 UPDATE = _op("update_record")
 DELETE = _op("delete_record")
 RENEW = _op("renew_lease")
@@ -202,20 +204,105 @@ async def to_the_end(awaitable: Coroutine[Any, Any, T]) -> T:
     A cancellation in the middle of the store write would leave the claim to run out with
     its lease, and the handler to run again: the write goes on in its own task, and the
     caller still sees its cancellation.
+
+    The write is started here, in the caller's task: a cancellation can only land where a
+    coroutine suspends, so a write that ends without suspending (the in-memory store) is
+    done before any could, and needs no task of its own. At its first suspension the rest
+    of it moves to a task, shielded as before.
     """
     if asyncio._get_running_loop() is None:  # not on asyncio (trio): nothing to shield here
         return await awaitable
-    task = asyncio.ensure_future(awaitable)
+    try:
+        suspended = awaitable.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    task = asyncio.ensure_future(_resumed(awaitable, suspended))
     finishing_writes.add(task)
     task.add_done_callback(finishing_writes.discard)
     return await asyncio.shield(task)
 
 
+class _Resume:
+    """A coroutine already started, awaitable from its first suspension on: what it yielded
+    goes to the task running it, and the task's answers (results, cancellation) back in, as
+    ``await`` itself would pass them."""
+
+    __slots__ = ("coroutine", "suspended")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], suspended: Any) -> None:
+        self.coroutine = coroutine
+        self.suspended = suspended
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, yielded = self.coroutine, self.suspended
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:
+                try:
+                    yielded = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    yielded = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+async def _resumed(coroutine: Coroutine[Any, Any, T], suspended: Any) -> T:
+    result: T = await _Resume(coroutine, suspended)
+    return result
+
+
 def drive(layer: Layer, plan: Plan[T]) -> T:
-    """Run ``plan`` to its end with the layer's blocking methods."""
-    return run(plan, functools.partial(perform_step, layer))
+    """Run ``plan`` to its end with the layer's blocking methods.
+
+    ``run`` with ``perform_step`` inlined: a store call, the common step, costs no extra
+    frame; an error is thrown back into the plan as ``run`` does.
+    """
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = plan.throw(error) if error is not None else plan.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result, error = None, None
+        op = step.op
+        try:
+            if op is SLEEP or op is BACKGROUND:
+                result = perform_step(layer, step)
+            else:
+                result = getattr(layer, op.sync)(step.arg)
+        except Exception as exc:
+            error = exc
 
 
 async def drive_async(layer: Layer, plan: Plan[T]) -> T:
-    """Run ``plan`` to its end with the layer's async methods, on the running loop."""
-    return await run_async(plan, functools.partial(perform_step_async, layer))
+    """Run ``plan`` to its end with the layer's async methods, on the running loop.
+
+    ``run_async`` with ``perform_step_async`` inlined on asyncio (the library cannot change
+    while one plan runs, so it is looked up once).
+    """
+    if asyncio._get_running_loop() is None:  # trio: each step through the foreign path
+        return await run_async(plan, functools.partial(perform_step_async, layer))
+    result: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            step = plan.throw(error) if error is not None else plan.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result, error = None, None
+        op = step.op
+        try:
+            if op is SLEEP or op is BACKGROUND:
+                result = await perform_step_async(layer, step)
+            else:
+                result = await getattr(layer, op.async_)(step.arg)
+        except Exception as exc:
+            error = exc

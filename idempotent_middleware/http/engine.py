@@ -353,7 +353,8 @@ class HttpIdempotency:
     def _replay(
         self, key: str, record: DataRecord, request: HttpRequest, timing: Timing | None
     ) -> Respond:
-        _call_hook(self.config.on_replay, key)
+        if self.config.on_replay is not None:
+            _call_hook(self.config.on_replay, key)
         if record.outcome_unknown:  # the handler committed its execution, no response stored
             answer = self.problems.not_replayable(0)
             if _events._listeners or logger.isEnabledFor(DEBUG):
@@ -403,15 +404,20 @@ class HttpIdempotency:
             self._decided(
                 request, Decision.REPLAY, stored.status, key, timing, None, DEBUG, "replay %s", key
             )
-        headers = [*stored.headers, self.replay_header]
+        # Decoded for this request alone: its header list is ours to extend, and the
+        # response is answered as decoded (complete, not interrupted, its reason kept).
+        headers = stored.headers
         # RFC 9110 section 8.6: no Content-Length on 1xx, 204 and 304.
-        if (
-            stored.status >= 200
-            and stored.status not in (204, 304)
-            and not any(k.lower() == b"content-length" for k, _ in stored.headers)
-        ):
+        length = stored.status >= 200 and stored.status not in (204, 304)
+        if length:
+            for name, _ in headers:
+                if name.lower() == b"content-length":
+                    length = False
+                    break
+        headers.append(self.replay_header)
+        if length:
             headers.append((b"content-length", str(len(stored.body)).encode()))
-        return Respond(StoredResponse(stored.status, headers, stored.body, reason=stored.reason))
+        return Respond(stored)
 
     # --- After the app ran --------------------------------------------------------------------
     def releases(self, outcome: StoredResponse | None) -> bool:

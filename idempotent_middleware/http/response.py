@@ -70,9 +70,10 @@ class StoredResponse:
             status, flags, count, body_length = cls._HEAD.unpack_from(raw)
             offset = cls._HEAD.size
             headers: Headers = []
+            pair, pair_size = cls._PAIR.unpack_from, cls._PAIR.size
             for _ in range(count):
-                name_len, value_len = cls._PAIR.unpack_from(raw, offset)
-                offset += cls._PAIR.size
+                name_len, value_len = pair(raw, offset)
+                offset += pair_size
                 name = raw[offset : offset + name_len]
                 offset += name_len
                 value = raw[offset : offset + value_len]

@@ -114,6 +114,19 @@ def decode_record(key: str, raw: bytes) -> DataRecord:
     )
 
 
+class HeldUnread:
+    """What ``_claim_record`` answers when the key is held but the layer did not say by
+    what (a Powertools layer raising a bare ``IdempotencyItemAlreadyExistsError()``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "HELD_UNREAD"
+
+
+HELD_UNREAD = HeldUnread()
+
+
 # --- Hashing ---------------------------------------------------------------------------------
 #: Value types whose ``str()`` is a stable text of the value itself (never an address).
 _STABLE_TEXT = (
@@ -186,16 +199,22 @@ def lease_from_remaining(remaining_millis: Any, cap_seconds: float) -> float:
     return min(millis / 1000, cap_seconds)
 
 
+#: Built once: ``json.dumps`` with these options builds an encoder per call. Holds no
+#: state between calls (each ``encode`` makes its own C encoder), so threads share it.
+_CANONICAL_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
+)
+
+
 def canonical_json(data: Any) -> bytes:
-    """Sorted keys, no whitespace: the same logical document always gives the same bytes.
+    """Sorted keys, no whitespace: the same logical document always gives the same bytes
+    (pinned by tests/core/test_fingerprint_pinned.py).
 
     A lone surrogate (valid JSON text: ``"\\ud800"``) has no UTF-8 form: refused as
     unhashable data, a key error (400 over HTTP, as there) and a ``TypeError`` for callers
     that catch those, instead of a bare ``UnicodeEncodeError`` out of the decorators.
     """
-    text = json.dumps(
-        data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_json_default
-    )
+    text = _CANONICAL_ENCODER.encode(data)
     try:
         return text.encode()
     except UnicodeEncodeError as exc:
@@ -455,14 +474,17 @@ class BasePersistenceLayer(ABC):
         idempotency_key: str, payload_hash: str, lease_seconds: float, expires_after: float
     ) -> DataRecord:
         # Positional, in DataRecord's field order: keywords cost twice as much per request.
+        # One clock reading for both times (what ``_get_expiry_timestamp`` and
+        # ``_get_lease_expiry_millis`` compute, without two calls each).
+        now = time.time()
         return DataRecord(
             idempotency_key,
             STATUS_INPROGRESS,
-            BasePersistenceLayer._get_expiry_timestamp(expires_after),
-            BasePersistenceLayer._get_lease_expiry_millis(lease_seconds),
+            now + expires_after,
+            int((now + lease_seconds) * 1000),
             None,
             payload_hash,
-            new_owner(),
+            _random_bits(128).to_bytes(16, "big"),  # new_owner(), inlined
         )
 
     @staticmethod
@@ -472,7 +494,7 @@ class BasePersistenceLayer(ABC):
         return DataRecord(
             claim.idempotency_key,
             STATUS_COMPLETED,
-            BasePersistenceLayer._get_expiry_timestamp(expires_after_seconds),
+            time.time() + expires_after_seconds,  # _get_expiry_timestamp, inlined
             None,
             response_data,
             claim.payload_hash,
@@ -640,6 +662,28 @@ class BasePersistenceLayer(ABC):
     @abstractmethod
     def _renew_lease(self, data_record: DataRecord) -> None:
         """Push the lease of an in-progress record forward by the lease length, fenced."""
+
+    # --- The claim as a value (the core's path; ``_put_record`` stays the contract) --------
+    def _claim_record(self, data_record: DataRecord) -> DataRecord | HeldUnread | None:
+        """``_put_record``, answering instead of raising: None when the claim was stored,
+        else the live record that holds the key (``HELD_UNREAD`` if the layer did not say).
+
+        A replay is an ordinary outcome: a layer that can tell it without an exception
+        (the in-memory one) overrides this; every other layer keeps implementing
+        ``_put_record`` only, raising ``IdempotencyItemAlreadyExistsError`` as Powertools'.
+        """
+        try:
+            self._put_record(data_record)
+        except IdempotencyItemAlreadyExistsError as exc:
+            return HELD_UNREAD if exc.old_data_record is None else exc.old_data_record
+        return None
+
+    async def _claim_record_async(self, data_record: DataRecord) -> DataRecord | HeldUnread | None:
+        try:
+            await self._put_record_async(data_record)
+        except IdempotencyItemAlreadyExistsError as exc:
+            return HELD_UNREAD if exc.old_data_record is None else exc.old_data_record
+        return None
 
     # --- In the handler's own transaction (see ``_claim.current_claim``) -------------------
     def record_executed(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from idempotent_middleware import InMemoryPersistenceLayer, _claim, _forksafe
+from idempotent_middleware import InMemoryPersistenceLayer, _forksafe
 from idempotent_middleware.persistence._resp import BlockingConnection
 from idempotent_middleware.persistence.base import LRUDict
 from idempotent_middleware.persistence.memory import record_size
@@ -49,14 +49,13 @@ def test_r9_every_lock_held_by_another_thread_is_free_in_the_child(
     connection = BlockingConnection(
         "redis://127.0.0.1:1/0", socket_timeout=1.0, socket_connect_timeout=1.0
     )
-    pool = _SyncConnections(None, 3, 1.0, "")
+    pool = _SyncConnections(None, 3, 1.0, "", {})
 
     def locks() -> list[Any]:
         return [
             store._lock,
             store._cache_lock,
             cache._lock,
-            _claim._live_lock,
             connection._open_lock,
             pool.lock,
         ]
