@@ -47,17 +47,26 @@ class _Dispatcher:
         """Queue ``event`` to be published in ``context``; never blocks (drops when full)."""
         thread = self._thread
         if thread is None or not thread.is_alive() or self._pid != os.getpid():
-            self._start_thread()
+            try:
+                self._start_thread()
+            except Exception:  # no thread to be had (a limit, interpreter shutdown)
+                self._drop(event)
+                return
         try:
             self._queue.put_nowait((context, event))
         except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                logger.warning(
-                    "lease event %s dropped: the subscribers are too slow (%d dropped so far)",
-                    event.decision.value,
-                    self.dropped,
-                )
+            self._drop(event)
+
+    def _drop(self, event: IdempotencyEvent) -> None:
+        """Count and log a dropped event: the caller (the renewer) must never wait or fail."""
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 100 == 0:
+            logger.warning(
+                "lease event %s dropped: the subscribers are too slow or no dispatcher "
+                "thread could start (%d dropped so far)",
+                event.decision.value,
+                self.dropped,
+            )
 
     def _start_thread(self) -> None:
         with self._lock:

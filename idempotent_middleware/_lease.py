@@ -237,7 +237,10 @@ class _Hold:
                 return
             # In the request's context (the sync renewer is a thread of its own); a fresh
             # copy each time, as one context cannot be entered by two threads at once.
-            if isinstance(self.book, _SyncRenewer):
+            if (
+                isinstance(self.book, _SyncRenewer)
+                or threading.current_thread() is sync_renewer._thread  # a backstop renewal
+            ):
                 # Never on the renewer thread: a slow subscriber would stall every other
                 # claim's renewal there. The dispatcher thread publishes it (never blocks).
                 context = copy_context() if observed is None else observed.context.copy()
@@ -330,7 +333,7 @@ class _LoopLeases(_Book):
                 task = lease.task = loop.create_task(lease.renew())
                 task.add_done_callback(lease.renewed)
         if self.held:
-            soonest = min(lease.due for lease in self.held.values())
+            soonest = min(lease.due for lease in list(self.held.values()))  # the thread pops too
             self.look_by(max(min(now + self.tick, soonest), now + 0.005), loop)
 
 
@@ -748,6 +751,14 @@ class _SyncRenewer(_Book):
                 pass
 
     def _renew(self, entry: _Hold) -> None:
+        """One attempt; whatever it raises stays here, as this thread renews every other
+        claim of the process (a dead renewer lets them all lapse and run again)."""
+        try:
+            self._renew_once(entry)
+        except Exception:
+            logger.exception("lease renewal of %s failed", printable(entry.claim.idempotency_key))
+
+    def _renew_once(self, entry: _Hold) -> None:
         started = time.monotonic()
         if not entry.attempt(started):
             return

@@ -213,8 +213,17 @@ _MAX_NAME_LENGTH = 64
 
 
 def _header_name(name: str) -> bytes | None:
+    """The header an environ name stands for. Only the CGI spelling counts (RFC 3875
+    4.1.18, PEP 3333: ``HTTP_``, upper case, ``_`` for ``-``), the one servers write and the
+    pass-through shortcut looks for: a name in another spelling (``HTTP_Idempotency_Key``,
+    from a hand-built environ) is no header, or one request could be keyed on one path and
+    passed through unprotected on the other."""
     if name.startswith("HTTP_"):
-        key: bytes | None = name[5:].replace("_", "-").lower().encode("latin-1")
+        rest = name[5:]
+        if "-" in rest or rest != rest.upper():
+            key: bytes | None = None
+        else:
+            key = rest.replace("_", "-").lower().encode("latin-1")
     else:
         key = _SPECIAL_HEADERS.get(name)
     if len(name) <= _MAX_NAME_LENGTH and len(_HEADER_NAMES) < _MAX_NAMES:
