@@ -66,6 +66,17 @@ SUITES = [
         "exactly once with 2 workers",
     ),
     (
+        "tests/review",
+        "Regressions of the second adversarial review (R1-R11): pending completions outliving "
+        "their loop and process, renewals in flight at a release, a blocked event loop, settle "
+        "failures, WSGI header copies, trailers, bounded drains, fork while a lock is held",
+    ),
+    (
+        "tests/review_final",
+        "Regressions of the review of those fixes: one environ spelling on both WSGI paths, "
+        "a renewer thread that survives its lease events, backstop events off the renewer",
+    ),
+    (
         "tests/e2e/test_retrying_client.py",
         "A urllib3 Retry client on POST with fixed keys through a proxy that cuts, drops and "
         "aborts responses: executions equal logical operations",
