@@ -99,6 +99,8 @@ def plan_claim(
         claim = layer.new_inprogress_record(key, payload_hash, lease_seconds, expires_after_seconds)
         try:
             found = yield Step(claim_op, claim)
+            if claim_op is PUT:  # returns nothing by contract: whatever it did return, won
+                found = None
         except IdempotencyItemAlreadyExistsError as exc:
             found = HELD_UNREAD if exc.old_data_record is None else exc.old_data_record
         except IdempotencyStoreFullError:

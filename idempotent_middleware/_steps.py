@@ -198,25 +198,33 @@ async def _perform_foreign(layer: Layer, step: Step) -> Any:
 finishing_writes: set[asyncio.Future[Any]] = set()
 
 
-async def to_the_end(awaitable: Coroutine[Any, Any, T]) -> T:
+async def to_the_end(awaitable: Coroutine[Any, Any, T], inline: bool = False) -> T:
     """Await a record's write to its end even if the calling task is cancelled meanwhile.
 
     A cancellation in the middle of the store write would leave the claim to run out with
     its lease, and the handler to run again: the write goes on in its own task, and the
     caller still sees its cancellation.
 
-    The write is started here, in the caller's task: a cancellation can only land where a
-    coroutine suspends, so a write that ends without suspending (the in-memory store) is
-    done before any could, and needs no task of its own. At its first suspension the rest
-    of it moves to a task, shielded as before.
+    The write runs in that task from its first step, not moved there at its first
+    suspension: what a store enters at its start is bound to the task current then, and
+    must be left in the same one (``asyncio.timeout`` and, from 3.12, ``wait_for`` inside
+    redis-py or our PostgreSQL layer, anyio cancel scopes, ``ContextVar`` tokens); a move
+    between tasks cancels the wrong one or fails on exit.
+
+    ``inline`` is for a write known to enter nothing of the kind (the in-memory store's
+    own methods): it starts in the caller's task, where one that ends without suspending
+    needs no task at all, and moves to one only if it suspends.
     """
     if asyncio._get_running_loop() is None:  # not on asyncio (trio): nothing to shield here
         return await awaitable
-    try:
-        suspended = awaitable.send(None)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    task = asyncio.ensure_future(_resumed(awaitable, suspended))
+    if inline:
+        try:
+            suspended = awaitable.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        task = asyncio.ensure_future(_resumed(awaitable, suspended))
+    else:
+        task = asyncio.ensure_future(awaitable)
     finishing_writes.add(task)
     task.add_done_callback(finishing_writes.discard)
     return await asyncio.shield(task)

@@ -63,6 +63,7 @@ from .exceptions import (
     IdempotencyValidationError,
 )
 from .persistence.base import BasePersistenceLayer, DataRecord, KeyScheme, lease_from_remaining
+from .persistence.memory import settles_inline
 
 logger = logging.getLogger("idempotent_middleware")
 
@@ -671,7 +672,10 @@ def _wrap(
         if step.op is RELEASED:
             return await step.arg.released_async()
         if step.op is SETTLE:  # in its own task: a cancellation of the caller cannot cut it
-            return await to_the_end(run_async(step.arg, perform_async, BaseException))
+            return await to_the_end(
+                run_async(step.arg, perform_async, BaseException),
+                inline=settles_inline(persistence_store),
+            )
         return await perform_step_async(persistence_store, step)
 
     def bind_context(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -28,6 +28,7 @@ from collections.abc import (
 
 from .._lease import AsyncLease, _Hold, sync_renewer
 from .._steps import drive, drive_async, finishing_writes, to_the_end
+from ..persistence.memory import settles_inline
 from .capture import ResponseCapture
 from .engine import Execute, HttpIdempotency
 from .response import StoredResponse
@@ -140,7 +141,7 @@ class AsyncExecution:
             return
         self.recorded = True
         outcome = self.capture.outcome(error, finished=finished, client_gone=client_gone)
-        await to_the_end(self._settle(outcome))
+        await to_the_end(self._settle(outcome), inline=settles_inline(self.engine.store))
 
     async def record_response(self, response: StoredResponse) -> None:
         self.capture.start(response.status, response.headers, response.reason)

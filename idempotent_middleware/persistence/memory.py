@@ -351,6 +351,20 @@ class InMemoryPersistenceLayer(BasePersistenceLayer):
         return counts
 
 
-#: What ``_claim_record`` checks are still the originals.
+#: What ``_claim_record`` and ``settles_inline`` check are still the originals.
 _OWN_PUT = InMemoryPersistenceLayer._put_record
 _BASE_PUT_ASYNC = BasePersistenceLayer._put_record_async
+_BASE_UPDATE_ASYNC = BasePersistenceLayer._update_record_async
+_BASE_DELETE_ASYNC = BasePersistenceLayer._delete_record_async
+
+
+def settles_inline(layer: object) -> bool:
+    """Whether a settling write to ``layer`` may start in the caller's task (``to_the_end``):
+    only this class, unpatched, is known to enter no timeout, cancel scope or context
+    token on the way. Checked per call, as ``_claim_record`` checks: a test or wrapper may
+    patch the instance at any time."""
+    return (
+        type(layer) is InMemoryPersistenceLayer
+        and getattr(layer._update_record_async, "__func__", None) is _BASE_UPDATE_ASYNC
+        and getattr(layer._delete_record_async, "__func__", None) is _BASE_DELETE_ASYNC
+    )
