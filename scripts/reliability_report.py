@@ -77,6 +77,12 @@ SUITES = [
         "a renewer thread that survives its lease events, backstop events off the renewer",
     ),
     (
+        "tests/review_perf",
+        "Regressions of the review of the speed work (P1-P4): a settling write whose store "
+        "enters asyncio.timeout, an anyio cancel scope or a context token stays in one task; "
+        "a duck-typed layer whose claim returns its record still wins it",
+    ),
+    (
         "tests/e2e/test_retrying_client.py",
         "A urllib3 Retry client on POST with fixed keys through a proxy that cuts, drops and "
         "aborts responses: executions equal logical operations",

@@ -72,6 +72,13 @@ class _GuardedWrites(InMemoryPersistenceLayer):
         self._update_record(data_record)
 
 
+def _needs(guard: str) -> None:
+    if guard == "asyncio_timeout" and sys.version_info < (3, 11):
+        pytest.skip("asyncio.timeout is new in 3.11")
+    if guard == "anyio_scope":
+        pytest.importorskip("anyio")
+
+
 async def _call(app: Any, key: bytes) -> Result:
     headers = [(b"content-type", b"application/json"), (b"idempotency-key", key)]
     return await call_asgi(app, "POST", "/pay", headers, b"{}", None, b"")
@@ -79,10 +86,7 @@ async def _call(app: Any, key: bytes) -> Result:
 
 @pytest.mark.parametrize("guard", ["asyncio_timeout", "anyio_scope", "contextvar_token"])
 def test_a_task_bound_write_neither_cancels_the_request_nor_loses_the_record(guard: str) -> None:
-    if guard == "asyncio_timeout" and sys.version_info < (3, 11):
-        pytest.skip("asyncio.timeout is new in 3.11")
-    if guard == "anyio_scope":
-        pytest.importorskip("anyio")
+    _needs(guard)
     runs: list[int] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -120,10 +124,7 @@ def test_a_task_bound_write_neither_cancels_the_request_nor_loses_the_record(gua
 @pytest.mark.parametrize("guard", ["asyncio_timeout", "anyio_scope", "contextvar_token"])
 def test_an_async_function_settles_in_a_task_of_its_own(guard: str) -> None:
     """The same for ``idempotent_function`` on a coroutine function (its SETTLE step)."""
-    if guard == "asyncio_timeout" and sys.version_info < (3, 11):
-        pytest.skip("asyncio.timeout is new in 3.11")
-    if guard == "anyio_scope":
-        pytest.importorskip("anyio")
+    _needs(guard)
     from idempotent_middleware import idempotent_function
 
     layer = _GuardedWrites(guard)
