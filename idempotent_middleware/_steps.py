@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import importlib
+import inspect
 import os
 import queue
 import threading
@@ -224,10 +225,38 @@ async def to_the_end(awaitable: Coroutine[Any, Any, T], inline: bool = False) ->
             return done.value  # type: ignore[no-any-return]
         task = asyncio.ensure_future(_resumed(awaitable, suspended))
     else:
-        task = asyncio.ensure_future(awaitable)
+        task = asyncio.ensure_future(_awaited(awaitable))
+        task.add_done_callback(functools.partial(_start_if_cancelled_unstarted, awaitable))
     finishing_writes.add(task)
     task.add_done_callback(finishing_writes.discard)
     return await asyncio.shield(task)
+
+
+async def _awaited(coroutine: Coroutine[Any, Any, T]) -> T:
+    return await coroutine
+
+
+def _start_if_cancelled_unstarted(coroutine: Coroutine[Any, Any, Any], task: Any) -> None:
+    """A task cancelled before its first step (a shutdown cancelling every task) never
+    enters its coroutine: the write's own handling of an interruption (handing the record
+    to the lease) would never run, and the record be lost. Start it here instead, as the
+    inline mode does; from its first suspension it goes on in a task of its own."""
+    if not task.cancelled() or inspect.getcoroutinestate(coroutine) != inspect.CORO_CREATED:
+        return
+    try:
+        suspended = coroutine.send(None)
+    except (StopIteration, Exception):  # it ended without suspending: it handled itself
+        return
+    rest = asyncio.ensure_future(_resumed(coroutine, suspended))
+    finishing_writes.add(rest)
+    rest.add_done_callback(finishing_writes.discard)
+    rest.add_done_callback(_retrieved)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Nobody awaits the rest of such a write: its error was handled by the write itself."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _Resume:

@@ -80,7 +80,8 @@ SUITES = [
         "tests/review_perf",
         "Regressions of the review of the speed work (P1-P4): a settling write whose store "
         "enters asyncio.timeout, an anyio cancel scope or a context token stays in one task; "
-        "a duck-typed layer whose claim returns its record still wins it",
+        "a duck-typed layer whose claim returns its record still wins it; a settle task "
+        "cancelled before its first step still hands its record to the lease",
     ),
     (
         "tests/e2e/test_retrying_client.py",
