@@ -227,9 +227,14 @@ async def to_the_end(awaitable: Coroutine[Any, Any, T], inline: bool = False) ->
     else:
         task = asyncio.ensure_future(_awaited(awaitable))
         task.add_done_callback(functools.partial(_start_if_cancelled_unstarted, awaitable))
+    return await asyncio.shield(_kept(task))
+
+
+def _kept(task: asyncio.Future[T]) -> asyncio.Future[T]:
+    """Referenced in ``finishing_writes`` until done (the loop holds tasks weakly)."""
     finishing_writes.add(task)
     task.add_done_callback(finishing_writes.discard)
-    return await asyncio.shield(task)
+    return task
 
 
 async def _awaited(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -247,10 +252,7 @@ def _start_if_cancelled_unstarted(coroutine: Coroutine[Any, Any, Any], task: Any
         suspended = coroutine.send(None)
     except (StopIteration, Exception):  # it ended without suspending: it handled itself
         return
-    rest = asyncio.ensure_future(_resumed(coroutine, suspended))
-    finishing_writes.add(rest)
-    rest.add_done_callback(finishing_writes.discard)
-    rest.add_done_callback(_retrieved)
+    _kept(asyncio.ensure_future(_resumed(coroutine, suspended))).add_done_callback(_retrieved)
 
 
 def _retrieved(task: asyncio.Future[Any]) -> None:
