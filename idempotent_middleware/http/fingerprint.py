@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..persistence.base import KeyScheme, canonical_json
+from ..persistence.base import KeyScheme, canonical_parsed_json
 from .request import HttpRequest
 
 
@@ -13,6 +13,6 @@ def fingerprint(scheme: KeyScheme, request: HttpRequest) -> str:
         return scheme.payload_hash(request.document())
     parsed = request.json_body(literal_numbers=True)
     # Tagged so that a raw body can never equal the canonical form of a parsed one.
-    body = b"R" + request.body if parsed is None else b"J" + canonical_json(parsed)
+    body = b"R" + request.body if parsed is None else b"J" + canonical_parsed_json(parsed)
     head = f"{request.method} {request.path}?".encode("utf-8", "surrogatepass")
     return scheme.generate_hash(head + request.query + b"\n" + body)

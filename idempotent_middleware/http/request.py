@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 Headers = list[tuple[bytes, bytes]]
@@ -36,6 +38,22 @@ class _NumberLiteral(str):
 #: The decoder ``json.loads`` would build for ``parse_float``/``parse_constant`` (it keeps no
 #: state between documents).
 _LITERAL_DECODER = json.JSONDecoder(parse_float=_NumberLiteral, parse_constant=_NumberLiteral)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _LITERAL_DECODER.scan_once  # type: ignore[attr-defined]
+#: JSON's insignificant whitespace (RFC 8259 section 2), as ``json.decoder.WHITESPACE``.
+#: It matches every string (possibly empty), so ``.end()`` always has a match to read.
+_SPACE = cast("Callable[[str, int], re.Match[str]]", re.compile(r"[ \t\n\r]*").match)
+
+
+def _decode_literal(text: str) -> Any:
+    """``_LITERAL_DECODER.decode(text)`` without its two Python frames: the same scanner,
+    the same whitespace rule before and after the value (``json.decoder.JSONDecoder``)."""
+    try:
+        document, end = _SCAN(text, _SPACE(text, 0).end())
+    except StopIteration:
+        raise ValueError("no JSON value") from None
+    if end != len(text) and _SPACE(text, end).end() != len(text):
+        raise ValueError("extra data after the JSON value")
+    return document
 
 
 def _json_text(body: bytes) -> str:
@@ -99,7 +117,7 @@ class HttpRequest:
             if literal_numbers:
                 # json.loads(body, parse_float=..., parse_constant=...) builds a decoder per
                 # call (half the cost of a small body); this one is built once.
-                return _LITERAL_DECODER.decode(_json_text(self.body))
+                return _decode_literal(_json_text(self.body))
             return json.loads(self.body)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
             return None
