@@ -67,22 +67,19 @@ class StoredResponse:
     @classmethod
     def decode(cls, raw: bytes) -> StoredResponse:
         try:
-            status, flags, count, body_length = cls._HEAD.unpack_from(raw)
-            offset = cls._HEAD.size
+            status, flags, count, body_length = _HEAD_UNPACK(raw)
+            offset = _HEAD_SIZE
             headers: Headers = []
-            pair, pair_size = cls._PAIR.unpack_from, cls._PAIR.size
             for _ in range(count):
-                name_len, value_len = pair(raw, offset)
-                offset += pair_size
-                name = raw[offset : offset + name_len]
-                offset += name_len
-                value = raw[offset : offset + value_len]
-                offset += value_len
-                if len(value) != value_len:
-                    raise ValueError("truncated header")
-                headers.append((name, value))
-            body = raw[offset : offset + body_length]
+                name_len, value_len = _PAIR_UNPACK(raw, offset)
+                name_end = offset + _PAIR_SIZE + name_len
+                offset = name_end + value_len
+                # A short slice means the offset ran past the end: the length check below.
+                headers.append((raw[name_end - name_len : name_end], raw[name_end:offset]))
             end = offset + body_length
+            body = raw[offset:end]
+            if flags == cls._COMPLETE and len(raw) == end:  # what nearly every replay reads
+                return cls(status, headers, body)
             reason = None
             if flags & cls._FORMAT2:
                 if flags & ~(cls._FORMAT2 | cls._COMPLETE | cls._INTERRUPTED):
@@ -109,6 +106,12 @@ class StoredResponse:
             reason,
             bool(flags & cls._INTERRUPTED),
         )
+
+
+_HEAD_UNPACK = StoredResponse._HEAD.unpack_from
+_HEAD_SIZE = StoredResponse._HEAD.size
+_PAIR_UNPACK = StoredResponse._PAIR.unpack_from
+_PAIR_SIZE = StoredResponse._PAIR.size
 
 
 def nonstandard_reason(status: int, reason: str | None) -> str | None:

@@ -74,3 +74,23 @@ def test_item11_interrupted_differs_from_too_large() -> None:
 def test_unknown_flags_and_truncated_trailers_are_corrupt(raw: bytes) -> None:
     with pytest.raises(IdempotencyCorruptRecordError):
         StoredResponse.decode(raw)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        StoredResponse(201, [(b"content-type", b"application/json"), (b"x", b"")], b'{"a":1}'),
+        StoredResponse(200, [(b"k", b"v")], b"", reason="Fine"),
+        StoredResponse(500, [(b"k", b"v"), (b"k2", b"v2")], b"body", complete=False),
+    ],
+)
+def test_every_cut_or_padded_record_is_corrupt(response: StoredResponse) -> None:
+    """A record cut anywhere (a header, the body, the trailer) or with a byte more is never
+    replayed as some other response."""
+    raw = response.encode()
+    assert StoredResponse.decode(raw) == response
+    for cut in range(len(raw)):
+        with pytest.raises(IdempotencyCorruptRecordError):
+            StoredResponse.decode(raw[:cut])
+    with pytest.raises(IdempotencyCorruptRecordError):
+        StoredResponse.decode(raw + b"\x00")
