@@ -45,7 +45,7 @@ from .http.settings import engine_from
 from .http.views import exempt as idempotent_exempt
 from .http.views import idempotent, options_of
 from .scopes import credential_scope
-from .wsgi import LENGTH_REQUIRED, environ_headers
+from .wsgi import LENGTH_REQUIRED, EnvironRequest
 from .wsgi import read_body as read_wsgi_body
 
 try:
@@ -357,13 +357,7 @@ class IdempotencyMiddleware:
 
 
 def _http_request(request: Any) -> HttpRequest:
-    return HttpRequest(
-        request.method,
-        request.path,
-        request.META.get("QUERY_STRING", "").encode("latin-1"),
-        environ_headers(request.META),
-        request,
-    )
+    return EnvironRequest(request.method, request.path, request.META, request)
 
 
 def _rule(request: Any) -> Rule:

@@ -39,7 +39,7 @@ from .http.response import StoredResponse
 from .http.settings import Scope, config_from, store_from
 from .http.views import exempt, idempotent, options_of
 from .persistence.base import BasePersistenceLayer
-from .wsgi import LENGTH_REQUIRED, environ_headers, read_body
+from .wsgi import LENGTH_REQUIRED, EnvironRequest, read_body
 
 try:
     from flask import Flask, Response, current_app
@@ -191,13 +191,7 @@ def _dispatch(engine: HttpIdempotency, dispatch: Callable[[], Any]) -> Any:
     rule = engine.view_rule(req.method, path, _view_options(req.method))
     if rule is None:
         return dispatch()
-    request = HttpRequest(
-        req.method,
-        path,
-        environ.get("QUERY_STRING", "").encode("latin-1"),
-        environ_headers(environ),
-        req,
-    )
+    request = EnvironRequest(req.method, path, environ, req)
     early = engine.precheck(request, rule)
     if early is PASS:
         return dispatch()

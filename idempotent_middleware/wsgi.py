@@ -83,13 +83,7 @@ class IdempotencyMiddleware:
         rule = shortcut.rule or engine.rule(method, path)
         if rule is None:
             return self.app(environ, start_response)
-        request = HttpRequest(
-            method,
-            path,
-            environ.get("QUERY_STRING", "").encode("latin-1"),
-            environ_headers(environ),
-            environ,
-        )
+        request = EnvironRequest(method, path, environ, environ)
         early = engine.precheck(request, rule)
         # The test-time switch is read only once we would act (see the ASGI adapter).
         if early is PASS or idempotency_disabled():
@@ -188,6 +182,65 @@ def _copy_start(status: str, headers: list[tuple[str, str]]) -> tuple[int, Heade
         return code, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
     except (UnicodeEncodeError, AttributeError, TypeError, ValueError):
         return code, None
+
+
+class EnvironRequest(HttpRequest):
+    """A request whose headers stay in the environ: the engine asks for two or three by name
+    (the key, Content-Type, Content-Length), each one environ lookup; the whole list
+    (``environ_headers``) is built only when something asks for all of them (a scope hook,
+    JMESPath, an event). Each lookup answers what ``environ_headers`` would give."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, method: str, path: str, environ: WSGIEnviron, raw: Any) -> None:
+        super().__init__(method, path, environ.get("QUERY_STRING", "").encode("latin-1"), None, raw)
+        self._environ = environ
+
+    def _load_headers(self) -> Headers:
+        return environ_headers(self._environ)
+
+    def _variable(self, name: bytes) -> str | None:
+        """The one environ name holding header ``name``, None when it is not a single name
+        (then the list decides)."""
+        try:
+            variable = _HEADER_VARIABLES[name]
+        except KeyError:
+            variable = _header_variable(name)
+        if variable in _SPECIAL_HEADERS and "HTTP_" + variable in self._environ:
+            return None  # CONTENT_TYPE and HTTP_CONTENT_TYPE: two spellings, the last wins
+        return variable
+
+    def header(self, name: bytes) -> bytes | None:
+        if self._headers is None:
+            variable = self._variable(name)
+            if variable is not None:
+                value = self._environ.get(variable)
+                return None if value is None else value.encode("latin-1")
+        return super().header(name)
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        if self._headers is None:
+            variable = self._variable(name)
+            if variable is not None:
+                value = self._environ.get(variable)
+                return [] if value is None else [value.encode("latin-1")]
+        return super().header_values(name)
+
+
+#: Header names asked for by name (the configured key header, the engine's own) and their
+#: environ name; bounded, as a scope hook may ask for names a client chose.
+_HEADER_VARIABLES: dict[bytes, str | None] = {}
+
+
+def _header_variable(name: bytes) -> str | None:
+    if name != name.lower():
+        variable = None  # ``environ_headers`` names are lower case: such a name is never found
+    else:
+        special = {v: k for k, v in _SPECIAL_HEADERS.items()}.get(name)
+        variable = special if special is not None else _variable(name)
+    if len(name) <= _MAX_NAME_LENGTH and len(_HEADER_VARIABLES) < 64:
+        _HEADER_VARIABLES[name] = variable
+    return variable
 
 
 def environ_headers(environ: WSGIEnviron) -> list[tuple[bytes, bytes]]:

@@ -68,14 +68,14 @@ def _json_text(body: bytes) -> str:
 class HttpRequest:
     """What the core sees of a request; ``raw`` is the ASGI scope or the WSGI environ."""
 
-    __slots__ = ("_document", "body", "headers", "key", "method", "path", "query", "raw")
+    __slots__ = ("_document", "_headers", "body", "key", "method", "path", "query", "raw")
 
     def __init__(
         self,
         method: str,
         path: str,
         query: bytes,
-        headers: Headers,
+        headers: Headers | None,
         raw: Any,
         body: bytes = b"",
     ) -> None:
@@ -84,23 +84,39 @@ class HttpRequest:
         self.method = method.upper()
         self.path = path
         self.query = query
-        self.headers = headers
+        #: None: built by ``_load_headers`` on first use (a WSGI environ holds them).
+        self._headers = headers
         self.raw = raw
         self.body = body
         #: The parsed header key (header mode), set by ``HttpIdempotency.precheck``.
         self.key: bytes | None = None
         self._document: dict[str, Any] | None = None
 
+    @property
+    def headers(self) -> Headers:
+        """Every header in order, lower-case names and latin-1 bytes."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = self._load_headers()
+        return headers
+
+    def _load_headers(self) -> Headers:
+        return []
+
     def header(self, name: bytes) -> bytes | None:
         """The last value of a (lower-case) header, or None."""
         found = None
-        for key, value in self.headers:
+        for key, value in self._headers if self._headers is not None else self.headers:
             if key == name:
                 found = value
         return found
 
     def header_values(self, name: bytes) -> list[bytes]:
-        return [value for key, value in self.headers if key == name]
+        return [
+            value
+            for key, value in (self._headers if self._headers is not None else self.headers)
+            if key == name
+        ]
 
     def json_body(self, *, literal_numbers: bool = False) -> Any:
         """The parsed body for JSON content types, else None (invalid JSON is None too).
