@@ -356,7 +356,7 @@ class IdempotencyMiddleware:
         return response
 
 
-def _http_request(request: Any) -> HttpRequest:
+def _http_request(request: Any) -> EnvironRequest:
     return EnvironRequest(request.method, request.path, request.META, request)
 
 
@@ -444,7 +444,7 @@ def _drf_user(request: Any, view_func: Any, user: Any) -> Any:
 _USER_SLOTS = ("user", "_cached_user")
 
 
-def _read_body(engine: HttpIdempotency, request: Any, http_request: HttpRequest) -> Any:
+def _read_body(engine: HttpIdempotency, request: Any, http_request: EnvironRequest) -> Any:
     """Read the body as the adapters do: 413 past the cap, 400 when cut short or unreadable,
     411 when it has no length and the server does not end it. Under WSGI the adapter's own
     reader runs on the environ (a chunked upload that gunicorn ends is read, where Django's
@@ -491,7 +491,7 @@ def _read_body(engine: HttpIdempotency, request: Any, http_request: HttpRequest)
     # As Django's own ``body`` property leaves it, so the view reads these same bytes.
     request._body = body
     request._stream = io.BytesIO(body)
-    request.META["CONTENT_LENGTH"] = str(len(body))  # form parsers read it
+    http_request.set_content_length(body)  # META["CONTENT_LENGTH"]: form parsers read it
     http_request.body = body
     return None
 

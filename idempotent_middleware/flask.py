@@ -237,7 +237,7 @@ def _dispatch(engine: HttpIdempotency, dispatch: Callable[[], Any]) -> Any:
     return response
 
 
-def _body(engine: HttpIdempotency, request: HttpRequest) -> StoredResponse | None:
+def _body(engine: HttpIdempotency, request: EnvironRequest) -> StoredResponse | None:
     """The body with the adapters' limits; Werkzeug keeps it for the view (``get_data``)."""
     req = flask_request
     if engine.content_length_too_large(request):
@@ -255,7 +255,7 @@ def _body(engine: HttpIdempotency, request: HttpRequest) -> StoredResponse | Non
         # a view that reads request.stream gets it from the start (as in the WSGI adapter).
         req._cached_data = body
         req.environ["wsgi.input"] = io.BytesIO(body)
-        req.environ["CONTENT_LENGTH"] = str(len(body))
+        request.set_content_length(body)
         cached = body
     request.body = cached
     return None

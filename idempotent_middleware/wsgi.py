@@ -106,7 +106,7 @@ class IdempotencyMiddleware:
         if isinstance(action, Respond):
             return _respond(start_response, action.response)
         environ["wsgi.input"] = io.BytesIO(body)
-        environ["CONTENT_LENGTH"] = str(len(body))
+        request.set_content_length(body)
         if not isinstance(action, Execute):
             return self.app(environ, start_response)
         return self._execute(action, environ, start_response)
@@ -198,6 +198,18 @@ class EnvironRequest(HttpRequest):
 
     def _load_headers(self) -> Headers:
         return environ_headers(self._environ)
+
+    def set_content_length(self, body: bytes) -> None:
+        """``CONTENT_LENGTH`` as the body we hand on has it (form parsers read it). The
+        request keeps the client's headers: a scope hook, JMESPath or an event reading them
+        afterwards sees what was sent, not this rewrite (a chunked upload has no
+        Content-Length), so key and fingerprint stay what the request gave before."""
+        environ = self._environ
+        length = str(len(body))
+        if environ.get("CONTENT_LENGTH") != length:
+            if self._headers is None:
+                self._headers = environ_headers(environ)  # as the client sent them
+            environ["CONTENT_LENGTH"] = length
 
     def _variable(self, name: bytes) -> str | None:
         """The one environ name holding header ``name``, None when it is not a single name
