@@ -357,7 +357,11 @@ class IdempotencyMiddleware:
 
 
 def _http_request(request: Any) -> EnvironRequest:
-    return EnvironRequest(request.method, request.path, request.META, request)
+    built = EnvironRequest(request.method, request.path, request.META, request)
+    # Taken now: DRF authenticators and the scope hook run before ``begin`` and may write
+    # META; the key and fingerprint must see the headers as they came.
+    built.headers  # noqa: B018
+    return built
 
 
 def _rule(request: Any) -> Rule:

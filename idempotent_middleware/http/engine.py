@@ -189,6 +189,10 @@ class HttpIdempotency:
         cfg = self.config
         tenant = None
         if cfg.scope is not None:
+            # The headers as they came (a WSGI environ's are read lazily): a hook may write
+            # its framework's request (take a credential off the environ), and the key and
+            # fingerprint must not depend on what it left there.
+            request.headers  # noqa: B018
             try:
                 found_tenant = cfg.scope(request)
             except IdempotencyScopeRefusedError as exc:

@@ -365,3 +365,20 @@ def test_disable_switch_runs_every_call(monkeypatch: pytest.MonkeyPatch) -> None
     for _ in range(2):
         _post(client, "/plain", key)
     assert RUNS["plain"] == 2
+
+
+def test_rev10b_scope_hook_writing_meta_leaves_the_headers_as_they_came(
+    django_settings: dict[str, Any],
+) -> None:
+    """Review rev10b: read lazily, the headers were built after a scope hook (or a DRF
+    authenticator) wrote META, so the key and fingerprint depended on what it left there."""
+    seen: list[dict[bytes, bytes]] = []
+
+    def scope(request: Any) -> str | None:
+        request.raw.META.pop("HTTP_AUTHORIZATION", None)  # kept from the view
+        seen.append(dict(request.headers))
+        return None
+
+    django_settings["SCOPE"] = scope
+    _post(Client(), "/plain", _key(), HTTP_AUTHORIZATION="Bearer t-1")
+    assert len(seen) == 1 and seen[0].get(b"authorization") == b"Bearer t-1"
