@@ -266,12 +266,16 @@ SCENARIOS = [
         config={"on_in_progress": "wait", "wait_timeout_seconds": 0.3},
     ),
     Scenario(
+        # The retry comes after the first lease ran out (only a renewal keeps the key) and
+        # well before the handler ends. A lease of 0.8 s, not 0.4: the SQLite claim gives up
+        # after half a lease waiting for the write lock, and 0.2 s was too little on a loaded
+        # machine (the first call was refused 503 and the retry ran instead; CI, 3.10).
         "lease_renewed_while_handler_runs",
         [
-            Call(202, path="/slow?s=1.2", background=True, gap=0.9),
-            Call(409, path="/slow?s=1.2", problem="idempotency-key-in-progress", runs=1),
+            Call(202, path="/slow?s=2.4", background=True, gap=1.4),
+            Call(409, path="/slow?s=2.4", problem="idempotency-key-in-progress", runs=1),
         ],
-        config={"lease_seconds": 0.4},
+        config={"lease_seconds": 0.8},
     ),
     Scenario(
         "keyed_request_body_over_cap_is_413",
