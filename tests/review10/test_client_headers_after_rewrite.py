@@ -6,67 +6,29 @@ for an honest retry of a record stored before. The request keeps the client's he
 
 from __future__ import annotations
 
-import io
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from idempotent_middleware import (
-    IdempotencyConfig,
-    InMemoryPersistenceLayer,
-    WSGIIdempotencyMiddleware,
-)
 from idempotent_middleware.http.request import HttpRequest
 from idempotent_middleware.wsgi import environ_headers
 
-BODY = b'{"sku":"a"}'
+from . import _apps
+from ._apps import BODY
 
 
 def _environ() -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/orders",
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(BODY),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-        "wsgi.version": (1, 0),
-        "wsgi.input_terminated": True,  # chunked, decoded by the server: no CONTENT_LENGTH
-        "CONTENT_TYPE": "application/json",
-        "HTTP_IDEMPOTENCY_KEY": "k-1",
-        "HTTP_TRANSFER_ENCODING": "chunked",
-    }
-
-
-def _plain(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    environ["wsgi.input"].read()
-    start_response("200 OK", [("Content-Type", "application/json")])
-    return [b"{}"]
+    # chunked, decoded by the server: no CONTENT_LENGTH
+    return _apps.environ(**{"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
 
 
 def _wsgi(scope: Callable[[HttpRequest], str | None]) -> Any:
-    config = IdempotencyConfig(scope=scope)
-    return WSGIIdempotencyMiddleware(_plain, InMemoryPersistenceLayer(), config)
+    return _apps.wsgi(scope=scope)
 
 
 def _flask(scope: Callable[[HttpRequest], str | None]) -> Any:
-    flask = pytest.importorskip("flask")
-    from idempotent_middleware.flask import Idempotency
-
-    app = flask.Flask("rev10")
-    app.config.update(IDEMPOTENCY_STORE=InMemoryPersistenceLayer(), IDEMPOTENCY_SCOPE=scope)
-    Idempotency(app)
-    app.post("/orders")(lambda: {"ok": True})
-    return app.wsgi_app
+    return _apps.flask(IDEMPOTENCY_SCOPE=scope)
 
 
 @pytest.mark.parametrize("build", [_wsgi, _flask], ids=["wsgi", "flask"])
