@@ -208,22 +208,24 @@ _CANONICAL_ENCODER = json.JSONEncoder(
 
 #: The C encoder ``_CANONICAL_ENCODER.encode`` builds per call, built once, without the
 #: circular-reference check: only for documents ``json`` parsed, which cannot hold a cycle.
-#: Same function, same arguments (``json.encoder.JSONEncoder.iterencode``, 3.10 to 3.13), so
-#: the same bytes; None where the C accelerator is missing.
+#: Same function, the options read off ``_CANONICAL_ENCODER`` as ``JSONEncoder.iterencode``
+#: passes them (3.10 to 3.13), so the same bytes; None where the C accelerator is missing.
 _MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
 _PARSED_ENCODER = (
     None
     if _MAKE_ENCODER is None
     else _MAKE_ENCODER(
-        None,
-        _json_default,
-        json.encoder.encode_basestring,  # ensure_ascii=False
-        None,
-        ":",
-        ",",
-        True,
-        False,
-        True,
+        None,  # no circular-reference markers
+        _CANONICAL_ENCODER.default,
+        json.encoder.encode_basestring_ascii
+        if _CANONICAL_ENCODER.ensure_ascii
+        else json.encoder.encode_basestring,
+        _CANONICAL_ENCODER.indent,
+        _CANONICAL_ENCODER.key_separator,
+        _CANONICAL_ENCODER.item_separator,
+        _CANONICAL_ENCODER.sort_keys,
+        _CANONICAL_ENCODER.skipkeys,
+        _CANONICAL_ENCODER.allow_nan,
     )
 )
 
