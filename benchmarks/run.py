@@ -33,6 +33,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -95,6 +96,13 @@ class AppSpec:
     def is_bare(self) -> bool:
         return self.name == "bare"
 
+    @property
+    def store(self) -> str | None:
+        """Our store under this app (BENCH_STORE), None for the bare app and the peers."""
+        if self.is_bare or self.peer:
+            return None
+        return self.env.get("BENCH_STORE", "redis")
+
 
 APPS: tuple[AppSpec, ...] = (
     AppSpec("asgi", "bare", "asgi_bare", BARE),
@@ -107,11 +115,15 @@ APPS: tuple[AppSpec, ...] = (
         "asgi", "ours-local-cache", "asgi_ours", ("first", "replay"),
         {"BENCH_STORE": "redis", "BENCH_LOCAL_CACHE": "1"},
     ),
+    AppSpec("asgi", "ours-sqlite", "asgi_ours", PEER, {"BENCH_STORE": "sqlite"}),
+    AppSpec("asgi", "ours-postgres", "asgi_ours", PEER, {"BENCH_STORE": "postgres"}),
     AppSpec("asgi", "idemkit", "peer_idemkit", PEER, peer="idemkit"),
     AppSpec("asgi", "ichido", "peer_ichido", PEER, peer="ichido"),
     AppSpec("asgi", "idemgate", "peer_idemgate", PEER, peer="idemgate"),
     AppSpec("wsgi", "bare", "wsgi_bare", BARE),
     AppSpec("wsgi", "ours-redis", "wsgi_ours", ALL),
+    AppSpec("wsgi", "ours-sqlite", "wsgi_ours", PEER, {"BENCH_STORE": "sqlite"}),
+    AppSpec("wsgi", "ours-postgres", "wsgi_ours", PEER, {"BENCH_STORE": "postgres"}),
     AppSpec("wsgi", "idemkit", "peer_idemkit_wsgi", PEER, peer="idemkit"),
 )  # fmt: skip
 
@@ -133,18 +145,19 @@ class Target:
 
 
 _R, _C = "ratio", "redis_cmds_per_req"
+#: Issue 12's targets (ratios to the bare app of the same run) and the round trips per path.
 TARGETS: tuple[Target, ...] = (
     Target("asgi/ours-redis", "first", _R, ">=", 0.65),
-    Target("asgi/ours-redis", "replay", _R, ">=", 1.10),
-    Target("asgi/ours-local-cache", "replay", _R, ">=", 1.50),
+    Target("asgi/ours-redis", "replay", _R, ">=", 1.50),
+    Target("asgi/ours-local-cache", "replay", _R, ">=", 1.80),
     # 0 per request; a thousandth leaves room for one connection-level command.
     Target("asgi/ours-local-cache", "replay", _C, "<=", 0.001),
-    Target("wsgi/ours-redis", "first", _R, ">=", 0.70),
-    Target("wsgi/ours-redis", "replay", _R, ">=", 1.20),
-    Target("asgi/ours-redis", "passthrough-get", _R, ">=", 0.97),
-    Target("asgi/ours-redis", "passthrough-nokey", _R, ">=", 0.97),
-    Target("wsgi/ours-redis", "passthrough-get", _R, ">=", 0.97),
-    Target("wsgi/ours-redis", "passthrough-nokey", _R, ">=", 0.97),
+    Target("wsgi/ours-redis", "first", _R, ">=", 0.75),
+    Target("wsgi/ours-redis", "replay", _R, ">=", 1.15),
+    Target("asgi/ours-redis", "passthrough-get", _R, ">=", 0.98),
+    Target("asgi/ours-redis", "passthrough-nokey", _R, ">=", 0.98),
+    Target("wsgi/ours-redis", "passthrough-get", _R, ">=", 0.98),
+    Target("wsgi/ours-redis", "passthrough-nokey", _R, ">=", 0.98),
     Target("asgi/ours-redis", "first", _C, "<=", 2),
     Target("asgi/ours-redis", "replay", _C, "<=", 1),
     Target("asgi/ours-redis", "inflight", _C, "<=", 1),
@@ -404,6 +417,70 @@ def run_wrk(
 
 
 @dataclass
+class StoreServers:
+    """What our SQLite and PostgreSQL apps run on: a folder for their database files (one
+    file per app) and a throw-away PostgreSQL, the test suite's (initdb and pg_ctl in a
+    temporary folder, a free loopback port), started only when such an app is selected."""
+
+    sqlite_dir: Path
+    postgres: Any = None
+    postgres_problem: str = "not selected"
+
+    @classmethod
+    def start(cls, cells_wanted: Mapping[str, Sequence[str]]) -> StoreServers:
+        stores = cls(Path(tempfile.mkdtemp(prefix="bench-sqlite-")))
+        if not any(a.store == "postgres" for a in APPS if a.id in cells_wanted):
+            return stores
+        sys.path.insert(0, str(REPO_ROOT))
+        try:
+            from idempotent_middleware import PostgresPersistenceLayer
+            from tests.pg_servers import start_postgres
+
+            stores.postgres = start_postgres()
+            # The table once, here: two apps creating it at the same moment could collide.
+            PostgresPersistenceLayer(dsn=stores.postgres.dsn).create_schema()
+        except Exception as exc:  # no PostgreSQL here, or psycopg missing: skip those apps
+            stores.stop()
+            stores.postgres = None
+            stores.postgres_problem = f"no PostgreSQL: {type(exc).__name__}: {exc}"[:200]
+            print(f"  ! {stores.postgres_problem}")
+            return stores
+        print(f"PostgreSQL on port {stores.postgres.port}")
+        return stores
+
+    def env(self, spec: AppSpec) -> dict[str, str]:
+        if spec.store == "sqlite":
+            return {"BENCH_SQLITE": str(self.sqlite_dir / f"{spec.protocol}-{spec.name}.db")}
+        if spec.store == "postgres" and self.postgres is not None:
+            return {"POSTGRES_DSN": str(self.postgres.dsn)}
+        return {}
+
+    def pgids(self) -> tuple[int, ...]:
+        """The PostgreSQL server's process groups: the postmaster's, and each backend's (a
+        backend calls setsid(), so it leads a group of its own); they do our apps' work."""
+        if self.postgres is None:
+            return ()
+        try:
+            postmaster = int(Path(self.postgres.data, "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return ()
+        groups = {postmaster}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # state ppid pgrp ...
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == postmaster:
+                groups.add(int(fields[2]))
+        return tuple(groups)
+
+    def stop(self) -> None:
+        if self.postgres is not None:
+            self.postgres.stop()
+        shutil.rmtree(self.sqlite_dir, ignore_errors=True)
+
+
+@dataclass
 class RunningApp:
     spec: AppSpec
     paths: tuple[str, ...]
@@ -427,6 +504,7 @@ class AppStatus:
 def start_apps(
     specs: Sequence[tuple[AppSpec, tuple[str, ...], str]],
     redis_url: str,
+    stores: StoreServers,
     logs: Path,
     statuses: dict[str, AppStatus],
 ) -> list[RunningApp]:
@@ -440,7 +518,7 @@ def start_apps(
             port = benchlib.free_port()
             make = benchlib.uvicorn_cmd if spec.protocol == "asgi" else benchlib.gunicorn_cmd
             log = logs / f"{spec.protocol}-{spec.name}.log"
-            env = benchlib.app_env(redis_url, spec.env)
+            env = benchlib.app_env(redis_url, {**spec.env, **stores.env(spec)})
             proc = benchlib.spawn(make(python, spec.module, port), env=env, log=log)
             started.append(RunningApp(spec, paths, port, proc, log))
         for app in started:
@@ -537,9 +615,17 @@ class Sample:
     other_cpu: float | None = None  # share of the machine's CPU used by other processes
 
 
-def measure(app: RunningApp, path: str, run: int, settings: Settings, redis: RedisServer) -> Sample:
+def measure(
+    app: RunningApp,
+    path: str,
+    run: int,
+    settings: Settings,
+    redis: RedisServer,
+    stores: StoreServers,
+) -> Sample:
     """One warm-up plus one measured wrk run; Redis calls, handler executions and CPU
-    taken by other processes are snapshotted around the measured run only."""
+    taken by other processes (not the app's, nor its stores' servers') are snapshotted
+    around the measured run only."""
     spec = PATHS[path]
     sample = Sample(run=run)
     tag = uuid.uuid4().hex[:10]
@@ -575,7 +661,7 @@ def measure(app: RunningApp, path: str, run: int, settings: Settings, redis: Red
             warm_args = [f"warm-{args[0]}"] if path == "first" else args
             run_wrk(app.port, spec.script, warm_args, settings.warmup, settings.connections)
             time.sleep(0.1)  # let the warm-up's last requests finish outside the window
-        groups = (app.proc.pid, redis.proc.pid)
+        groups = (app.proc.pid, redis.proc.pid, *stores.pgids())
         execs_before = executions(app)
         redis_before = redis.command_calls()
         cpu_before = benchlib.cpu_snapshot(groups)
@@ -979,11 +1065,13 @@ def _run(settings: Settings) -> int:
     except RuntimeError as exc:
         raise HarnessError(str(exc)) from exc
     print(f"redis-server {redis.version()} on port {redis.port}")
+    stores = StoreServers.start(cells_wanted)
     try:
-        cells, running = _measure_all(settings, cells_wanted, peers, redis, statuses)
+        cells, running = _measure_all(settings, cells_wanted, peers, redis, stores, statuses)
         info = machine_info(redis, peers)
     finally:
         redis.stop()
+        stores.stop()
         benchlib.stop_all()
     return _report(settings, cells, running, statuses, cells_wanted, info)
 
@@ -993,6 +1081,7 @@ def _measure_all(
     cells_wanted: Mapping[str, tuple[str, ...]],
     peers: Mapping[str, PeerEnv],
     redis: RedisServer,
+    stores: StoreServers,
     statuses: dict[str, AppStatus],
 ) -> tuple[dict[tuple[str, str, str], Cell], list[RunningApp]]:
     """Start the apps, then measure round-robin: run 1 of every app and path, run 2, ..."""
@@ -1009,9 +1098,13 @@ def _measure_all(
                 print(f"  ! {spec.id}: skipped ({spec.peer}: {env.message})")
                 continue
             python = env.python
+        if spec.store == "postgres" and stores.postgres is None:
+            statuses[spec.id] = AppStatus(spec.id, "skipped", stores.postgres_problem)
+            print(f"  ! {spec.id}: skipped ({stores.postgres_problem})")
+            continue
         to_start.append((spec, cells_wanted[spec.id], python))
     print(f"starting {len(to_start)} app servers ...")
-    running = start_apps(to_start, redis.url, logs, statuses)
+    running = start_apps(to_start, redis.url, stores, logs, statuses)
     for proto in ("asgi", "wsgi"):
         bare_id = f"{proto}/bare"
         if bare_id in cells_wanted and statuses.get(bare_id, AppStatus("", "")).status != "ok":
@@ -1034,7 +1127,7 @@ def _measure_all(
                 if not app.alive():
                     sample = Sample(run=run, error=f"server died (see {app.log.name})")
                 else:
-                    sample = measure(app, path, run, settings, redis)
+                    sample = measure(app, path, run, settings, redis, stores)
                 cells[(app.spec.protocol, app.spec.name, path)].samples.append(sample)
                 _progress(run, settings.runs, app, path, sample)
                 if redis.proc.poll() is not None:

@@ -1,20 +1,14 @@
-"""Our WSGI middleware on Redis (REDIS_URL) around the shared Flask endpoints."""
-
-import os
+"""Our WSGI middleware around the shared Flask endpoints, on the store BENCH_STORE picks
+(Redis by default; see ``stores.py``)."""
 
 from common_wsgi import build_app
+from stores import build_store
 
-from idempotent_middleware import (
-    IdempotencyConfig,
-    RedisPersistenceLayer,
-    WSGIIdempotencyMiddleware,
-)
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+from idempotent_middleware import IdempotencyConfig, WSGIIdempotencyMiddleware
 
 app = build_app()
 app.wsgi_app = WSGIIdempotencyMiddleware(  # type: ignore[method-assign]
     app.wsgi_app,
-    persistence_store=RedisPersistenceLayer(url=REDIS_URL),
+    persistence_store=build_store(),
     config=IdempotencyConfig(),
 )
