@@ -7,7 +7,8 @@ difference by N2 - N1: interpreter start, imports and set-up cancel out.
 
 Apps (``--app``):
   minimal-bare / minimal-ours   one small JSON body from a raw ASGI (or WSGI) callable, bare
-                                or inside our middleware (``--store memory|redis``)
+                                or inside our middleware (``--store memory|redis|sqlite|postgres``)
+  minimal-floor                 the same callable inside a middleware class that only calls it
   module:NAME                   ``app`` of ``benchmarks/apps/NAME.py`` (the FastAPI/Flask apps
                                 the wrk benchmark serves, peers included; they read REDIS_URL
                                 and BENCH_STORE)
@@ -73,9 +74,22 @@ async def _minimal_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": ANSWER})
 
 
+class _PassingASGI:
+    """The least a middleware class can do: call the app. Under the pass-through path it is
+    the floor any class-based middleware pays (an instance call and one more coroutine)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
 def build_asgi(app: str, store: str) -> Any:
     if app == "minimal-bare":
         return _minimal_asgi
+    if app == "minimal-floor":
+        return _PassingASGI(_minimal_asgi)
     if app == "minimal-ours":
         from idempotent_middleware import IdempotencyConfig, IdempotencyMiddleware
 
@@ -178,9 +192,21 @@ def _minimal_wsgi(environ: dict[str, Any], start_response: Any) -> Iterable[byte
     return [ANSWER]
 
 
+class _PassingWSGI:
+    """The WSGI counterpart of ``_PassingASGI``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return self.app(environ, start_response)  # type: ignore[no-any-return]
+
+
 def build_wsgi(app: str, store: str) -> Any:
     if app == "minimal-bare":
         return _minimal_wsgi
+    if app == "minimal-floor":
+        return _PassingWSGI(_minimal_wsgi)
     if app == "minimal-ours":
         from idempotent_middleware import IdempotencyConfig, WSGIIdempotencyMiddleware
 

@@ -50,7 +50,7 @@ PEERS = ("idemkit", "ichido", "idemgate")
 class Cell:
     group: str  # asgi-minimal, wsgi-minimal, asgi-app, wsgi-app
     kind: str  # asgi | wsgi
-    app: str  # minimal-bare | minimal-ours | module:NAME
+    app: str  # minimal-bare | minimal-floor | minimal-ours | module:NAME
     label: str  # bare, ours-memory, ours-redis, idemkit, ...
     path: str  # first | replay | pass
     store: str = "memory"
@@ -81,6 +81,8 @@ def cells(with_peers: bool) -> list[Cell]:
             out.append(Cell(group, kind, "minimal-bare", "bare", path))
             out.append(Cell(group, kind, "minimal-ours", "ours-memory", path))
             out.append(Cell(group, kind, "minimal-ours", "ours-redis", path, store="redis"))
+            if path == "pass":  # what any middleware class costs there: the floor
+                out.append(Cell(group, kind, "minimal-floor", "floor-middleware", path))
             if path != "pass":  # the stores differ only on keyed paths
                 out.append(Cell(group, kind, "minimal-ours", "ours-sqlite", path, store="sqlite"))
                 out.append(
