@@ -344,11 +344,13 @@ def commands_between(before: Mapping[str, int], after: Mapping[str, int]) -> int
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _busy_seconds() -> float:
-    """CPU time the whole machine has spent busy since boot (from /proc/stat)."""
+def _busy_seconds() -> tuple[float, float]:
+    """CPU time the whole machine has spent busy since boot, and the part of it the
+    hypervisor took for others (steal: our CPUs wanted to run and were not let), from
+    /proc/stat."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _TICK
+    return (user + nice + system + irq + softirq + steal) / _TICK, steal / _TICK
 
 
 def _group_seconds(pgids: Collection[int]) -> float:
@@ -369,6 +371,7 @@ class CpuSnapshot:
     wall: float  # monotonic seconds
     busy: float  # CPU seconds the whole machine has been busy
     ours: float  # CPU seconds used by us (see cpu_snapshot)
+    steal: float  # CPU seconds of ``busy`` the hypervisor gave to other machines
 
 
 def cpu_snapshot(pgids: Collection[int]) -> CpuSnapshot:
@@ -377,7 +380,8 @@ def cpu_snapshot(pgids: Collection[int]) -> CpuSnapshot:
     me = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     ours = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
-    return CpuSnapshot(time.monotonic(), _busy_seconds(), ours + _group_seconds(pgids))
+    busy, steal = _busy_seconds()
+    return CpuSnapshot(time.monotonic(), busy, ours + _group_seconds(pgids), steal)
 
 
 def other_cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
@@ -386,6 +390,13 @@ def other_cpu_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
     other = (after.busy - before.busy) - (after.ours - before.ours)
     span = (after.wall - before.wall) * (os.cpu_count() or 1)
     return min(1.0, max(0.0, other / span)) if span > 0 else 0.0
+
+
+def steal_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
+    """The part of ``other_cpu_share`` that is the hypervisor's steal time: noise that no
+    process on this machine causes and none can stop."""
+    span = (after.wall - before.wall) * (os.cpu_count() or 1)
+    return min(1.0, max(0.0, (after.steal - before.steal) / span)) if span > 0 else 0.0
 
 
 def python_version() -> str:

@@ -613,6 +613,7 @@ class Sample:
     error: str | None = None
     note: str | None = None
     other_cpu: float | None = None  # share of the machine's CPU used by other processes
+    steal: float | None = None  # the part of other_cpu the hypervisor stole (see benchlib)
 
 
 def measure(
@@ -684,6 +685,7 @@ def measure(
         return sample
     sample.rps, sample.p50_ms, sample.p99_ms = result.rps, result.p50_ms, result.p99_ms
     sample.other_cpu = benchlib.other_cpu_share(cpu_before, cpu_after)
+    sample.steal = benchlib.steal_share(cpu_before, cpu_after)
     sample.requests, sample.non2xx = result.requests, result.non2xx
     sample.socket_errors = result.socket_errors
     wrong = result.requests - result.non2xx if spec.expects_rejection else result.non2xx
@@ -750,6 +752,7 @@ class Cell:
             "redis_calls_per_req": self._median(lambda s: s.redis_calls_per_req),
             "exec_per_req": self._median(lambda s: s.exec_per_req),
             "other_cpu": self._median(lambda s: s.other_cpu),
+            "steal": self._median(lambda s: s.steal),
             "non2xx": sum(s.non2xx for s in ok),
             "unexpected": sum(s.unexpected for s in ok),
             "requests": sum(s.requests for s in ok),
@@ -827,10 +830,11 @@ def sanity_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     busy = [r for r in rows if (r["other_cpu"] or 0) > NOISY_OTHER_CPU]
     if busy:
         worst = max(r["other_cpu"] for r in busy)
+        stolen = max(r.get("steal") or 0 for r in busy)
         warnings.append(
             f"other processes used over {NOISY_OTHER_CPU:.0%} of the CPU during {len(busy)} "
-            f"of {len(rows)} app/path cells (up to {worst:.0%}): figures are noisy, rerun on "
-            "an idle machine"
+            f"of {len(rows)} app/path cells (up to {worst:.0%}; the hypervisor's steal time "
+            f"up to {stolen:.0%}): figures are noisy, rerun on an idle machine"
         )
     return warnings
 
@@ -1211,7 +1215,8 @@ def _progress(run: int, runs: int, app: RunningApp, path: str, s: Sample) -> Non
         return
     extra = f"  non-2xx {s.non2xx}" if s.non2xx else ""
     if s.other_cpu is not None and s.other_cpu > NOISY_OTHER_CPU:
-        extra += f"  (other processes took {s.other_cpu:.0%} of the CPU)"
+        stolen = f", steal {s.steal:.0%}" if s.steal else ""
+        extra += f"  (other processes took {s.other_cpu:.0%} of the CPU{stolen})"
     redis = _fmt(s.redis_cmds_per_req, ".2f")
     print(
         f"{where} {s.rps:8.0f} req/s  p50 {s.p50_ms:6.2f} ms  p99 {s.p99_ms:6.2f} ms  "
