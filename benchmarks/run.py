@@ -426,27 +426,25 @@ class StoreServers:
     postgres: Any = None
     postgres_problem: str = "not selected"
 
-    @classmethod
-    def start(cls, cells_wanted: Mapping[str, Sequence[str]]) -> StoreServers:
-        stores = cls(Path(tempfile.mkdtemp(prefix="bench-sqlite-")))
+    def start_postgres(self, cells_wanted: Mapping[str, Sequence[str]]) -> None:
+        """Start PostgreSQL if a selected app needs it; where it cannot start, those apps are
+        skipped (``postgres_problem`` says why) and the SQLite ones still run."""
         if not any(a.store == "postgres" for a in APPS if a.id in cells_wanted):
-            return stores
+            return
         sys.path.insert(0, str(REPO_ROOT))
         try:
             from idempotent_middleware import PostgresPersistenceLayer
             from tests.pg_servers import start_postgres
 
-            stores.postgres = start_postgres()
+            self.postgres = start_postgres()
             # The table once, here: two apps creating it at the same moment could collide.
-            PostgresPersistenceLayer(dsn=stores.postgres.dsn).create_schema()
+            PostgresPersistenceLayer(dsn=self.postgres.dsn).create_schema()
         except Exception as exc:  # no PostgreSQL here, or psycopg missing: skip those apps
-            stores.stop()
-            stores.postgres = None
-            stores.postgres_problem = f"no PostgreSQL: {type(exc).__name__}: {exc}"[:200]
-            print(f"  ! {stores.postgres_problem}")
-            return stores
-        print(f"PostgreSQL on port {stores.postgres.port}")
-        return stores
+            self._stop_postgres()
+            self.postgres_problem = f"no PostgreSQL: {type(exc).__name__}: {exc}"[:200]
+            print(f"  ! {self.postgres_problem}")
+            return
+        print(f"PostgreSQL on port {self.postgres.port}")
 
     def env(self, spec: AppSpec) -> dict[str, str]:
         if spec.store == "sqlite":
@@ -474,9 +472,13 @@ class StoreServers:
                 groups.add(int(fields[2]))
         return tuple(groups)
 
-    def stop(self) -> None:
+    def _stop_postgres(self) -> None:
         if self.postgres is not None:
             self.postgres.stop()
+            self.postgres = None
+
+    def stop(self) -> None:
+        self._stop_postgres()
         shutil.rmtree(self.sqlite_dir, ignore_errors=True)
 
 
@@ -667,7 +669,8 @@ def measure(
         redis_before = redis.command_calls()
         cpu_before = benchlib.cpu_snapshot(groups)
         result = run_wrk(app.port, spec.script, args, settings.duration, settings.connections)
-        cpu_after = benchlib.cpu_snapshot(groups)
+        # Backends the app opened during the window count as its own: they did its work.
+        cpu_after = benchlib.cpu_snapshot((*groups, *stores.pgids()))
         time.sleep(0.1)  # let requests still open when wrk stopped finish before counting
         redis_after = redis.command_calls()
         execs_after = executions(app)
@@ -1069,8 +1072,9 @@ def _run(settings: Settings) -> int:
     except RuntimeError as exc:
         raise HarnessError(str(exc)) from exc
     print(f"redis-server {redis.version()} on port {redis.port}")
-    stores = StoreServers.start(cells_wanted)
+    stores = StoreServers(Path(tempfile.mkdtemp(prefix="bench-sqlite-")))
     try:
+        stores.start_postgres(cells_wanted)
         cells, running = _measure_all(settings, cells_wanted, peers, redis, stores, statuses)
         info = machine_info(redis, peers)
     finally:

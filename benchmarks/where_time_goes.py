@@ -2,11 +2,12 @@
 
 ``instructions.py`` says how much a path costs; this says where, for the cells that miss
 their target. It drives the same minimal apps as ``inproc_driver.py`` (in process, ASGI 16
-in flight), bare and ours, under cProfile, and prints the functions of our package and of
-the standard library it calls, by their own time per request; the bare app's total beside
-it tells how much of that is ours. cProfile adds a fixed cost to every call, so many small
-calls look heavier than they are under callgrind: read the shares as a ranking, not as
-instruction counts.
+in flight), bare and ours, under cProfile, and prints every function the run entered (ours,
+the driver's, the event loop's) by its own time per request and as a share of the whole
+run; the bare app's total beside it tells how much of that is ours. "entries/req" counts a
+generator once per resumption, so a plan resumed once shows 2.00. cProfile adds a fixed
+cost to every call, so many small calls look heavier than they are under callgrind: read
+the shares as a ranking, not as instruction counts.
 
     python benchmarks/where_time_goes.py asgi memory first
     python benchmarks/where_time_goes.py wsgi redis replay --top 30   # needs REDIS_URL
@@ -52,13 +53,14 @@ def _where(filename: str) -> str:
         return "idempotent_middleware/" + filename.split(PACKAGE, 1)[1]
     if filename.startswith("~") or filename.startswith("<"):
         return "builtin"
-    return os.path.basename(filename)
+    return os.path.join(*filename.split(os.sep)[-2:])  # "asyncio/base_events.py"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["asgi", "wsgi"])
-    parser.add_argument("store", choices=["memory", "redis", "sqlite", "postgres"])
+    # SQLite and PostgreSQL need a file or a server set up by hand: instructions.py does that.
+    parser.add_argument("store", choices=["memory", "redis"])
     parser.add_argument("path", choices=["first", "replay", "pass"])
     parser.add_argument("-n", type=int, default=20000)
     parser.add_argument("--top", type=int, default=25)
@@ -76,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
         where = _where(filename)
         by_module[where] += own
         rows.append((own, calls, f"{where}:{line}({name})"))
-    print(f"\n{'us/req':>7} {'share':>6} {'calls/req':>9}  function (own time)")
+    print(f"\n{'us/req':>7} {'share':>6} {'entries/req':>11}  function (own time)")
     for own, calls, label in sorted(rows, reverse=True)[: args.top]:
-        print(f"{own * 1e6 / n:7.2f} {100 * own / total:5.1f}% {calls / n:9.2f}  {label}")
+        print(f"{own * 1e6 / n:7.2f} {100 * own / total:5.1f}% {calls / n:11.2f}  {label}")
     print(f"\n{'us/req':>7} {'share':>6}  module (own time)")
     for where, own in sorted(by_module.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"{own * 1e6 / n:7.2f} {100 * own / total:5.1f}%  {where}")
