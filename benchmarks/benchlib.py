@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -353,17 +353,20 @@ def _busy_seconds() -> tuple[float, float]:
     return (user + nice + system + irq + softirq + steal) / _TICK, steal / _TICK
 
 
-def _group_seconds(pgids: Collection[int]) -> float:
-    """CPU time used by the live processes of the given process groups."""
-    total = 0
+def processes() -> Iterator[tuple[int, int, int]]:
+    """``(ppid, pgrp, CPU ticks used)`` of every live process, from /proc."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
-            continue
-        if int(fields[2]) in pgids:  # fields: state ppid pgrp ... utime(11) stime(12)
-            total += int(fields[11]) + int(fields[12])
-    return total / _TICK
+            continue  # exited meanwhile
+        # fields: state ppid pgrp ... utime(11) stime(12)
+        yield int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12])
+
+
+def _group_seconds(pgids: Collection[int]) -> float:
+    """CPU time used by the live processes of the given process groups."""
+    return sum(ticks for _, pgrp, ticks in processes() if pgrp in pgids) / _TICK
 
 
 @dataclass(frozen=True)

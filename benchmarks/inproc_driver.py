@@ -36,23 +36,11 @@ PATH = "/orders"
 
 
 def _store(kind: str) -> Any:
-    from idempotent_middleware import (
-        InMemoryPersistenceLayer,
-        RedisPersistenceLayer,
-        SQLitePersistenceLayer,
-    )
-
-    if kind == "redis":
-        return RedisPersistenceLayer(url=os.environ["REDIS_URL"])
-    if kind == "sqlite":
-        return SQLitePersistenceLayer(os.environ["BENCH_SQLITE"])
+    sys.path.insert(0, str(HERE / "apps"))
+    store = importlib.import_module("stores").build_store(kind)  # the apps' own choice
     if kind == "postgres":
-        from idempotent_middleware import PostgresPersistenceLayer  # the postgres extra
-
-        store = PostgresPersistenceLayer(dsn=os.environ["POSTGRES_DSN"])
-        store.create_schema()
-        return store
-    return InMemoryPersistenceLayer()
+        store.create_schema()  # each cell runs alone here, so no two create it at once
+    return store
 
 
 # --- ASGI ----------------------------------------------------------------------------------

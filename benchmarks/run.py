@@ -462,15 +462,8 @@ class StoreServers:
             postmaster = int(Path(self.postgres.data, "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return ()
-        groups = {postmaster}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()  # state ppid pgrp ...
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == postmaster:
-                groups.add(int(fields[2]))
-        return tuple(groups)
+        children = {pgrp for ppid, pgrp, _ in benchlib.processes() if ppid == postmaster}
+        return tuple(children | {postmaster})
 
     def _stop_postgres(self) -> None:
         if self.postgres is not None:

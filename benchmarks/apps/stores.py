@@ -1,4 +1,4 @@
-"""The store our benchmark apps run on, chosen by environment (shared by the ASGI and WSGI apps).
+"""The store our benchmark apps and the in-process driver run on, chosen by environment.
 
 BENCH_STORE=redis     RedisPersistenceLayer on REDIS_URL (the default)
 BENCH_STORE=memory    InMemoryPersistenceLayer (one process only)
@@ -15,18 +15,18 @@ from idempotent_middleware import (
     SQLitePersistenceLayer,
 )
 
-STORE = os.environ.get("BENCH_STORE", "redis")
 
-
-def build_store() -> BasePersistenceLayer:
-    if STORE == "redis":
+def build_store(kind: str | None = None) -> BasePersistenceLayer:
+    """The store ``kind`` names (BENCH_STORE when None), configured from the environment."""
+    kind = os.environ.get("BENCH_STORE", "redis") if kind is None else kind
+    if kind == "redis":
         return RedisPersistenceLayer(url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
-    if STORE == "memory":
+    if kind == "memory":
         return InMemoryPersistenceLayer()
-    if STORE == "sqlite":
+    if kind == "sqlite":
         return SQLitePersistenceLayer(os.environ["BENCH_SQLITE"])
-    if STORE == "postgres":
+    if kind == "postgres":
         from idempotent_middleware import PostgresPersistenceLayer  # the postgres extra
 
         return PostgresPersistenceLayer(dsn=os.environ["POSTGRES_DSN"])
-    raise SystemExit(f"unknown BENCH_STORE={STORE!r} (expected redis, memory, sqlite or postgres)")
+    raise SystemExit(f"unknown store {kind!r} (expected redis, memory, sqlite or postgres)")
