@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import http.client
 import os
+import platform
 import resource
 import shutil
 import signal
@@ -404,3 +405,31 @@ def steal_share(before: CpuSnapshot, after: CpuSnapshot) -> float:
 
 def python_version() -> str:
     return sys.version.split()[0]
+
+
+def host_info() -> dict[str, Any]:
+    """The machine and commit a result was measured on, for every result file."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    git = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+    )
+    return {
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1) if mem_kib else None,
+        "kernel": platform.release(),
+        "python": python_version(),
+        "git_commit": git.stdout.strip() or None,
+    }

@@ -25,6 +25,7 @@ Writes ``benchmarks/results/instructions.json`` (``--json`` to change).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import fnmatch
 import json
 import os
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,8 +133,9 @@ def count(cell: Cell, n: int, servers: Servers, run: int, workdir: Path) -> int:
     env = {**os.environ, "PYTHONHASHSEED": "0", "BENCH_RUN": str(run), **dict(cell.env)}
     env["BENCH_SQLITE"] = str(workdir / f"store.{run}.sqlite3")
     if servers.redis is not None:
+        # No flush here: counts run side by side (--jobs), and every count's keys carry
+        # its own run number (inproc_driver._keys), so no count sees another's records.
         env["REDIS_URL"] = servers.redis.url
-        benchlib.redis_call(servers.redis.port, "FLUSHALL")
     if servers.postgres_dsn is not None:
         env["POSTGRES_DSN"] = servers.postgres_dsn
     env["PYTHONPATH"] = os.pathsep.join(
@@ -195,21 +198,30 @@ class Servers:
             self.postgres.stop()
 
 
-def measure(selected: list[Cell], n1: int, n2: int, servers: Servers) -> list[Row]:
-    rows: list[Row] = []
+def _measure_cell(cell: Cell, index: int, n1: int, n2: int, servers: Servers, workdir: Path) -> Row:
+    started = time.monotonic()
+    low = count(cell, n1, servers, 2 * index, workdir)
+    high = count(cell, n2, servers, 2 * index + 1, workdir)
+    per_request = (high - low) / (n2 - n1)
+    print(
+        f"  {cell.name:<34} {per_request:>12,.0f} Ir/request  ({time.monotonic() - started:.0f} s)",
+        flush=True,
+    )
+    return Row(cell.name, cell.group, cell.label, cell.path, round(per_request))
+
+
+def measure(selected: list[Cell], n1: int, n2: int, servers: Servers, jobs: int) -> list[Row]:
+    """Every cell, ``jobs`` at a time: callgrind counts one process's instructions, so
+    cells counted side by side give the counts they give alone (only wall time is shared).
+    """
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
         workdir = Path(tmp)
-        for index, cell in enumerate(selected):
-            started = time.monotonic()
-            low = count(cell, n1, servers, 2 * index, workdir)
-            high = count(cell, n2, servers, 2 * index + 1, workdir)
-            per_request = (high - low) / (n2 - n1)
-            rows.append(Row(cell.name, cell.group, cell.label, cell.path, round(per_request)))
-            print(
-                f"  {cell.name:<34} {per_request:>12,.0f} Ir/request"
-                f"  ({time.monotonic() - started:.0f} s)",
-                flush=True,
-            )
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [
+                pool.submit(_measure_cell, cell, index, n1, n2, servers, workdir)
+                for index, cell in enumerate(selected)
+            ]
+            rows = [future.result() for future in futures]
     bare = {(r.group, r.path): r.per_request for r in rows if r.label == "bare"}
     for row in rows:
         base = bare.get((row.group, row.path))
@@ -236,7 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n2", type=int, default=1000)
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "instructions.json")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="cells counted at once (default: 2, or 1 on one core)",
+    )
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install -y valgrind)", file=sys.stderr)
         return 2
@@ -255,13 +275,24 @@ def main(argv: list[str] | None = None) -> int:
     benchlib.install_teardown()
     servers = Servers.start(selected)
     try:
-        print(f"callgrind, N1={n1}, N2={n2}, {len(selected)} cells")
-        rows = measure(selected, n1, n2, servers)
+        print(f"callgrind, N1={n1}, N2={n2}, {len(selected)} cells, {args.jobs} at a time")
+        if servers.redis is not None:
+            benchlib.redis_call(servers.redis.port, "FLUSHALL")
+        rows = measure(selected, n1, n2, servers, args.jobs)
     finally:
         servers.stop()
     print_table(rows)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"n1": n1, "n2": n2, "python": benchlib.python_version(), "smoke": args.smoke}
+    valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True)
+    meta = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "n1": n1,
+        "n2": n2,
+        "jobs": args.jobs,
+        "smoke": args.smoke,
+        "valgrind": valgrind.stdout.strip() or None,
+        **benchlib.host_info(),
+    }
     args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     print(f"\nwrote {args.json}")
     return 0
