@@ -425,6 +425,13 @@ def host_info() -> dict[str, Any]:
         capture_output=True,
         text=True,
     )
+    # Uncommitted changes outside the results a run writes: the figures are not the commit's.
+    changed = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no", "--",
+         ".", ":(exclude)benchmarks/results"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
     return {
         "cpu_model": cpu,
         "cores": os.cpu_count(),
@@ -432,4 +439,5 @@ def host_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": python_version(),
         "git_commit": git.stdout.strip() or None,
+        "git_dirty": bool(changed.stdout.strip()) if changed.returncode == 0 else None,
     }

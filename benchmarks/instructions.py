@@ -25,6 +25,7 @@ Writes ``benchmarks/results/instructions.json`` (``--json`` to change).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import fnmatch
 import json
@@ -34,8 +35,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -161,10 +163,40 @@ def count(cell: Cell, n: int, servers: Servers, run: int, workdir: Path) -> int:
         "-n",
         str(n),
     ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"{cell.name}: driver failed: {done.stderr.strip()[-400:]}")
+    with _counting_lock:
+        if _stopping.is_set():
+            raise RuntimeError(f"{cell.name}: the run was stopped")
+        proc = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        _counting.add(proc)
+    try:
+        _, stderr = proc.communicate(timeout=1800)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"{cell.name}: driver still running after 1800 s") from None
+    finally:
+        with _counting_lock:
+            _counting.discard(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cell.name}: driver failed: {stderr.strip()[-400:]}")
     return _instructions(output)
+
+
+#: The drivers counting right now (one per job), killed when the run stops early.
+_counting: set[subprocess.Popen[str]] = set()
+_counting_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+def _stop_counting() -> None:
+    with _counting_lock:  # no driver starts after this
+        _stopping.set()
+        procs = list(_counting)
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.kill()
 
 
 @dataclass
@@ -189,6 +221,11 @@ class Servers:
             from tests.pg_servers import start_postgres
 
             servers.postgres = start_postgres()
+            # Created once, before any count: two drivers creating it at once (--jobs)
+            # can both miss it and collide in the catalogue.
+            from idempotent_middleware.persistence.postgres import PostgresPersistenceLayer
+
+            PostgresPersistenceLayer(dsn=servers.postgres.dsn).create_schema()
         return servers
 
     def stop(self) -> None:
@@ -216,12 +253,21 @@ def measure(selected: list[Cell], n1: int, n2: int, servers: Servers, jobs: int)
     """
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
         workdir = Path(tmp)
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [
-                pool.submit(_measure_cell, cell, index, n1, n2, servers, workdir)
-                for index, cell in enumerate(selected)
-            ]
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        futures = [
+            pool.submit(_measure_cell, cell, index, n1, n2, servers, workdir)
+            for index, cell in enumerate(selected)
+        ]
+        try:
+            # The first failure, Ctrl-C or SIGTERM (benchlib raises SystemExit) stops the
+            # run at once: queued cells are dropped and the drivers counting are killed.
+            wait(futures, return_when=FIRST_EXCEPTION)
             rows = [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_counting()
+            raise
+        pool.shutdown()
     bare = {(r.group, r.path): r.per_request for r in rows if r.label == "bare"}
     for row in rows:
         base = bare.get((row.group, row.path))
@@ -273,6 +319,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no cell matches {only!r}", file=sys.stderr)
         return 2
     benchlib.install_teardown()
+    valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True)
+    meta = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "n1": n1,
+        "n2": n2,
+        "jobs": args.jobs,
+        "smoke": args.smoke,
+        "only": only,
+        "peers": not args.no_peers,
+        "cells": len(selected),
+        "valgrind": valgrind.stdout.strip() or None,
+        **benchlib.host_info(),
+    }
     servers = Servers.start(selected)
     try:
         print(f"callgrind, N1={n1}, N2={n2}, {len(selected)} cells, {args.jobs} at a time")
@@ -283,16 +342,6 @@ def main(argv: list[str] | None = None) -> int:
         servers.stop()
     print_table(rows)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True)
-    meta = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "n1": n1,
-        "n2": n2,
-        "jobs": args.jobs,
-        "smoke": args.smoke,
-        "valgrind": valgrind.stdout.strip() or None,
-        **benchlib.host_info(),
-    }
     args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     print(f"\nwrote {args.json}")
     return 0
