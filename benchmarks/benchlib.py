@@ -98,6 +98,20 @@ def _on_signal(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ignore SIGINT, SIGTERM and SIGHUP while the caller stops its servers: a second
+    signal (an impatient Ctrl-C, a supervisor's repeated TERM) must not cut a clean-up
+    short and leave a server or its folder behind."""
+    held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def install_teardown() -> None:
     """Tear children down at interpreter exit and turn SIGTERM/SIGHUP into a clean exit."""
     atexit.register(stop_all)

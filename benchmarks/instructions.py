@@ -210,23 +210,21 @@ class Servers:
     def postgres_dsn(self) -> str | None:
         return None if self.postgres is None else str(self.postgres.dsn)
 
-    @classmethod
-    def start(cls, selected: list[Cell]) -> Servers:
-        servers = cls()
+    def start(self, selected: list[Cell]) -> None:
+        """Each server is on record as soon as it runs, so ``stop`` stops what started."""
         if any(c.store == "redis" or "redis" in c.label for c in selected):
-            servers.redis = RedisServer.start()
+            self.redis = RedisServer.start()
         if any(c.store == "postgres" for c in selected):
             # The test suite's throw-away PostgreSQL (initdb + pg_ctl in a temp dir).
             sys.path.insert(0, str(benchlib.REPO_ROOT))
             from tests.pg_servers import start_postgres
 
-            servers.postgres = start_postgres()
+            self.postgres = start_postgres()
             # Created once, before any count: two drivers creating it at once (--jobs)
             # can both miss it and collide in the catalogue.
             from idempotent_middleware.persistence.postgres import PostgresPersistenceLayer
 
-            PostgresPersistenceLayer(dsn=servers.postgres.dsn).create_schema()
-        return servers
+            PostgresPersistenceLayer(dsn=self.postgres.dsn).create_schema()
 
     def stop(self) -> None:
         if self.redis is not None:
@@ -261,7 +259,10 @@ def measure(selected: list[Cell], n1: int, n2: int, servers: Servers, jobs: int)
         try:
             # The first failure, Ctrl-C or SIGTERM (benchlib raises SystemExit) stops the
             # run at once: queued cells are dropped and the drivers counting are killed.
-            wait(futures, return_when=FIRST_EXCEPTION)
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in done:  # a failure first, not after the cells queued before it
+                if (failed := future.exception()) is not None:
+                    raise failed
             rows = [future.result() for future in futures]
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -289,7 +290,11 @@ def print_table(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="few cells, small N (for CI)")
-    parser.add_argument("--only", default="*", help="comma-separated globs on cell names")
+    parser.add_argument(
+        "--only",
+        help="comma-separated globs on cell names (default: every cell; with --smoke, the "
+        "in-memory first-request cells and the ASGI replay)",
+    )
     parser.add_argument("--n1", type=int, default=200)
     parser.add_argument("--n2", type=int, default=1000)
     parser.add_argument("--no-peers", action="store_true")
@@ -307,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind is not installed (Debian: apt-get install -y valgrind)", file=sys.stderr)
         return 2
     n1, n2 = (32, 96) if args.smoke else (args.n1, args.n2)
-    only = "*-minimal/*/first,asgi-minimal/*/replay" if args.smoke else args.only
+    only = args.only or ("*-minimal/*/first,asgi-minimal/*/replay" if args.smoke else "*")
     patterns = [p.strip() for p in only.split(",") if p.strip()]
     selected = [
         c
@@ -332,14 +337,16 @@ def main(argv: list[str] | None = None) -> int:
         "valgrind": valgrind.stdout.strip() or None,
         **benchlib.host_info(),
     }
-    servers = Servers.start(selected)
+    servers = Servers()
     try:
+        servers.start(selected)
         print(f"callgrind, N1={n1}, N2={n2}, {len(selected)} cells, {args.jobs} at a time")
         if servers.redis is not None:
             benchlib.redis_call(servers.redis.port, "FLUSHALL")
         rows = measure(selected, n1, n2, servers, args.jobs)
     finally:
-        servers.stop()
+        with benchlib.signals_held():  # a second Ctrl-C must not leave a server behind
+            servers.stop()
     print_table(rows)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))

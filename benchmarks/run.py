@@ -620,9 +620,15 @@ class Sample:
     other_cpu: float | None = None  # share of the machine's CPU used by other processes
     steal: float | None = None  # the part of other_cpu the hypervisor stole (see benchlib)
     tries: int = 1  # measurements taken for this run; the least noisy one is kept
-    # The tries not kept (rps, other_cpu, steal, unexpected, error): what they saw stays on
-    # record, and their wrong answers, notes and errors count against the kept one.
+    # The tries not kept (see _DISCARDED_FIELDS): what they saw stays on record, and the
+    # cell's warnings and verdicts count their wrong answers and failures (Cell.summary).
     discarded: list[dict[str, Any]] = field(default_factory=list)
+
+
+_DISCARDED_FIELDS = (
+    "rps", "other_cpu", "steal", "requests", "non2xx", "socket_errors", "unexpected",
+    "redis_cmds_per_req", "redis_cmds_per_req_min", "exec_per_req", "error", "note",
+)  # fmt: skip
 
 
 def _noisy(sample: Sample) -> bool:
@@ -637,23 +643,16 @@ def measure_quietest(
     On a shared host the hypervisor's steal comes in bursts of seconds: a run taken in
     one says how busy the host was, not what the code costs. Every try is a complete
     run of its own (warm-up, fresh keys), so keeping the quietest picks among equals.
-    Nothing a discarded try saw is hidden: its wrong answers, notes and errors are added
-    to the kept sample, and its figures are kept in ``discarded``.
+    Nothing a discarded try saw is hidden: its figures, wrong answers, notes and errors
+    stay in ``discarded``, and the cell's warnings and verdicts count them.
     """
     tries = [take()]
     while _noisy(min(tries, key=_noise)) and len(tries) <= remeasure and alive():
         tries.append(take())
     best = min(tries, key=_noise)
-    for other in tries:
-        if other is best:
-            continue
-        best.unexpected += other.unexpected
-        for why in (other.note, other.error and f"a discarded try failed: {other.error}"):
-            if why:
-                best.note = f"{best.note}; {why}" if best.note else why
-        best.discarded.append(
-            {k: getattr(other, k) for k in ("rps", "other_cpu", "steal", "unexpected", "error")}
-        )
+    best.discarded = [
+        {k: getattr(other, k) for k in _DISCARDED_FIELDS} for other in tries if other is not best
+    ]
     best.tries = len(tries)
     return best
 
@@ -783,8 +782,12 @@ class Cell:
 
     def summary(self) -> dict[str, Any]:
         ok = [s for s in self.samples if s.error is None]
+        discarded = [d for s in self.samples for d in s.discarded]
         notes = sorted(
-            {s.note for s in self.samples if s.note} | {s.error for s in self.samples if s.error}
+            {s.note for s in self.samples if s.note}
+            | {s.error for s in self.samples if s.error}
+            | {f"a try not kept: {d['note']}" for d in discarded if d["note"]}
+            | {f"a try not kept failed: {d['error']}" for d in discarded if d["error"]}
         )
         return {
             "protocol": self.protocol,
@@ -803,6 +806,9 @@ class Cell:
             "steal": self._median(lambda s: s.steal),
             "non2xx": sum(s.non2xx for s in ok),
             "unexpected": sum(s.unexpected for s in ok),
+            # Wrong answers and failures of tries re-measured away still count (warnings).
+            "discarded_unexpected": sum(d["unexpected"] for d in discarded),
+            "discarded_failures": sum(1 for d in discarded if d["error"]),
             "requests": sum(s.requests for s in ok),
             "notes": notes,
             "samples": [asdict(s) for s in self.samples],
@@ -844,7 +850,7 @@ def print_table(rows: Sequence[Mapping[str, Any]], statuses: Mapping[str, AppSta
         if last and app_id.split("/")[0] != last.split("/")[0]:
             print()
         last = app_id
-        flag = " !" if r["unexpected"] else ""
+        flag = " !" if r["unexpected"] or r["discarded_unexpected"] else ""
         other = None if r["other_cpu"] is None else 100 * r["other_cpu"]
         print(
             f"{r['protocol']:<5} {r['app']:<17} {r['path']:<18} {_fmt(r['rps'], '8.0f')} "
@@ -871,6 +877,15 @@ def sanity_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         where = f"{r['protocol']}/{r['app']} {r['path']}"
         if r["unexpected"]:
             warnings.append(f"{where}: {r['unexpected']} unexpected responses or socket errors")
+        if r["discarded_unexpected"]:
+            warnings.append(
+                f"{where}: {r['discarded_unexpected']} unexpected responses or socket errors "
+                "in tries not kept (noisy runs measured again)"
+            )
+        if r["discarded_failures"]:
+            warnings.append(
+                f"{where}: {r['discarded_failures']} tries not kept failed (see the notes)"
+            )
         if r["app"] != "bare" and r["path"] == "replay" and (r["exec_per_req"] or 0) > 0.01:
             warnings.append(
                 f"{where}: the handler ran on replays (exec/req {r['exec_per_req']:.2f})"
@@ -910,8 +925,11 @@ def evaluate_targets(
         elif value is None or judged is None:
             why = status.detail if status and status.status != "ok" else "no measurement"
             entry.update(verdict="FAIL", reason=why)
-        elif row and row["unexpected"]:
-            entry.update(verdict="FAIL", reason=f"{row['unexpected']} unexpected responses")
+        elif row and (row["unexpected"] or row["discarded_unexpected"]):
+            wrong = row["unexpected"] + row["discarded_unexpected"]
+            entry.update(verdict="FAIL", reason=f"{wrong} unexpected responses")
+        elif row and row["discarded_failures"]:
+            entry.update(verdict="FAIL", reason="a try not kept failed (see the notes)")
         else:
             ok = value >= t.threshold if t.op == ">=" else judged <= t.threshold
             entry.update(verdict="PASS" if ok else "FAIL", reason="")

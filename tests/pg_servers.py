@@ -103,6 +103,16 @@ def start_postgres(extra_settings: Sequence[str] = ()) -> PostgresProcess:
         shutil.chown(directory, "postgres")
     port = free_port()
     server = PostgresProcess(port, directory, bindir, prefix)
+    try:
+        _init_and_start(server, extra_settings)
+    except BaseException:  # failed or interrupted (Ctrl-C, a timeout): nothing left behind
+        server.stop()
+        raise
+    return server
+
+
+def _init_and_start(server: PostgresProcess, extra_settings: Sequence[str]) -> None:
+    bindir, prefix, directory, port = server.bindir, server.prefix, server.directory, server.port
     subprocess.run(
         [
             *prefix,
@@ -144,4 +154,3 @@ def start_postgres(extra_settings: Sequence[str] = ()) -> PostgresProcess:
         "-o",
         " ".join(settings),
     )
-    return server
