@@ -39,7 +39,9 @@ def _store(kind: str) -> Any:
     sys.path.insert(0, str(HERE / "apps"))
     store = importlib.import_module("stores").build_store(kind)  # the apps' own choice
     if kind == "postgres":
-        store.create_schema()  # each cell runs alone here, so no two create it at once
+        # instructions.py creates the table before counting (two drivers creating it at
+        # once collide); this covers a driver run by hand, and is a no-op after that.
+        store.create_schema()
     return store
 
 
