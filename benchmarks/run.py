@@ -619,20 +619,19 @@ class Sample:
     note: str | None = None
     other_cpu: float | None = None  # share of the machine's CPU used by other processes
     steal: float | None = None  # the part of other_cpu the hypervisor stole (see benchlib)
-    tries: int = 1  # measurements taken for this run; the least noisy one is kept
-    # The tries not kept (see _DISCARDED_FIELDS): what they saw stays on record, and the
+    # The tries not kept (measure_quietest), whole: what they saw stays on record, and the
     # cell's warnings and verdicts count their wrong answers and failures (Cell.summary).
     discarded: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def tries(self) -> int:
+        """Measurements taken for this run; the least noisy one is this sample."""
+        return 1 + len(self.discarded)
 
-_DISCARDED_FIELDS = (
-    "rps", "other_cpu", "steal", "requests", "non2xx", "socket_errors", "unexpected",
-    "redis_cmds_per_req", "redis_cmds_per_req_min", "exec_per_req", "error", "note",
-)  # fmt: skip
 
-
-def _noisy(sample: Sample) -> bool:
-    return sample.error is None and (sample.other_cpu or 0) > NOISY_OTHER_CPU
+def noisy(other_cpu: float | None) -> bool:
+    """Whether other processes (steal included) took enough of the CPU to taint a run."""
+    return (other_cpu or 0) > NOISY_OTHER_CPU
 
 
 def measure_quietest(
@@ -647,13 +646,11 @@ def measure_quietest(
     stay in ``discarded``, and the cell's warnings and verdicts count them.
     """
     tries = [take()]
-    while _noisy(min(tries, key=_noise)) and len(tries) <= remeasure and alive():
+    best = tries[0]
+    while best.error is None and noisy(best.other_cpu) and len(tries) <= remeasure and alive():
         tries.append(take())
-    best = min(tries, key=_noise)
-    best.discarded = [
-        {k: getattr(other, k) for k in _DISCARDED_FIELDS} for other in tries if other is not best
-    ]
-    best.tries = len(tries)
+        best = min(tries, key=_noise)
+    best.discarded = [asdict(other) for other in tries if other is not best]
     return best
 
 
@@ -890,7 +887,7 @@ def sanity_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             warnings.append(
                 f"{where}: the handler ran on replays (exec/req {r['exec_per_req']:.2f})"
             )
-    busy = [r for r in rows if (r["other_cpu"] or 0) > NOISY_OTHER_CPU]
+    busy = [r for r in rows if noisy(r["other_cpu"])]
     if busy:
         worst = max(r["other_cpu"] for r in busy)
         stolen = max(r.get("steal") or 0 for r in busy)
@@ -933,9 +930,9 @@ def evaluate_targets(
         else:
             ok = value >= t.threshold if t.op == ">=" else judged <= t.threshold
             entry.update(verdict="PASS" if ok else "FAIL", reason="")
-        if row and (row["other_cpu"] or 0) > NOISY_OTHER_CPU:
-            noisy = f"noisy: other processes took {row['other_cpu']:.0%} of the CPU"
-            entry["reason"] = f"{entry['reason']}; {noisy}" if entry["reason"] else noisy
+        if row and noisy(row["other_cpu"]):
+            why = f"noisy: other processes took {row['other_cpu']:.0%} of the CPU"
+            entry["reason"] = f"{entry['reason']}; {why}" if entry["reason"] else why
         verdicts.append(entry)
     return verdicts
 
@@ -1098,7 +1095,7 @@ def _run(settings: Settings) -> int:
     statuses: dict[str, AppStatus] = {}
     idle = machine_busy_share()
     print(f"CPU used by other processes right now: {idle:.0%} of the machine")
-    if idle > NOISY_OTHER_CPU:
+    if noisy(idle):
         print("  ! the machine is not idle: figures will be noisy")
 
     # Peers: one virtualenv each, prepared one at a time; a failure skips that peer only.
@@ -1267,7 +1264,7 @@ def _progress(run: int, runs: int, app: RunningApp, path: str, s: Sample) -> Non
         print(f"{where} error: {s.error[:160]}")
         return
     extra = f"  non-2xx {s.non2xx}" if s.non2xx else ""
-    if s.other_cpu is not None and s.other_cpu > NOISY_OTHER_CPU:
+    if noisy(s.other_cpu):
         stolen = f", steal {s.steal:.0%}" if s.steal else ""
         extra += f"  (other processes took {s.other_cpu:.0%} of the CPU{stolen})"
     if s.tries > 1:
